@@ -1,0 +1,171 @@
+"""Retouch's error hierarchy: every failure a user can see is one of these.
+
+    RetouchError
+    ├── InputError                 the request itself is wrong; fix it and retry
+    │   ├── UnknownFunction        no such function in the catalogue
+    │   ├── InvalidParameter       a parameter is missing, of the wrong type or out of range
+    │   ├── ImageError             an image is unreadable, too large, a decompression bomb...
+    │   ├── UnsafeURL              a URL points into private space or uses a forbidden scheme
+    │   └── Unsupported            the chosen vendor cannot do this (names those that can)
+    ├── NotFound                   no such task or result
+    ├── ConfigError                config.toml or the environment is wrong
+    ├── EngineError                the local engine failed or ran past its limits
+    └── VendorError                a cloud vendor refused or failed
+        ├── AuthError              bad or missing key (never retried)
+        ├── QuotaError             quota, balance or billing exhausted (never retried)
+        ├── Throttled              rate limited; retried after ``retry_after`` seconds
+        ├── VendorRejected         the vendor judged the input invalid (never retried)
+        ├── ContentRejected        the vendor's content moderation refused (never retried)
+        ├── VendorFault            5xx, malformed answer, lost task (retried when transient)
+        └── VendorTimeout          no answer in time (retried)
+
+Each error carries a stable ``code`` (snake_case, part of the public contract), and vendor
+errors keep the vendor's own ``vendor_code`` and ``request_id``. Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RetouchError(Exception):
+    """Base of every error Retouch reports."""
+
+    code: ClassVar[str] = "error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = {k: v for k, v in details.items() if v is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form kept in task records and shown to clients."""
+        return {"code": self.code, "message": self.message, **self.details}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class InputError(RetouchError):
+    code = "invalid_input"
+
+
+class UnknownFunction(InputError):
+    code = "unknown_function"
+
+
+class InvalidParameter(InputError):
+    code = "invalid_parameter"
+
+
+class ImageError(InputError):
+    code = "invalid_image"
+
+
+class UnsafeURL(InputError):
+    code = "unsafe_url"
+
+
+class Unsupported(InputError):
+    code = "unsupported"
+
+
+class NotFound(RetouchError):
+    code = "not_found"
+
+
+class ConfigError(RetouchError):
+    code = "config_error"
+
+
+class EngineError(RetouchError):
+    code = "engine_error"
+
+
+class VendorError(RetouchError):
+    """A failure reported by (or while talking to) a cloud vendor."""
+
+    code = "vendor_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        vendor: str | None = None,
+        vendor_code: str | None = None,
+        request_id: str | None = None,
+        status: int | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(
+            message,
+            vendor=vendor,
+            vendor_code=vendor_code,
+            request_id=request_id,
+            status=status,
+            **details,
+        )
+        self.vendor = vendor
+        self.vendor_code = vendor_code
+        self.request_id = request_id
+        self.status = status
+
+
+class AuthError(VendorError):
+    code = "auth"
+
+
+class QuotaError(VendorError):
+    code = "quota"
+
+
+class Throttled(VendorError):
+    code = "throttled"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **kw)
+        self.retry_after = retry_after
+
+
+class VendorRejected(VendorError):
+    code = "vendor_rejected"
+
+
+class ContentRejected(VendorError):
+    code = "content_rejected"
+
+
+class VendorFault(VendorError):
+    code = "vendor_fault"
+
+    def __init__(self, message: str, *, transient: bool = True, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.transient = transient
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return self.transient
+
+
+class VendorTimeout(VendorError):
+    code = "timeout"
+    retryable = True
+
+
+def error_from_dict(data: dict[str, Any]) -> RetouchError:
+    """Rebuild an error from its stored form (the class is chosen by ``code``)."""
+    classes: dict[str, type[RetouchError]] = {}
+    stack: list[type[RetouchError]] = [RetouchError]
+    while stack:
+        cls = stack.pop()
+        classes.setdefault(cls.code, cls)
+        stack.extend(cls.__subclasses__())
+    cls = classes.get(str(data.get("code")), RetouchError)
+    details = {k: v for k, v in data.items() if k not in {"code", "message"}}
+    err = cls.__new__(cls)
+    RetouchError.__init__(err, str(data.get("message", "")), **details)
+    for key in ("vendor", "vendor_code", "request_id", "status", "retry_after"):
+        setattr(err, key, details.get(key))
+    return err
