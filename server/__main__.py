@@ -1,0 +1,74 @@
+"""``retouch-mcp``: run the MCP server over stdio (the default) or streamable HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tools.config import load_settings
+from tools.errors import ConfigError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="retouch-mcp", description=__doc__)
+    parser.add_argument("--config", help="config.toml to read (default: ./config.toml)")
+    parser.add_argument("--transport", choices=["stdio", "http"], help="default: mcp.transport")
+    parser.add_argument("--host", help="HTTP address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="HTTP port (default 8765)")
+    parser.add_argument(
+        "--allow-local-paths", action=argparse.BooleanOptionalAction, default=None,
+        help="accept local file paths as images (default: on for stdio, off for HTTP)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in {
+            "mcp.transport": args.transport, "mcp.host": args.host, "mcp.port": args.port,
+        }.items()
+        if value is not None
+    }
+    try:
+        settings = load_settings(args.config, overrides)
+    except ConfigError as exc:
+        sys.exit(f"retouch-mcp: {exc.message}")
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from server.app import build_server
+
+    http = settings.mcp.transport == "http"
+    local_paths = args.allow_local_paths if args.allow_local_paths is not None else not http
+    mcp = build_server(settings, allow_local_paths=local_paths)
+    if not http:
+        mcp.run("stdio")
+        return
+    import uvicorn
+
+    from server.http import build_http_app
+
+    try:
+        app = build_http_app(mcp, settings)
+    except ConfigError as exc:
+        sys.exit(f"retouch-mcp: {exc.message}")
+    cfg = settings.mcp
+    url = f"http://{cfg.host}:{cfg.port}{cfg.path}"
+    print(
+        f"Retouch MCP server on {url}\n"
+        f"  vendors: {', '.join(settings.enabled_vendors())}\n"
+        f"  connect: claude mcp add --transport http retouch {url}\n"
+        f"       or: npx @modelcontextprotocol/inspector  (Streamable HTTP, URL above)\n"
+        f"  stop with Ctrl-C",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

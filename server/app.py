@@ -1,0 +1,247 @@
+"""Retouch's MCP server: the Editor's four operations as tools, results as resources.
+
+Finished tasks come back as a small JPEG preview the model can look at, plus resource links
+to the full images — never megabytes of base64 in the model's context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from tools.config import Settings
+from tools.errors import RetouchError
+from tools.models import EditRequest, Expand, FunctionInfo, Task
+from tools.service import Editor
+
+INSTRUCTIONS = """\
+Retouch edits images with words. Call list_functions to see what each function does and which
+vendor runs it; edit_image starts an edit and waits up to wait_seconds; if the task is still
+running, call check_task with its id. Finished tasks show a small preview; the full images are
+the resource links (retouch://tasks/<id>/<n>), which can also be passed back as images to chain
+edits. Images may be http(s) URLs, data: URIs, earlier results, or local paths when allowed.
+"""
+
+
+class FunctionList(BaseModel):
+    functions: list[FunctionInfo]
+
+
+class TaskList(BaseModel):
+    tasks: list[Task]
+
+
+class EditorHolder:
+    """Shares one running Editor between sessions; the first user starts it."""
+
+    def __init__(self, settings: Settings, *, allow_local_paths: bool) -> None:
+        self.settings = settings
+        self.allow_local_paths = allow_local_paths
+        self.editor: Editor | None = None
+        self.users = 0
+        self.lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[Editor]:
+        async with self.lock:
+            if self.editor is None:
+                self.editor = await Editor(
+                    self.settings, allow_local_paths=self.allow_local_paths
+                ).start()
+            self.users += 1
+        try:
+            yield self.editor
+        finally:
+            async with self.lock:
+                self.users -= 1
+                if self.users == 0 and self.editor is not None:
+                    editor, self.editor = self.editor, None
+                    await editor.close()
+
+    def get(self) -> Editor:
+        if self.editor is None:
+            raise ToolError("Retouch is not running")
+        return self.editor
+
+
+def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPServer[Any]:
+    holder = EditorHolder(settings, allow_local_paths=allow_local_paths)
+    preview_px = settings.mcp.preview_px
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[Any]) -> AsyncIterator[dict[str, Any]]:
+        async with holder.use():
+            yield {}
+
+    mcp = MCPServer("retouch", instructions=INSTRUCTIONS, lifespan=lifespan)
+    mcp.holder = holder  # type: ignore[attr-defined]
+
+    async def respond(task: Task) -> CallToolResult:
+        return await task_result(holder.get(), task, preview_px)
+
+    def progress(ctx: Context) -> Any:
+        async def report(task: Task) -> None:
+            await ctx.report_progress(0, None, f"{task.status.value}: {task.progress or ''}")
+
+        return report
+
+    @mcp.tool()
+    async def list_functions(vendor: str | None = None) -> FunctionList:
+        """List the editing functions: what each does, its parameters (JSON Schema), how many
+        images it takes, whether it needs a mask, and which enabled vendors can run it."""
+        try:
+            return FunctionList(functions=holder.get().list_functions(vendor))
+        except RetouchError as exc:
+            raise ToolError(exc.message) from None
+
+    @mcp.tool()
+    async def edit_image(
+        images: Annotated[list[str], Field(description="1–3 images: http(s) URL, data: URI, "
+                                           "retouch://tasks/<id>/<n>, or a local path")],
+        prompt: str = "",
+        function: str = "edit",
+        mask: str | None = None,
+        vendor: str | None = None,
+        n: int = 1,
+        seed: int | None = None,
+        negative_prompt: str | None = None,
+        watermark: bool | str | None = None,
+        size: str | None = None,
+        expand: Expand | None = None,
+        upscale_factor: int | None = None,
+        options: dict[str, Any] | None = None,
+        wait_seconds: Annotated[float, Field(ge=0, le=600)] = 20,
+        ctx: Context | None = None,
+    ) -> Annotated[CallToolResult, Task]:
+        """Start an image edit and wait up to wait_seconds for it. Returns the task; when it
+        has finished, a preview and links to the full images. Use check_task to keep waiting."""
+        try:
+            request = EditRequest(
+                images=images, prompt=prompt, function=function, mask=mask, vendor=vendor,
+                n=n, seed=seed, negative_prompt=negative_prompt, watermark=watermark,
+                size=size, expand=expand, upscale_factor=upscale_factor, options=options or {},
+            )
+        except ValueError as exc:
+            raise ToolError(_validation_message(exc)) from None
+        try:
+            task = await holder.get().edit_image(
+                request, wait_seconds=wait_seconds, on_progress=progress(ctx) if ctx else None
+            )
+        except RetouchError as exc:
+            raise ToolError(exc.message) from None
+        return await respond(task)
+
+    @mcp.tool()
+    async def check_task(
+        task_id: str,
+        wait_seconds: Annotated[float, Field(ge=0, le=600)] = 0,
+        ctx: Context | None = None,
+    ) -> Annotated[CallToolResult, Task]:
+        """The state of a task; with wait_seconds, wait up to that long for it to finish."""
+        try:
+            task = await holder.get().check_task(
+                task_id, wait_seconds, on_progress=progress(ctx) if ctx else None
+            )
+        except RetouchError as exc:
+            raise ToolError(exc.message) from None
+        return await respond(task)
+
+    @mcp.tool()
+    async def cancel_task(task_id: str) -> Task:
+        """Cancel a task that has not finished (at the vendor too, where it allows that)."""
+        try:
+            return await holder.get().cancel_task(task_id)
+        except RetouchError as exc:
+            raise ToolError(exc.message) from None
+
+    @mcp.tool()
+    async def list_tasks(limit: Annotated[int, Field(ge=1, le=100)] = 10) -> TaskList:
+        """The most recent tasks, newest first."""
+        return TaskList(tasks=await holder.get().list_tasks(limit=limit))
+
+    @mcp.resource("retouch://tasks/{task_id}/{index}", name="result",
+                  description="A full-size result image of a task")
+    async def result(task_id: str, index: str) -> bytes:
+        try:
+            data, _ = await holder.get().result(task_id, int(index))
+        except (RetouchError, ValueError) as exc:
+            raise ResourceError(f"no result {index} for task {task_id}: {exc}") from None
+        return data
+
+    return mcp
+
+
+async def task_result(editor: Editor, task: Task, preview_px: int) -> CallToolResult:
+    """A task as a tool result: text, structured record, previews and resource links."""
+    content: list[Any] = [TextContent(type="text", text=describe(task))]
+    for item in task.results:
+        data, _ = await editor.result(task.id, item.index)
+        preview = await asyncio.to_thread(make_preview, data, preview_px)
+        content.append(ImageContent(type="image", data=preview, mime_type="image/jpeg"))
+        content.append(
+            ResourceLink(
+                type="resource_link",
+                uri=item.uri,
+                name=f"result-{item.index}",
+                description=f"full image {item.width}×{item.height}",
+                mime_type=item.mime_type,
+                size=item.bytes,
+            )
+        )
+    return CallToolResult(
+        content=content,
+        structured_content=task.model_dump(mode="json"),
+        is_error=task.status.value == "failed",
+    )
+
+
+def describe(task: Task) -> str:
+    """One paragraph a model (or person) can act on."""
+    head = f"Task {task.id}: {task.status.value} ({task.function} with {task.vendor})."
+    if task.status.value in ("queued", "running"):
+        return f"{head} {task.progress or ''} Call check_task to wait for it.".replace("  ", " ")
+    lines = [head]
+    for r in task.results:
+        lines.append(f"Result {r.index}: {r.uri} ({r.width}×{r.height} {r.mime_type}).")
+    for f in task.failures:
+        lines.append(f"Image {f.index} failed: {f.message} [{f.code}].")
+    if task.error:
+        lines.append(f"Error [{task.error.code}]: {task.error.message}")
+    if task.cost is not None:
+        lines.append(f"Cost: {task.cost} {task.currency or ''} for {task.billed_images} image(s).")
+    lines += [f"Note: {n}" for n in task.notes]
+    return "\n".join(lines)
+
+
+def make_preview(data: bytes, max_px: int) -> str:
+    """A JPEG no larger than ``max_px`` on its longest side, base64-encoded."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (max_px, max_px))
+        image.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=80, optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _validation_message(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        parts = []
+        for err in errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "request"
+            parts.append(f"{loc}: {err['msg']}")
+        return "; ".join(parts)
+    return str(exc)

@@ -1,0 +1,92 @@
+"""The streamable-HTTP app: MCP at ``/mcp``, vendor callbacks, a health check, and the
+bearer-token guard that HTTP needs whenever it listens beyond loopback."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from typing import Any
+
+from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tools.config import Settings
+from tools.errors import ConfigError, RetouchError
+
+OPEN_PATHS = ("/health", "/callbacks/")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class BearerAuth:
+    """Refuses MCP requests without ``Authorization: Bearer <token>`` (constant-time compare)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith(OPEN_PATHS):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = JSONResponse(
+                    {"error": "unauthorized", "message": "send Authorization: Bearer <token>"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_http_app(mcp: MCPServer[Any], settings: Settings) -> ASGIApp:
+    cfg = settings.mcp
+    token = cfg.auth_token.get_secret_value()
+    if not is_loopback(cfg.host) and not token:
+        raise ConfigError(
+            f"mcp.host is {cfg.host}, beyond loopback: set mcp.auth_token (or "
+            "RETOUCH_MCP__AUTH_TOKEN) so that only your clients can edit"
+        )
+    security = None
+    if not is_loopback(cfg.host):
+        names = [cfg.host, "localhost", "127.0.0.1"]
+        if cfg.public_url:
+            from urllib.parse import urlsplit
+
+            names.append(urlsplit(cfg.public_url).hostname or cfg.host)
+        security = TransportSecuritySettings(
+            allowed_hosts=[f"{n}:*" for n in names] + names,
+            allowed_origins=[f"http://{n}:*" for n in names] + [f"https://{n}" for n in names],
+        )
+    holder = mcp.holder  # type: ignore[attr-defined]
+
+    @mcp.custom_route("/health", methods=["GET"])
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @mcp.custom_route("/callbacks/{vendor}", methods=["POST"])
+    async def callback(request: Request) -> Response:
+        body = await request.body()
+        try:
+            task_id = await holder.get().vendor_callback(
+                request.path_params["vendor"], body, dict(request.headers)
+            )
+        except RetouchError as exc:
+            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=400)
+        return JSONResponse({"code": 0, "task_id": task_id})
+
+    app: Starlette = mcp.streamable_http_app(
+        streamable_http_path=cfg.path, transport_security=security, host=cfg.host
+    )
+    return BearerAuth(app, token) if token else app

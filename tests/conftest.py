@@ -1,0 +1,69 @@
+"""Shared fixtures: settings in a temporary folder, an Editor on them, sample photos."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tools.config import Settings, load_settings
+from tools.service import Editor
+
+DATA = Path(__file__).parent / "data"
+
+
+def sample(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def png(size: tuple[int, int] = (64, 48), color: tuple[int, ...] = (200, 30, 30),
+        mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+MakeSettings = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MakeSettings:
+    """Settings from a config.toml written into tmp_path (the real file path is used)."""
+    for var in ("RETOUCH_CONFIG", "DASHSCOPE_API_KEY", "OPENAI_API_KEY", "TELEGRAM_BOT_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+
+    def make(toml: str = "", name: str = "config.toml") -> Settings:
+        body = (
+            '[store]\npath = "retouch.db"\nresults_dir = "results"\n'
+            "[worker]\nidle_poll_s = 0.05\n" + toml
+        )
+        path = tmp_path / name
+        path.write_text(body, encoding="utf-8")
+        return load_settings(path)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: MakeSettings) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def editor(settings: Settings) -> AsyncIterator[Editor]:
+    async with Editor(settings, allow_local_paths=True) as running:
+        yield running

@@ -1,0 +1,254 @@
+"""Settings: ``config.toml`` (or ``RETOUCH_CONFIG`` / ``--config``) plus the environment.
+
+Precedence, highest first: explicit overrides (command-line flags), ``RETOUCH_*`` environment
+variables (``__`` nests: ``RETOUCH_VENDORS__DASHSCOPE__API_KEY``), the TOML file, defaults.
+The vendors' own conventional variables (``DASHSCOPE_API_KEY``, ``OPENAI_API_KEY``,
+``TELEGRAM_BOT_TOKEN``) fill a key that is still empty. Vendor tables are validated by their
+kind's own settings class, so a typo in ``[vendors.x]`` is an error naming that key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tools.errors import ConfigError
+
+MB = 1024 * 1024
+
+#: kind → "module:Class" of the vendor adapter (each module holds its own Settings class).
+VENDOR_KINDS: dict[str, str] = {
+    "local": "tools.vendors.local:LocalVendor",
+    "dashscope": "tools.vendors.dashscope:DashScopeVendor",
+    "openai": "tools.vendors.openai:OpenAIVendor",
+    "nebula": "tools.vendors.nebula:NebulaVendor",
+    "softsugar": "tools.vendors.softsugar:SoftSugarVendor",
+}
+
+#: Conventional environment variables honoured for a kind's empty ``api_key``.
+VENDOR_KEY_ENV = {"dashscope": "DASHSCOPE_API_KEY", "openai": "OPENAI_API_KEY"}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSettings(Section):
+    path: Path = Path("retouch.db")
+    results_dir: Path = Path("results")
+    retention_days: float = Field(7, ge=0)
+    max_results_mb: int | None = Field(None, ge=1, description="evict oldest results past this")
+
+
+class RoutingSettings(Section):
+    default_vendor: str = "local"
+    order: list[str] = Field(default_factory=list)
+    fallback: list[str] = Field(default_factory=list)
+
+
+class MediaSettings(Section):
+    max_bytes: int = Field(10 * MB, ge=1024)
+    max_pixels: int = Field(50_000_000, ge=64 * 64)
+    allow_local_paths: bool | None = None  # None: on for stdio and the CLI, off for HTTP
+    allow_networks: list[str] = Field(
+        default_factory=list, description="CIDRs exempt from the private-address refusal"
+    )
+    fetch_timeout_s: float = Field(30, gt=0)
+    max_redirects: int = Field(5, ge=0, le=20)
+    max_concurrent_downloads: int = Field(8, ge=1)
+
+
+class WorkerSettings(Section):
+    lease_s: float = Field(30, ge=5)
+    idle_poll_s: float = Field(0.5, gt=0)
+    callback_timeout_s: float = Field(3600, gt=0)
+
+
+class MCPSettings(Section):
+    transport: Literal["stdio", "http"] = "stdio"
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    path: str = "/mcp"
+    auth_token: SecretStr = SecretStr("")
+    public_url: str = Field("", description="Base URL vendors use for callbacks")
+    preview_px: int = Field(512, ge=64, le=2048)
+
+
+class TelegramSettings(Section):
+    token: SecretStr = SecretStr("")
+    api_base_url: str = "https://api.telegram.org/bot"
+    file_base_url: str = "https://api.telegram.org/file/bot"
+    allowed_user_ids: list[int] = Field(default_factory=list)
+    public: bool = False
+    max_concurrent_per_user: int = Field(2, ge=1)
+    edits_per_hour: int = Field(30, ge=1)
+    album_debounce_s: float = Field(1.0, ge=0)
+    webhook_url: str = ""
+
+
+class VendorSettings(BaseModel):
+    """Keys every vendor instance takes; a kind's adapter extends this with its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    enabled: bool = True
+    api_key: SecretStr = SecretStr("")
+    base_url: str = ""
+    model: str = ""
+    timeout_s: float = Field(60, gt=0)
+    max_concurrent: int = Field(2, ge=1)
+    submit_rps: float = Field(2, gt=0)
+    query_rps: float = Field(20, gt=0)
+    poll_interval_s: float = Field(1, gt=0)
+    poll_max_interval_s: float = Field(10, gt=0)
+    max_retries: int = Field(4, ge=0)
+    price_per_image: float | None = Field(None, ge=0)
+    currency: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RETOUCH_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    mcp: MCPSettings = Field(default_factory=MCPSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    vendors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    log_level: str = "INFO"
+
+    _source: str = PrivateAttr("defaults")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the file, which arrives as init kwargs.
+        return (env_settings, init_settings)
+
+    @field_validator("vendors", mode="before")
+    @classmethod
+    def _vendor_tables(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError("[vendors] must be a table of named vendor instances")
+        return value
+
+    def vendor_settings(self) -> dict[str, VendorSettings]:
+        """Every vendor instance, validated by its kind (local is always present)."""
+        tables = dict(self.vendors)
+        tables.setdefault("local", {"kind": "local"})
+        out: dict[str, VendorSettings] = {}
+        for name, table in tables.items():
+            table = dict(table)
+            kind = str(table.get("kind") or name)
+            table["kind"] = kind
+            if kind not in VENDOR_KINDS:
+                raise ConfigError(
+                    f"{self.source}: vendors.{name}.kind: unknown kind {kind!r}; "
+                    f"known kinds: {', '.join(VENDOR_KINDS)}"
+                )
+            env_key = VENDOR_KEY_ENV.get(kind)
+            if env_key and not table.get("api_key") and os.environ.get(env_key):
+                table["api_key"] = os.environ[env_key]
+            try:
+                out[name] = vendor_class(kind).Settings.model_validate(table)
+            except ValidationError as exc:
+                raise ConfigError(_explain(exc, self.source, f"vendors.{name}")) from None
+        return out
+
+    def enabled_vendors(self) -> dict[str, VendorSettings]:
+        return {n: v for n, v in self.vendor_settings().items() if v.enabled}
+
+
+def vendor_class(kind: str) -> Any:
+    module, _, attr = VENDOR_KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _explain(exc: ValidationError, source: str, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling against config.example.toml)"
+        lines.append(f"{source}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def find_config(path: str | Path | None = None) -> Path | None:
+    """The config file to read: ``path``, else ``RETOUCH_CONFIG``, else ./config.toml."""
+    if path:
+        return Path(path)
+    if os.environ.get("RETOUCH_CONFIG"):
+        return Path(os.environ["RETOUCH_CONFIG"])
+    default = Path("config.toml")
+    return default if default.is_file() else None
+
+
+def load_settings(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Read settings; any problem is one ConfigError naming the file and key."""
+    file = find_config(path)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if file is not None:
+        source = str(file)
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+    settings._source = source
+    if not settings.telegram.token.get_secret_value() and os.environ.get("TELEGRAM_BOT_TOKEN"):
+        settings.telegram.token = SecretStr(os.environ["TELEGRAM_BOT_TOKEN"])
+    if file is not None:
+        base = file.resolve().parent
+        for attr in ("path", "results_dir"):
+            value = getattr(settings.store, attr)
+            if not value.is_absolute():
+                setattr(settings.store, attr, base / value)
+    settings.vendor_settings()  # validate vendor tables now, not on first use
+    return settings

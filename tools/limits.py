@@ -1,0 +1,34 @@
+"""Rate limiting and backoff, shared by the worker's calls to every vendor."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+
+class RateLimiter:
+    """A token bucket: at most ``rate`` acquisitions a second, bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(1.0, rate)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
+    """Capped exponential backoff with full jitter (attempt counts from 0)."""
+    return random.uniform(base / 2, min(cap, base * 2**attempt))

@@ -1,0 +1,424 @@
+"""Image input: load from a URL (SSRF-safe), data: URI, local path or earlier result; check
+the bytes by content, refuse decompression bombs before decoding, and fit images to a
+vendor's limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import ipaddress
+import re
+import socket
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote_to_bytes
+
+import httpx
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tools.errors import ImageError, InvalidParameter, NotFound, UnsafeURL
+
+#: Pillow format → MIME type, for the formats Retouch accepts.
+FORMATS = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "GIF": "image/gif",
+}
+RESULT_URI = re.compile(r"^retouch://tasks/([0-9a-f]{32})/(\d{1,3})$")
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+ResultLookup = Callable[[str, int], Awaitable[Path]]
+
+# Pillow's own bomb guard is a warning up to 2× its limit; we check sizes ourselves first.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """An image ready to use: bytes checked by content, with its real size."""
+
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+
+    @property
+    def format(self) -> str:
+        return self.mime_type.split("/", 1)[1]
+
+    @property
+    def extension(self) -> str:
+        return {"jpeg": "jpg", "tiff": "tif"}.get(self.format, self.format)
+
+    def to_pil(self) -> Image.Image:
+        image = Image.open(io.BytesIO(self.data))
+        image.load()
+        return image
+
+    def data_uri(self) -> str:
+        return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode()}"
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+@dataclass
+class MediaPolicy:
+    max_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    allow_local_paths: bool = False
+    allow_networks: list[str] = field(default_factory=list)
+    timeout_s: float = 30
+    max_redirects: int = 5
+    resolver: Resolver = system_resolver
+
+    def network_allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.allow_networks)
+
+
+# ---- checking bytes ------------------------------------------------------------------------
+
+
+def inspect(data: bytes, policy: MediaPolicy, label: str = "image") -> InputImage:
+    """Check bytes are one acceptable image within the limits; normalise what must be.
+
+    The pixel count is checked from the header, before anything is decoded. A GIF becomes
+    its first frame as PNG; an EXIF rotation is applied so every vendor sees the same image.
+    """
+    if len(data) > policy.max_bytes:
+        raise ImageError(
+            f"{label} is {len(data) / 1e6:.1f} MB; the limit is {policy.max_bytes / 1e6:.0f} MB"
+        )
+    if not data:
+        raise ImageError(f"{label} is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"{label} is not an image Retouch can read (JPEG, PNG, WEBP, BMP, TIFF or GIF)"
+        ) from None
+    except Exception as exc:
+        raise ImageError(f"{label} is corrupt ({type(exc).__name__})") from None
+    if image.format not in FORMATS:
+        raise ImageError(f"{label} is {image.format}; use JPEG, PNG, WEBP, BMP, TIFF or GIF")
+    width, height = image.size
+    if width < 1 or height < 1 or width * height > policy.max_pixels:
+        raise ImageError(
+            f"{label} is {width}×{height} = {width * height / 1e6:.0f} MP; the limit is "
+            f"{policy.max_pixels / 1e6:.0f} MP (decompression bombs are refused)"
+        )
+    try:
+        image.seek(0)
+        image.load()
+    except Exception as exc:
+        raise ImageError(f"{label} is corrupt or truncated ({type(exc).__name__})") from None
+    mime = FORMATS[image.format]
+    rotated = ImageOps.exif_transpose(image) if _orientation(image) not in (None, 1) else None
+    if image.format == "GIF" or rotated is not None or image.mode in ("P", "CMYK", "I;16"):
+        out = rotated if rotated is not None else image
+        if out.mode not in ("RGB", "RGBA", "L", "LA"):
+            out = out.convert("RGBA" if "transparency" in out.info or "A" in out.mode else "RGB")
+        return encode(out, "PNG")
+    return InputImage(data=data, mime_type=mime, width=width, height=height)
+
+
+def _orientation(image: Image.Image) -> int | None:
+    try:
+        return image.getexif().get(0x0112)
+    except Exception:
+        return None
+
+
+def encode(image: Image.Image, fmt: str = "PNG", quality: int = 92) -> InputImage:
+    """Encode a PIL image; JPEG drops alpha (composited on white)."""
+    buf = io.BytesIO()
+    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+        if "A" in image.mode or image.mode == "P":
+            rgba = image.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            image = flat
+        else:
+            image = image.convert("RGB")
+    options = {"quality": quality, "optimize": True} if fmt in ("JPEG", "WEBP") else {}
+    if fmt == "PNG":
+        options = {"compress_level": 6}
+    image.save(buf, fmt, **options)
+    return InputImage(buf.getvalue(), FORMATS[fmt], image.width, image.height)
+
+
+# ---- loading from a source -----------------------------------------------------------------
+
+
+async def load(
+    source: str,
+    policy: MediaPolicy,
+    client: httpx.AsyncClient,
+    results: ResultLookup | None = None,
+    label: str = "image",
+) -> InputImage:
+    """Load one image from any accepted source and check it."""
+    source = source.strip()
+    if not source:
+        raise InvalidParameter(f"{label} is an empty string")
+    lowered = source[:16].lower()
+    if lowered.startswith("data:"):
+        data = decode_data_uri(source, policy, label)
+    elif lowered.startswith(("http://", "https://")):
+        data = await fetch(source, policy, client, label)
+    elif lowered.startswith("retouch:"):
+        data = await _read_result(source, results, label)
+    elif re.match(r"^[a-z][a-z0-9+.-]*://", lowered):
+        scheme = source.split(":", 1)[0]
+        raise UnsafeURL(f"{label}: the {scheme}: scheme is not accepted; use http(s) or data:")
+    else:
+        data = _read_local(source, policy, label)
+    return await asyncio.to_thread(inspect, data, policy, label)
+
+
+def decode_data_uri(uri: str, policy: MediaPolicy, label: str = "image") -> bytes:
+    header, sep, payload = uri.partition(",")
+    if not sep:
+        raise ImageError(f"{label}: malformed data: URI (no comma)")
+    if len(payload) > policy.max_bytes * 4 // 3 + 16:
+        raise ImageError(f"{label} is larger than the {policy.max_bytes / 1e6:.0f} MB limit")
+    try:
+        if header.endswith(";base64"):
+            return base64.b64decode(payload, validate=True)
+        return unquote_to_bytes(payload)
+    except (binascii.Error, ValueError):
+        raise ImageError(f"{label}: the data: URI is not valid base64") from None
+
+
+def _read_local(path: str, policy: MediaPolicy, label: str) -> bytes:
+    if path.lower().startswith("file://"):
+        path = path[7:]
+    if not policy.allow_local_paths:
+        raise UnsafeURL(
+            f"{label}: local paths are not accepted by this server; send a URL or a data: URI"
+        )
+    file = Path(path).expanduser()
+    try:
+        size = file.stat().st_size
+    except OSError:
+        raise ImageError(f"{label}: no readable file at {path}") from None
+    if not file.is_file():
+        raise ImageError(f"{label}: {path} is not a file")
+    if size > policy.max_bytes:
+        raise ImageError(
+            f"{label} is {size / 1e6:.1f} MB; the limit is {policy.max_bytes / 1e6:.0f} MB"
+        )
+    return file.read_bytes()
+
+
+async def _read_result(uri: str, results: ResultLookup | None, label: str) -> bytes:
+    match = RESULT_URI.match(uri)
+    if not match:
+        raise InvalidParameter(f"{label}: a result URI looks like retouch://tasks/<task id>/<n>")
+    if results is None:
+        raise NotFound(f"{label}: earlier results are not available here")
+    path = await results(match.group(1), int(match.group(2)))
+    return await asyncio.to_thread(path.read_bytes)
+
+
+# ---- SSRF-safe download --------------------------------------------------------------------
+
+
+async def check_url(url: httpx.URL, policy: MediaPolicy, label: str = "image") -> list[str]:
+    """Resolve a URL's host and refuse anything that is not a public address."""
+    if url.scheme not in ("http", "https"):
+        raise UnsafeURL(f"{label}: only http and https URLs are accepted")
+    if url.userinfo:
+        raise UnsafeURL(f"{label}: URLs with a user name or password are not accepted")
+    host = url.host.rstrip(".")
+    if not host:
+        raise UnsafeURL(f"{label}: the URL has no host")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        addresses = await policy.resolver(host, port)
+    except OSError:
+        raise ImageError(f"{label}: cannot resolve host {host!r}") from None
+    if not addresses:
+        raise ImageError(f"{label}: host {host!r} has no address")
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        public = ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+        if not public and not policy.network_allowed(ip):
+            raise UnsafeURL(
+                f"{label}: {host} resolves to a private or reserved address; "
+                "only public addresses are fetched"
+            )
+    return addresses
+
+
+async def fetch(
+    url: str, policy: MediaPolicy, client: httpx.AsyncClient, label: str = "image"
+) -> bytes:
+    """GET a public URL: every hop re-checked, the address pinned, the body capped."""
+    try:
+        current = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise UnsafeURL(f"{label}: not a valid URL ({exc})") from None
+    for _ in range(policy.max_redirects + 1):
+        addresses = await check_url(current, policy, label)
+        pinned = current.copy_with(host=addresses[0])
+        headers = {"Host": current.netloc.decode("ascii"), "Accept": "image/*"}
+        extensions = {"sni_hostname": current.host} if current.scheme == "https" else {}
+        try:
+            request = client.build_request(
+                "GET", pinned, headers=headers, extensions=extensions, timeout=policy.timeout_s
+            )
+            response = await client.send(request, stream=True, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            raise ImageError(f"{label}: download failed ({type(exc).__name__})") from None
+        try:
+            if response.is_redirect:
+                location = response.headers.get("location", "")
+                current = current.join(location)
+                continue
+            if response.status_code != 200:
+                raise ImageError(f"{label}: the server answered HTTP {response.status_code}")
+            return await read_capped(response, policy.max_bytes, label)
+        finally:
+            await response.aclose()
+    raise ImageError(f"{label}: more than {policy.max_redirects} redirects")
+
+
+async def read_capped(response: httpx.Response, limit: int, label: str) -> bytes:
+    """Read a streamed body, stopping as soon as it passes ``limit`` bytes."""
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ImageError(
+            f"{label} is {int(declared) / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB"
+        )
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if total > limit:
+                raise ImageError(f"{label} is larger than the {limit / 1e6:.0f} MB limit")
+            chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        raise ImageError(f"{label}: download broke off ({type(exc).__name__})") from None
+    return b"".join(chunks)
+
+
+# ---- fitting to a vendor's limits ----------------------------------------------------------
+
+
+def fit(
+    image: InputImage,
+    *,
+    min_side: int | None = None,
+    max_side: int | None = None,
+    max_bytes: int | None = None,
+    formats: tuple[str, ...] | None = None,
+    label: str = "image",
+    vendor: str = "the vendor",
+) -> tuple[InputImage, list[str]]:
+    """Bring an image within limits where that keeps its intent; say what changed.
+
+    ``formats`` are MIME subtypes ("png", "jpeg", ...). Raises InvalidParameter when no
+    resize can satisfy both side limits (an extreme aspect ratio).
+    """
+    notes: list[str] = []
+    w, h = image.width, image.height
+    scale = 1.0
+    if max_side and max(w, h) > max_side:
+        scale = max_side / max(w, h)
+    if min_side and min(w, h) * scale < min_side:
+        scale = min_side / min(w, h)
+    if max_side and max(w, h) * scale > max_side + 0.5:
+        raise InvalidParameter(
+            f"{label} is {w}×{h}; {vendor} needs every side between {min_side} and "
+            f"{max_side} px, which this aspect ratio cannot meet",
+            parameter="images",
+        )
+    out = image
+    pil: Image.Image | None = None
+    if scale != 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        if min_side:
+            size = (max(size[0], min_side), max(size[1], min_side))
+        if max_side:
+            size = (min(size[0], max_side), min(size[1], max_side))
+        pil = image.to_pil().resize(size, Image.Resampling.LANCZOS)
+        verb = "downscaled" if scale < 1 else "upscaled"
+        notes.append(f"{label}: {verb} {w}×{h} → {size[0]}×{size[1]} for {vendor}")
+    target = image.format
+    if formats and image.format not in formats:
+        target = "png" if "png" in formats else formats[0]
+        notes.append(f"{label}: re-encoded {image.format.upper()} as {target.upper()} for {vendor}")
+    if pil is not None or target != image.format:
+        out = encode(pil or image.to_pil(), target.upper())
+    if max_bytes and len(out.data) > max_bytes:
+        out, note = _shrink(out, max_bytes, formats, label, vendor)
+        notes.append(note)
+    return out, notes
+
+
+def _shrink(
+    image: InputImage, max_bytes: int, formats: tuple[str, ...] | None, label: str, vendor: str
+) -> tuple[InputImage, str]:
+    pil = image.to_pil()
+    if not formats or "jpeg" in formats:
+        for quality in (92, 85, 75):
+            out = encode(pil, "JPEG", quality)
+            if len(out.data) <= max_bytes:
+                return (
+                    out,
+                    f"{label}: re-encoded as JPEG (quality {quality}) to fit {vendor}'s size limit",
+                )
+    while True:
+        pil = pil.resize(
+            (max(1, pil.width * 3 // 4), max(1, pil.height * 3 // 4)), Image.Resampling.LANCZOS
+        )
+        fmt = "JPEG" if (not formats or "jpeg" in formats) else "PNG"
+        out = encode(pil, fmt)
+        if len(out.data) <= max_bytes or pil.width < 64:
+            return out, f"{label}: reduced to {pil.width}×{pil.height} to fit {vendor}'s size limit"
+
+
+def fit_mask(
+    mask: InputImage, size: tuple[int, int], label: str = "mask"
+) -> tuple[InputImage, list[str]]:
+    """A black-and-white mask at exactly ``size``; refuses a different aspect ratio."""
+    pil = mask.to_pil()
+    notes: list[str] = []
+    if pil.size != size:
+        if abs(pil.width / pil.height - size[0] / size[1]) > 0.01:
+            raise InvalidParameter(
+                f"{label} is {pil.width}×{pil.height} but the image is {size[0]}×{size[1]}; "
+                "the mask must have the image's shape",
+                parameter="mask",
+            )
+        pil = pil.resize(size, Image.Resampling.NEAREST)
+        notes.append(f"{label}: resized to {size[0]}×{size[1]} to match the image")
+    gray = pil.convert("L") if "A" not in pil.getbands() or pil.mode == "LA" else _alpha_aware(pil)
+    binary = gray.point(lambda v: 255 if v >= 128 else 0)
+    out = encode(binary, "PNG")
+    return out, notes
+
+
+def _alpha_aware(pil: Image.Image) -> Image.Image:
+    """An RGBA mask: transparent areas count as black (keep)."""
+    rgba = pil.convert("RGBA")
+    flat = Image.new("L", rgba.size, 0)
+    flat.paste(rgba.convert("L"), mask=rgba.getchannel("A"))
+    return flat

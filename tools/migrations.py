@@ -1,0 +1,122 @@
+"""The SQLite schema, as small numbered steps applied in order and recorded in a table.
+
+Add a step by appending a function decorated with ``@migration``; never edit one that has
+shipped. Each step runs in the same transaction as its record in ``_migrations``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import aiosqlite
+
+Step = Callable[[aiosqlite.Connection], Awaitable[None]]
+MIGRATIONS: list[Step] = []
+
+
+def migration(fn: Step) -> Step:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+async def migrate(db: aiosqlite.Connection) -> list[str]:
+    """Apply the steps not yet applied; return their names."""
+    await db.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+    )
+    await db.commit()
+    applied = {row[0] for row in await db.execute_fetchall("SELECT name FROM _migrations")}
+    done = []
+    for step in MIGRATIONS:
+        if step.__name__ in applied:
+            continue
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            # A second process may have applied it while we waited for the lock.
+            again = await db.execute_fetchall(
+                "SELECT 1 FROM _migrations WHERE name = ?", (step.__name__,)
+            )
+            if not again:
+                await step(db)
+                await db.execute(
+                    "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
+                    (step.__name__, time.time()),
+                )
+                done.append(step.__name__)
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+    return done
+
+
+@migration
+async def m001_tasks(db: aiosqlite.Connection) -> None:
+    await db.execute(
+        """
+        CREATE TABLE tasks (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            function TEXT NOT NULL,
+            vendor TEXT NOT NULL,
+            prompt TEXT NOT NULL DEFAULT '',
+            n INTEGER NOT NULL DEFAULT 1,
+            request TEXT NOT NULL,
+            owner TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until REAL NOT NULL DEFAULT 0,
+            submit_started_at REAL,
+            vendor_task_id TEXT,
+            next_poll_at REAL,
+            polls INTEGER NOT NULL DEFAULT 0,
+            progress TEXT,
+            results TEXT NOT NULL DEFAULT '[]',
+            failures TEXT NOT NULL DEFAULT '[]',
+            error TEXT,
+            notes TEXT NOT NULL DEFAULT '[]',
+            billed_images INTEGER NOT NULL DEFAULT 0,
+            cost REAL,
+            currency TEXT,
+            cancel_requested INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+    await db.execute("CREATE INDEX tasks_claim ON tasks (vendor, status, lease_until)")
+    await db.execute("CREATE INDEX tasks_vendor_task ON tasks (vendor, vendor_task_id)")
+    await db.execute("CREATE INDEX tasks_owner ON tasks (owner, seq)")
+    await db.execute("CREATE INDEX tasks_finished ON tasks (finished_at)")
+
+
+@migration
+async def m002_blobs(db: aiosqlite.Connection) -> None:
+    await db.execute(
+        """
+        CREATE TABLE blobs (
+            sha256 TEXT PRIMARY KEY,
+            mime_type TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        )
+        """
+    )
+    await db.execute(
+        """
+        CREATE TABLE task_blobs (
+            task_id TEXT NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+            role TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            sha256 TEXT NOT NULL REFERENCES blobs (sha256),
+            PRIMARY KEY (task_id, role, idx)
+        )
+        """
+    )
+    await db.execute("CREATE INDEX task_blobs_sha ON task_blobs (sha256)")

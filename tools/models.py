@@ -1,0 +1,164 @@
+"""The types every part of Retouch speaks: requests, tasks and their results."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_SEED = 2_147_483_647
+
+
+class TaskStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TaskStatus.succeeded, TaskStatus.failed, TaskStatus.canceled)
+
+
+class Expand(BaseModel):
+    """How far to extend the canvas on each side, as a multiple of the original (1.0–2.0)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top: float = Field(1.0, ge=1.0, le=2.0)
+    bottom: float = Field(1.0, ge=1.0, le=2.0)
+    left: float = Field(1.0, ge=1.0, le=2.0)
+    right: float = Field(1.0, ge=1.0, le=2.0)
+
+
+class EditRequest(BaseModel):
+    """One edit as a client asks for it. The catalogue checks it against the function."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] = Field(
+        min_length=1,
+        max_length=10,
+        description="Images to edit: http(s) URL, data: URI, local path, or retouch://tasks/<id>/<n>.",
+    )
+    prompt: str = Field("", max_length=32_000, description="What to do, in words.")
+    function: str = Field("edit", description="A function from list_functions.")
+    mask: str | None = Field(
+        None, description="Mask image (white = edit, black = keep), same sources as images."
+    )
+    vendor: str | None = Field(None, description="Vendor instance; default: routing order.")
+    n: int = Field(1, ge=1, le=10, description="Number of results.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    negative_prompt: str | None = Field(None, max_length=2_000)
+    watermark: bool | str | None = Field(
+        None, description="true: the vendor's own mark; text: Retouch stamps that text."
+    )
+    size: str | None = Field(None, description='Output size "WxH" where the vendor allows it.')
+    expand: Expand | None = None
+    upscale_factor: int | None = Field(None, ge=1, le=4)
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Vendor-specific options (see list_functions)."
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _size_form(cls, value: str | None) -> str | None:
+        if value is None or value == "auto":
+            return value
+        parts = value.lower().replace("*", "x").split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError('size must look like "1024x1024" (width x height) or "auto"')
+        w, h = (int(p) for p in parts)
+        if not (1 <= w <= 16384 and 1 <= h <= 16384):
+            raise ValueError("size sides must be between 1 and 16384")
+        return f"{w}x{h}"
+
+    @field_validator("watermark")
+    @classmethod
+    def _watermark_text(cls, value: bool | str | None) -> bool | str | None:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return None
+            if len(value) > 100:
+                raise ValueError("watermark text is limited to 100 characters")
+        return value
+
+
+class ResultImage(BaseModel):
+    """One finished image, stored by Retouch."""
+
+    index: int
+    uri: str = Field(description="retouch://tasks/<id>/<index>; read it as an MCP resource.")
+    sha256: str
+    mime_type: str
+    width: int
+    height: int
+    bytes: int
+    path: str | None = Field(None, description="Where the file is on the server's disk.")
+    vendor_url: str | None = Field(None, description="The vendor's own URL (it expires).")
+
+
+class ImageFailure(BaseModel):
+    """One requested image that the vendor did not deliver (partial failure)."""
+
+    index: int
+    code: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+
+
+class Task(BaseModel):
+    """A task record as clients see it."""
+
+    id: str
+    status: TaskStatus
+    function: str
+    vendor: str
+    prompt: str = ""
+    n: int = 1
+    input_count: int = 1
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: str | None = Field(None, description="What is happening now, in words.")
+    attempts: int = 0
+    vendor_task_id: str | None = None
+    results: list[ResultImage] = Field(default_factory=list)
+    failures: list[ImageFailure] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    notes: list[str] = Field(
+        default_factory=list, description="What Retouch changed or chose on the way."
+    )
+    billed_images: int = 0
+    cost: float | None = None
+    currency: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+
+class FunctionInfo(BaseModel):
+    """One catalogue entry as list_functions shows it."""
+
+    name: str
+    summary: str
+    min_images: int
+    max_images: int
+    mask: str = Field(description='"required", "optional" or "none"')
+    parameters: dict[str, Any] = Field(description="JSON Schema of the parameters it uses.")
+    vendors: list[str] = Field(description="Enabled vendor instances that can run it.")
+    notes: dict[str, str] = Field(
+        default_factory=dict, description="Per vendor: what it really does."
+    )

@@ -1,0 +1,318 @@
+"""The Editor: the one object both front ends talk to.
+
+    async with Editor(settings) as editor:
+        task = await editor.edit_image(EditRequest(images=[...], prompt="oil painting",
+                                                   function="stylization_all"))
+        task = await editor.check_task(task.id, wait_seconds=30)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tools import catalog, media
+from tools.config import Settings, vendor_class
+from tools.errors import InvalidParameter, NotFound, RetouchError, Unsupported
+from tools.models import EditRequest, FunctionInfo, Task, TaskStatus
+from tools.store import Store
+from tools.vendors.base import Vendor
+from tools.worker import Worker, finish_task
+
+Progress = Callable[[Task], Awaitable[None]]
+
+
+class Editor:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        allow_local_paths: bool = False,
+        resolver: media.Resolver | None = None,
+        run_worker: bool = True,
+    ) -> None:
+        self.settings = settings
+        allow = settings.media.allow_local_paths
+        self.policy = media.MediaPolicy(
+            max_bytes=settings.media.max_bytes,
+            max_pixels=settings.media.max_pixels,
+            allow_local_paths=allow_local_paths if allow is None else allow,
+            allow_networks=settings.media.allow_networks,
+            timeout_s=settings.media.fetch_timeout_s,
+            max_redirects=settings.media.max_redirects,
+            resolver=resolver or media.system_resolver,
+        )
+        self.run_worker = run_worker
+        self.store: Store
+        self.vendors: dict[str, Vendor] = {}
+        self.worker: Worker | None = None
+        self._changed: dict[str, asyncio.Event] = {}
+        self._downloads = asyncio.Semaphore(settings.media.max_concurrent_downloads)
+        self._janitor: asyncio.Task[None] | None = None
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> Editor:
+        cfg = self.settings
+        self.store = await Store.open(cfg.store.path, cfg.store.results_dir)
+        # User downloads never follow the environment's proxies or redirects on their own.
+        self.fetcher = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(60, connect=10), limits=httpx.Limits(max_connections=100)
+        )
+        for name, vs in cfg.enabled_vendors().items():
+            client = self.http
+            if vs.timeout_s != 60:
+                client = httpx.AsyncClient(timeout=httpx.Timeout(vs.timeout_s, connect=10))
+            self.vendors[name] = vendor_class(vs.kind)(name, vs, client)
+        if self.run_worker:
+            self.worker = Worker(
+                self.store, self.vendors, cfg, self.http, self._stamp, self._notify
+            )
+            await self.worker.start()
+            self._janitor = asyncio.create_task(self._clean_periodically())
+        return self
+
+    async def close(self) -> None:
+        if self._janitor:
+            self._janitor.cancel()
+            with contextlib.suppress(BaseException):
+                await self._janitor
+        if self.worker:
+            await self.worker.stop()
+        for vendor in self.vendors.values():
+            with contextlib.suppress(Exception):
+                await vendor.aclose()
+            if vendor.http is not self.http:
+                await vendor.http.aclose()
+        await self.http.aclose()
+        await self.fetcher.aclose()
+        await self.store.close()
+
+    async def __aenter__(self) -> Editor:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _clean_periodically(self) -> None:
+        cfg = self.settings.store
+        limit = cfg.max_results_mb * 1024 * 1024 if cfg.max_results_mb else None
+        while True:
+            with contextlib.suppress(Exception):
+                await self.store.cleanup(cfg.retention_days, limit)
+            await asyncio.sleep(3600)
+
+    # ---- the four operations -------------------------------------------------------------
+
+    def list_functions(self, vendor: str | None = None) -> list[FunctionInfo]:
+        vendors = self.vendors
+        if vendor is not None:
+            vendors = {vendor: self._vendor(vendor)}
+        out = []
+        for spec in catalog.FUNCTIONS.values():
+            able = {n: v.capabilities[spec.name] for n, v in vendors.items()
+                    if spec.name in v.capabilities}
+            if vendor is not None and not able:
+                continue
+            mask = spec.mask
+            out.append(
+                FunctionInfo(
+                    name=spec.name,
+                    summary=spec.summary,
+                    min_images=spec.min_images,
+                    max_images=spec.max_images,
+                    mask=mask,
+                    parameters=catalog.parameter_schema(spec),
+                    vendors=list(able),
+                    notes={n: c.note for n, c in able.items() if c.note},
+                )
+            )
+        return out
+
+    async def edit_image(
+        self,
+        request: EditRequest,
+        *,
+        owner: str | None = None,
+        wait_seconds: float = 0,
+        on_progress: Progress | None = None,
+    ) -> Task:
+        """Validate, store the task with its inputs, and return it (optionally waiting)."""
+        catalog.validate(request)
+        vendor = self.route(request)
+        vendor.check(request)
+        images = await asyncio.gather(
+            *(self._load(src, f"image {i + 1}") for i, src in enumerate(request.images))
+        )
+        mask = await self._load(request.mask, "mask") if request.mask else None
+        if mask is not None:
+            _, notes = media.fit_mask(mask, (images[0].width, images[0].height))
+        shas = [await self.store.put_blob(img) for img in images]
+        mask_sha = await self.store.put_blob(mask) if mask is not None else None
+        record = await self.store.create_task(
+            function=request.function,
+            vendor=vendor.name,
+            prompt=request.prompt,
+            n=request.n,
+            request=_recordable(request),
+            inputs=shas,
+            mask=mask_sha,
+            owner=owner,
+        )
+        if self.worker:
+            self.worker.wake()
+        if wait_seconds > 0:
+            return await self.check_task(record.id, wait_seconds, on_progress)
+        return record.public()
+
+    async def check_task(
+        self, task_id: str, wait_seconds: float = 0, on_progress: Progress | None = None
+    ) -> Task:
+        """The task as stored; with ``wait_seconds``, wait up to that long for its end."""
+        record = await self.store.get(task_id)
+        deadline = time.monotonic() + min(max(wait_seconds, 0), 3600)
+        seen = record.progress
+        while not record.finished and time.monotonic() < deadline:
+            event = self._changed.setdefault(task_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(0.5, deadline - time.monotonic()))
+            event.clear()
+            record = await self.store.get(task_id)
+            if on_progress and record.progress != seen and not record.finished:
+                seen = record.progress
+                await on_progress(record.public())
+        self._changed.pop(task_id, None) if record.finished else None
+        return record.public()
+
+    async def cancel_task(self, task_id: str) -> Task:
+        record = await self.store.request_cancel(task_id)
+        if record.status == "queued" and await self.store.finish(
+            task_id, None, TaskStatus.canceled
+        ):
+            record = await self.store.get(task_id)
+        self._notify(task_id)
+        return record.public()
+
+    async def list_tasks(self, *, owner: str | None = None, limit: int = 20) -> list[Task]:
+        return [r.public() for r in await self.store.list(owner=owner, limit=limit)]
+
+    async def result(self, task_id: str, index: int) -> tuple[bytes, str]:
+        """A stored result's bytes and MIME type (for resources and downloads)."""
+        if not media.RESULT_URI.match(f"retouch://tasks/{task_id}/{index}"):
+            raise NotFound("no such result")
+        path = await self.store.result_path(task_id, index)
+        data = await asyncio.to_thread(path.read_bytes)
+        record = await self.store.get(task_id)
+        mime = next(r["mime_type"] for r in record.results if r["index"] == index)
+        return data, mime
+
+    async def vendor_callback(self, vendor_name: str, body: bytes, headers: Mapping[str, str]) -> str:
+        """A vendor's completion callback: find the task, store its results, end it."""
+        vendor = self._vendor(vendor_name)
+        vendor_task_id, outcome = vendor.parse_callback(body, headers)
+        record = await self.store.find_by_vendor_task(vendor_name, vendor_task_id)
+        if record is None:
+            raise NotFound(f"no task for {vendor_name} task {vendor_task_id!r}")
+        if not record.finished:
+            if isinstance(outcome, RetouchError):
+                await self.store.finish(record.id, None, TaskStatus.failed,
+                                        error=outcome.to_dict())
+            else:
+                await finish_task(self.store, record, vendor, outcome, list(record.notes),
+                                  self.http, self._stamp, worker=None)
+            self._notify(record.id)
+        return record.id
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def route(self, request: EditRequest) -> Vendor:
+        """The vendor a request goes to: the one it names, else the first able one."""
+        if request.vendor:
+            return self._vendor(request.vendor)
+        order = [*self.settings.routing.order, self.settings.routing.default_vendor,
+                 *self.vendors]
+        tried: list[str] = []
+        for name in dict.fromkeys(order):
+            vendor = self.vendors.get(name)
+            if vendor is None or request.function not in vendor.capabilities:
+                continue
+            try:
+                vendor.check(request)
+                return vendor
+            except RetouchError:
+                tried.append(name)
+        able = _kinds_that_can(request.function)
+        raise Unsupported(
+            f"no enabled vendor can run {request.function} with these parameters"
+            + (f" (tried {', '.join(tried)})" if tried else "")
+            + (f"; vendor kinds that can: {', '.join(able)} — enable one in config.toml"
+               if able else ""),
+            function=request.function,
+        )
+
+    def _vendor(self, name: str) -> Vendor:
+        try:
+            return self.vendors[name]
+        except KeyError:
+            raise InvalidParameter(
+                f"unknown or disabled vendor {name!r}; enabled: {', '.join(self.vendors)}",
+                parameter="vendor",
+            ) from None
+
+    async def _load(self, source: str, label: str) -> media.InputImage:
+        async with self._downloads:
+            return await media.load(source, self.policy, self.fetcher, self._result_path, label)
+
+    async def _result_path(self, task_id: str, index: int) -> Path:
+        return await self.store.result_path(task_id, index)
+
+    async def _stamp(self, image: media.InputImage, text: str) -> media.InputImage:
+        from tools.engine.watermark import stamp
+
+        def run() -> media.InputImage:
+            out = stamp(image.to_pil(), text).image
+            return media.encode(out, "JPEG" if image.format == "jpeg" else "PNG")
+
+        return await asyncio.to_thread(run)
+
+    def _notify(self, task_id: str) -> None:
+        event = self._changed.get(task_id)
+        if event is not None:
+            event.set()
+
+
+def _recordable(request: EditRequest) -> dict[str, Any]:
+    """The request as stored: data URIs shortened (the bytes are stored as blobs)."""
+    data = request.model_dump(mode="json", exclude_none=True)
+
+    def short(src: str) -> str:
+        return f"data:…({len(src)} chars)" if src.startswith("data:") else src
+
+    data["images"] = [short(s) for s in request.images]
+    if request.mask:
+        data["mask"] = short(request.mask)
+    data["source_urls"] = [s if s.startswith(("http://", "https://")) else None
+                           for s in request.images]
+    return data
+
+
+def _kinds_that_can(function: str) -> list[str]:
+    from tools.config import VENDOR_KINDS
+
+    kinds = []
+    for kind in VENDOR_KINDS:
+        try:
+            cls = vendor_class(kind)
+            probe = cls(kind, cls.Settings(kind=kind), None)
+            if function in probe.capabilities:
+                kinds.append(kind)
+        except Exception:
+            continue
+    return kinds

@@ -1,0 +1,457 @@
+"""The task store (SQLite through aiosqlite, WAL) and the image files on disk.
+
+Images, inputs and results alike, are content-addressed: ``<results_dir>/<aa>/<sha256>.<ext>``,
+written once, atomically. Tasks are claimed with a lease, so a second backend (PostgreSQL,
+several processes on several machines) can implement the same calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from tools.errors import NotFound
+from tools.media import InputImage
+from tools.migrations import migrate
+from tools.models import ErrorInfo, ImageFailure, ResultImage, Task, TaskStatus
+
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/bmp": "bmp",
+              "image/tiff": "tif", "image/gif": "gif"}
+JSON_FIELDS = {"request", "results", "failures", "error", "notes"}
+WRITABLE = {
+    "status", "vendor", "progress", "vendor_task_id", "submit_started_at", "next_poll_at",
+    "polls", "notes", "started_at", "attempts",
+}
+
+
+@dataclass
+class TaskRecord:
+    """A task row, with the fields only the worker needs."""
+
+    seq: int
+    id: str
+    status: str
+    function: str
+    vendor: str
+    prompt: str
+    n: int
+    request: dict[str, Any]
+    owner: str | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    lease_owner: str | None
+    lease_until: float
+    submit_started_at: float | None
+    vendor_task_id: str | None
+    next_poll_at: float | None
+    polls: int
+    progress: str | None
+    results: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    error: dict[str, Any] | None
+    notes: list[str]
+    billed_images: int
+    cost: float | None
+    currency: str | None
+    cancel_requested: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> TaskRecord:
+        data = dict(row)
+        for name in JSON_FIELDS:
+            if data[name] is not None:
+                data[name] = json.loads(data[name])
+        return cls(**data)
+
+    @property
+    def finished(self) -> bool:
+        return TaskStatus(self.status).finished
+
+    def public(self) -> Task:
+        def ts(value: float | None) -> datetime | None:
+            return datetime.fromtimestamp(value, UTC) if value else None
+
+        return Task(
+            id=self.id,
+            status=TaskStatus(self.status),
+            function=self.function,
+            vendor=self.vendor,
+            prompt=self.prompt,
+            n=self.n,
+            input_count=len(self.request.get("images", [])) or 1,
+            created_at=ts(self.created_at),  # type: ignore[arg-type]
+            updated_at=ts(self.updated_at),  # type: ignore[arg-type]
+            started_at=ts(self.started_at),
+            finished_at=ts(self.finished_at),
+            progress=self.progress,
+            attempts=self.attempts,
+            vendor_task_id=self.vendor_task_id,
+            results=[ResultImage(**r) for r in self.results],
+            failures=[ImageFailure(**f) for f in self.failures],
+            error=ErrorInfo(**self.error) if self.error else None,
+            notes=self.notes,
+            billed_images=self.billed_images,
+            cost=self.cost,
+            currency=self.currency,
+        )
+
+
+COLUMNS = [f.name for f in fields(TaskRecord)]
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Store:
+    """One SQLite database plus its directory of image files."""
+
+    def __init__(self, db: aiosqlite.Connection, files: Path) -> None:
+        self.db = db
+        self.files = files
+        self._write = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path | str, files: Path | str) -> Store:
+        path, files = Path(path), Path(files)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        files.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(str(path), timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=30000")
+        await migrate(db)
+        return cls(db, files)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # ---- transactions ------------------------------------------------------------------
+
+    async def _tx(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """One statement in its own immediate transaction (safe with other processes)."""
+        async with self._write:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = await self.db.execute_fetchall(sql, params)
+                await self.db.commit()
+            except BaseException:
+                await self.db.rollback()
+                raise
+        return list(rows)
+
+    # ---- blobs -------------------------------------------------------------------------
+
+    def blob_path(self, sha256: str, mime_type: str) -> Path:
+        return self.files / sha256[:2] / f"{sha256}.{EXTENSIONS.get(mime_type, 'bin')}"
+
+    async def put_blob(self, image: InputImage) -> str:
+        sha = hashlib.sha256(image.data).hexdigest()
+        path = self.blob_path(sha, image.mime_type)
+        if not path.exists():
+            await asyncio.to_thread(_write_atomic, path, image.data)
+        await self._tx(
+            "INSERT OR IGNORE INTO blobs (sha256, mime_type, bytes, width, height, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (sha, image.mime_type, len(image.data), image.width, image.height, time.time()),
+        )
+        return sha
+
+    async def read_blob(self, sha256: str) -> InputImage:
+        rows = await self.db.execute_fetchall("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
+        if not rows:
+            raise NotFound(f"image {sha256[:12]}… is not in the store")
+        row = rows[0]
+        path = self.blob_path(sha256, row["mime_type"])
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise NotFound(f"image {sha256[:12]}… is missing from {self.files}") from None
+        return InputImage(data, row["mime_type"], row["width"], row["height"])
+
+    async def task_blobs(self, task_id: str, role: str) -> list[str]:
+        rows = await self.db.execute_fetchall(
+            "SELECT sha256 FROM task_blobs WHERE task_id = ? AND role = ? ORDER BY idx",
+            (task_id, role),
+        )
+        return [r[0] for r in rows]
+
+    # ---- tasks -------------------------------------------------------------------------
+
+    async def create_task(
+        self,
+        *,
+        function: str,
+        vendor: str,
+        prompt: str,
+        n: int,
+        request: dict[str, Any],
+        inputs: list[str],
+        mask: str | None,
+        owner: str | None = None,
+        notes: list[str] | None = None,
+    ) -> TaskRecord:
+        task_id, now = new_task_id(), time.time()
+        async with self._write:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self.db.execute(
+                    "INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,"
+                    " created_at, updated_at, notes) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (task_id, function, vendor, prompt, n, json.dumps(request), owner, now, now,
+                     json.dumps(notes or [])),
+                )
+                links = [(task_id, "input", i, sha) for i, sha in enumerate(inputs)]
+                if mask:
+                    links.append((task_id, "mask", 0, mask))
+                await self.db.executemany(
+                    "INSERT INTO task_blobs (task_id, role, idx, sha256) VALUES (?, ?, ?, ?)", links
+                )
+                await self.db.commit()
+            except BaseException:
+                await self.db.rollback()
+                raise
+        return await self.get(task_id)
+
+    async def get(self, task_id: str) -> TaskRecord:
+        rows = await self.db.execute_fetchall("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        if not rows:
+            raise NotFound(f"no task {task_id!r}")
+        return TaskRecord.from_row(rows[0])
+
+    async def list(
+        self, *, owner: str | None = None, limit: int = 20, unfinished: bool = False
+    ) -> list[TaskRecord]:
+        where, params = [], []
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
+        if unfinished:
+            where.append("status IN ('queued', 'running')")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self.db.execute_fetchall(
+            f"SELECT * FROM tasks {clause} ORDER BY seq DESC LIMIT ?", (*params, limit)
+        )
+        return [TaskRecord.from_row(r) for r in rows]
+
+    async def count_active(self, owner: str) -> int:
+        rows = await self.db.execute_fetchall(
+            "SELECT COUNT(*) FROM tasks WHERE owner = ? AND status IN ('queued', 'running')",
+            (owner,),
+        )
+        return int(rows[0][0])
+
+    async def count_since(self, owner: str, since: float) -> int:
+        rows = await self.db.execute_fetchall(
+            "SELECT COUNT(*) FROM tasks WHERE owner = ? AND created_at >= ?", (owner, since)
+        )
+        return int(rows[0][0])
+
+    async def claim(
+        self, vendor: str, worker: str, *, capacity: int, lease_s: float
+    ) -> list[TaskRecord]:
+        """Take up to ``capacity`` minus the vendor's live tasks: queued ones, or running ones
+        whose lease ran out (their process died). Oldest first."""
+        now = time.time()
+        rows = await self._tx(
+            f"""
+            UPDATE tasks SET status = 'running', lease_owner = ?, lease_until = ?,
+                attempts = attempts + 1, started_at = COALESCE(started_at, ?), updated_at = ?
+            WHERE id IN (
+                SELECT id FROM tasks
+                WHERE vendor = ? AND (status = 'queued' OR (status = 'running' AND lease_until < ?))
+                ORDER BY seq
+                LIMIT max(0, ? - (SELECT COUNT(*) FROM tasks WHERE vendor = ?
+                                  AND status = 'running' AND lease_until >= ?))
+            )
+            RETURNING {", ".join(COLUMNS)}
+            """,
+            (worker, now + lease_s, now, now, vendor, now, capacity, vendor, now),
+        )
+        return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: t.seq)
+
+    async def renew(self, worker: str, task_ids: list[str], lease_s: float) -> None:
+        if not task_ids:
+            return
+        marks = ",".join("?" * len(task_ids))
+        await self._tx(
+            f"UPDATE tasks SET lease_until = ? WHERE lease_owner = ? AND status = 'running'"
+            f" AND id IN ({marks})",
+            (time.time() + lease_s, worker, *task_ids),
+        )
+
+    async def release(self, worker: str, task_ids: list[str] | None = None) -> None:
+        """Hand tasks back at once (a clean stop): another process may take them now."""
+        sql = "UPDATE tasks SET lease_until = 0, lease_owner = NULL WHERE lease_owner = ?" \
+              " AND status = 'running'"
+        params: tuple[Any, ...] = (worker,)
+        if task_ids is not None:
+            if not task_ids:
+                return
+            sql += f" AND id IN ({','.join('?' * len(task_ids))})"
+            params += tuple(task_ids)
+        await self._tx(sql, params)
+
+    async def update(self, task_id: str, worker: str, **values: Any) -> bool:
+        """Change a running task this worker holds; False if it lost the lease."""
+        bad = set(values) - WRITABLE
+        if bad:
+            raise ValueError(f"not writable: {bad}")
+        values["updated_at"] = time.time()
+        sets = ", ".join(f"{k} = ?" for k in values)
+        params = [json.dumps(v) if k in JSON_FIELDS else v for k, v in values.items()]
+        rows = await self._tx(
+            f"UPDATE tasks SET {sets} WHERE id = ? AND lease_owner = ? AND status = 'running'"
+            " RETURNING id",
+            (*params, task_id, worker),
+        )
+        return bool(rows)
+
+    async def finish(
+        self,
+        task_id: str,
+        worker: str | None,
+        status: TaskStatus,
+        *,
+        results: list[ResultImage] = (),  # type: ignore[assignment]
+        failures: list[ImageFailure] = (),  # type: ignore[assignment]
+        error: dict[str, Any] | None = None,
+        notes: list[str] | None = None,
+        billed_images: int = 0,
+        cost: float | None = None,
+        currency: str | None = None,
+    ) -> bool:
+        """Record a task's end, once. With ``worker`` the lease must still be held."""
+        now = time.time()
+        guard = "lease_owner = ? AND status = 'running'" if worker else \
+            "status IN ('queued', 'running')"
+        async with self._write:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = await self.db.execute_fetchall(
+                    f"""UPDATE tasks SET status = ?, finished_at = ?, updated_at = ?, progress = NULL,
+                        lease_owner = NULL, lease_until = 0, results = ?, failures = ?, error = ?,
+                        notes = COALESCE(?, notes), billed_images = ?, cost = ?, currency = ?
+                    WHERE id = ? AND {guard} RETURNING id""",
+                    (
+                        status.value, now, now,
+                        json.dumps([r.model_dump() for r in results]),
+                        json.dumps([f.model_dump() for f in failures]),
+                        json.dumps(error) if error else None,
+                        json.dumps(notes) if notes is not None else None,
+                        billed_images, cost, currency, task_id,
+                        *((worker,) if worker else ()),
+                    ),
+                )
+                if rows:
+                    await self.db.executemany(
+                        "INSERT OR IGNORE INTO task_blobs (task_id, role, idx, sha256)"
+                        " VALUES (?, 'result', ?, ?)",
+                        [(task_id, r.index, r.sha256) for r in results],
+                    )
+                await self.db.commit()
+            except BaseException:
+                await self.db.rollback()
+                raise
+        return bool(rows)
+
+    async def reroute(self, task_id: str, worker: str, vendor: str, note: str) -> bool:
+        """Queue a held task again for another vendor (a fallback), from the start."""
+        rows = await self._tx(
+            "UPDATE tasks SET vendor = ?, status = 'queued', lease_owner = NULL, lease_until = 0,"
+            " vendor_task_id = NULL, submit_started_at = NULL, polls = 0,"
+            " notes = json_insert(notes, '$[#]', ?), updated_at = ?"
+            " WHERE id = ? AND lease_owner = ? AND status = 'running' RETURNING id",
+            (vendor, note, time.time(), task_id, worker),
+        )
+        return bool(rows)
+
+    async def request_cancel(self, task_id: str) -> TaskRecord:
+        await self.get(task_id)
+        await self._tx(
+            "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?"
+            " AND status IN ('queued', 'running')",
+            (time.time(), task_id),
+        )
+        return await self.get(task_id)
+
+    async def find_by_vendor_task(self, vendor: str, vendor_task_id: str) -> TaskRecord | None:
+        rows = await self.db.execute_fetchall(
+            "SELECT * FROM tasks WHERE vendor = ? AND vendor_task_id = ?", (vendor, vendor_task_id)
+        )
+        return TaskRecord.from_row(rows[0]) if rows else None
+
+    async def result_path(self, task_id: str, index: int) -> Path:
+        task = await self.get(task_id)
+        for result in task.results:
+            if result["index"] == index:
+                path = self.blob_path(result["sha256"], result["mime_type"])
+                if not path.is_file():
+                    raise NotFound(f"result {index} of task {task_id} was cleaned up")
+                return path
+        raise NotFound(f"task {task_id} has no result {index}")
+
+    # ---- clean-up ----------------------------------------------------------------------
+
+    async def cleanup(self, retention_days: float, max_bytes: int | None = None) -> int:
+        """Forget finished tasks past retention and delete files no task refers to."""
+        cutoff = time.time() - retention_days * 86400
+        await self._tx(
+            "DELETE FROM task_blobs WHERE task_id IN (SELECT id FROM tasks"
+            " WHERE finished_at IS NOT NULL AND finished_at < ?)", (cutoff,),
+        )
+        await self._tx("DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?",
+                       (cutoff,))
+        if max_bytes is not None:
+            await self._evict(max_bytes)
+        orphans = await self._tx(
+            "DELETE FROM blobs WHERE sha256 NOT IN (SELECT sha256 FROM task_blobs)"
+            " RETURNING sha256, mime_type"
+        )
+        for row in orphans:
+            self.blob_path(row[0], row[1]).unlink(missing_ok=True)
+        return len(orphans)
+
+    async def _evict(self, max_bytes: int) -> None:
+        rows = await self.db.execute_fetchall("SELECT COALESCE(SUM(bytes), 0) FROM blobs")
+        total = int(rows[0][0])
+        if total <= max_bytes:
+            return
+        finished = await self.db.execute_fetchall(
+            "SELECT t.id, COALESCE(SUM(b.bytes), 0) FROM tasks t"
+            " LEFT JOIN task_blobs tb ON tb.task_id = t.id LEFT JOIN blobs b ON b.sha256 = tb.sha256"
+            " WHERE t.finished_at IS NOT NULL GROUP BY t.id ORDER BY t.finished_at"
+        )
+        for task_id, size in finished:
+            if total <= max_bytes:
+                break
+            await self._tx("DELETE FROM task_blobs WHERE task_id = ?", (task_id,))
+            await self._tx("DELETE FROM tasks WHERE id = ?", (task_id,))
+            total -= int(size)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,239 @@
+"""The one interface every vendor adapter implements.
+
+An adapter knows its wire protocol and nothing else: no MCP, no Telegram, no store. The
+worker (``tools/worker.py``) hands it a ``Job`` whose images are already loaded and checked,
+and drives it through ``submit`` → (``poll`` | callback) → ``Finished``. Adapters do not
+retry: they raise the right ``VendorError`` and the worker decides, from ``retryable`` and
+``retry_after``, whether and when to try again.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+import httpx
+
+from tools.catalog import FUNCTIONS, MaskRule, set_params
+from tools.config import VendorSettings
+from tools.errors import (
+    InvalidParameter,
+    Unsupported,
+    VendorError,
+    VendorFault,
+    VendorTimeout,
+)
+from tools.media import InputImage
+from tools.models import EditRequest, Expand, ImageFailure
+
+#: Parameters that are Retouch's own business, never a vendor's.
+ROUTING_PARAMS = frozenset({"images", "function", "vendor", "prompt", "options"})
+
+
+@dataclass
+class Job:
+    """One task as an adapter sees it."""
+
+    task_id: str
+    function: str
+    prompt: str
+    images: list[InputImage]
+    mask: InputImage | None = None
+    n: int = 1
+    seed: int | None = None
+    negative_prompt: str | None = None
+    watermark: bool = False  # the vendor's own mark; text marks are stamped by Retouch
+    size: tuple[int, int] | None = None
+    expand: Expand | None = None
+    upscale_factor: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    #: The public URL each image came from, where it came from one (for URL-only vendors).
+    source_urls: list[str | None] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # adapters add what they changed
+
+
+@dataclass
+class OutputImage:
+    """A result as the vendor gave it: bytes, or a URL to fetch at once (they expire)."""
+
+    data: bytes | None = None
+    url: str | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass
+class Finished:
+    images: list[OutputImage]
+    failures: list[ImageFailure] = field(default_factory=list)
+    billed_images: int | None = None  # None: one per delivered image
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pending:
+    vendor_task_id: str
+    status: str = ""  # the vendor's own word, shown as progress
+    retry_after: float | None = None
+
+
+Outcome = Finished | Pending
+
+
+@dataclass(frozen=True)
+class Capability:
+    """How a vendor runs one catalogue function."""
+
+    params: frozenset[str] = frozenset()  # catalogue parameters it honours
+    options: frozenset[str] = frozenset()  # vendor-specific option keys it takes
+    mask: MaskRule | None = None  # overrides the function's own rule
+    max_images: int | None = None
+    max_n: int | None = None
+    note: str = ""  # what it really does, shown by list_functions
+
+
+class Vendor(ABC):
+    """Base class of the adapters; one instance per configured vendor."""
+
+    kind: ClassVar[str]
+    Settings: ClassVar[type[VendorSettings]] = VendorSettings
+    completion: ClassVar[Literal["sync", "poll", "callback"]] = "sync"
+    #: True when submitting the same job twice cannot bill twice (safe to resubmit).
+    idempotent_submit: ClassVar[bool] = False
+
+    def __init__(self, name: str, settings: VendorSettings, http: httpx.AsyncClient) -> None:
+        self.name = name
+        self.settings = settings
+        self.http = http
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> Mapping[str, Capability]:
+        """Catalogue function name → how this vendor runs it."""
+
+    @property
+    def price(self) -> tuple[float | None, str | None]:
+        return self.settings.price_per_image, self.settings.currency
+
+    def check(self, request: EditRequest) -> None:
+        """Refuse, before anything is stored or paid, what this vendor cannot honour."""
+        cap = self.capabilities.get(request.function)
+        if cap is None:
+            raise Unsupported(
+                f"vendor {self.name!r} ({self.kind}) cannot run {request.function}",
+                vendor=self.name,
+                function=request.function,
+            )
+        spec = FUNCTIONS[request.function]
+        mask_rule = cap.mask or spec.mask
+        if mask_rule == "required" and not request.mask:
+            raise InvalidParameter(
+                f"{request.function} at {self.name} needs a mask (white = edit, black = keep)",
+                parameter="mask",
+            )
+        honoured = ROUTING_PARAMS | cap.params
+        if mask_rule != "none":
+            honoured |= {"mask"}
+        for name in sorted(set_params(request) - honoured):
+            if name == "watermark" and isinstance(request.watermark, str):
+                continue  # Retouch stamps text itself, after any vendor
+            raise Unsupported(
+                f"{self.name} cannot honour {name!r} for {request.function}",
+                vendor=self.name,
+                parameter=name,
+            )
+        stray = sorted(set(request.options) - cap.options)
+        if stray:
+            allowed = ", ".join(sorted(cap.options)) or "none"
+            raise InvalidParameter(
+                f"{self.name} does not take the option(s) {', '.join(stray)} for "
+                f"{request.function}; it takes: {allowed}",
+                parameter=f"options.{stray[0]}",
+            )
+        if cap.max_images is not None and len(request.images) > cap.max_images:
+            raise InvalidParameter(
+                f"{self.name} takes at most {cap.max_images} image(s) for {request.function}; "
+                f"got {len(request.images)}",
+                parameter="images",
+            )
+        if cap.max_n is not None and request.n > cap.max_n:
+            raise InvalidParameter(
+                f"{self.name} makes at most {cap.max_n} image(s) per request for "
+                f"{request.function}; asked for n={request.n}",
+                parameter="n",
+            )
+
+    @abstractmethod
+    async def submit(self, job: Job) -> Outcome:
+        """Send the job. Sync vendors answer ``Finished``; async ones ``Pending``."""
+
+    async def poll(self, vendor_task_id: str) -> Outcome:
+        raise NotImplementedError(f"{self.kind} does not poll")
+
+    async def cancel(self, vendor_task_id: str) -> bool:
+        """Ask the vendor to cancel; False where it cannot (the task then runs out)."""
+        return False
+
+    def parse_callback(self, body: bytes, headers: Mapping[str, str]) -> tuple[str, Outcome]:
+        """Turn a vendor's completion callback into (vendor task id, outcome)."""
+        raise Unsupported(f"{self.kind} does not deliver results by callback")
+
+    async def aclose(self) -> None:
+        """Release what the adapter holds (tokens, sessions); the http client is shared."""
+        return None
+
+
+# ---- helpers shared by the HTTP adapters -------------------------------------------------
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP date)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    if "retry-after-ms" in lower:
+        try:
+            return max(0.0, float(lower["retry-after-ms"]) / 1000)
+        except ValueError:
+            pass
+    value = lower.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def transport_error(exc: httpx.HTTPError, vendor: str, *, submitting: bool = False) -> VendorError:
+    """Classify a failure below HTTP (no usable answer arrived)."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return VendorFault(f"{vendor}: cannot connect ({type(exc).__name__})", vendor=vendor)
+    if isinstance(exc, httpx.TimeoutException):
+        # The request may have reached the vendor: resubmitting might bill twice.
+        return VendorTimeout(
+            f"{vendor}: no answer in time", vendor=vendor, maybe_submitted=submitting or None
+        )
+    return VendorFault(
+        f"{vendor}: connection failed ({type(exc).__name__})",
+        vendor=vendor,
+        maybe_submitted=submitting or None,
+    )
+
+
+def json_body(response: httpx.Response, vendor: str) -> Any:
+    """The JSON of a response, or a VendorFault that says the vendor sent garbage."""
+    try:
+        return response.json()
+    except ValueError:
+        raise VendorFault(
+            f"{vendor}: malformed answer (HTTP {response.status_code}, not JSON)",
+            vendor=vendor,
+            status=response.status_code,
+        ) from None

@@ -1,0 +1,379 @@
+"""The worker: claims tasks from the store and drives each to an end.
+
+Every step is written to the store before the next begins, so a process that dies is
+replaced by one that carries on: a task with a vendor task id is polled again, never
+resubmitted; a task that died *while* being submitted to a vendor that could bill twice is
+failed with a clear error instead of being sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import httpx
+
+from tools import media
+from tools.config import Settings
+from tools.errors import (
+    ContentRejected,
+    NotFound,
+    RetouchError,
+    VendorError,
+    VendorFault,
+    VendorRejected,
+    VendorTimeout,
+)
+from tools.limits import RateLimiter, backoff
+from tools.models import Expand, ImageFailure, ResultImage, TaskStatus
+from tools.store import Store, TaskRecord
+from tools.vendors.base import Finished, Job, Outcome, OutputImage, Pending, Vendor
+
+log = logging.getLogger("retouch.worker")
+T = TypeVar("T")
+RESULT_LIMIT = 200 * 1024 * 1024
+Stamp = Callable[[media.InputImage, str], Awaitable[media.InputImage]]
+
+
+class Canceled(Exception):
+    """The client canceled the task while it ran."""
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        vendors: dict[str, Vendor],
+        settings: Settings,
+        downloads: httpx.AsyncClient,
+        stamp: Stamp,
+        on_change: Callable[[str], None] = lambda task_id: None,
+    ) -> None:
+        self.store = store
+        self.vendors = vendors
+        self.settings = settings
+        self.downloads = downloads
+        self.stamp = stamp
+        self.on_change = on_change
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.submit_limits = {n: RateLimiter(v.settings.submit_rps) for n, v in vendors.items()}
+        self.query_limits = {n: RateLimiter(v.settings.query_rps) for n, v in vendors.items()}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="retouch-claim"),
+            asyncio.create_task(self._lease_loop(), name="retouch-lease"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop at once and hand every held task back to the store for the next process."""
+        for task in [*self._loops, *self.running.values()]:
+            task.cancel()
+        for task in [*self._loops, *self.running.values()]:
+            with contextlib.suppress(BaseException):
+                await task
+        await self.store.release(self.worker_id)
+        self.running.clear()
+
+    @property
+    def worker_id(self) -> str:
+        return self.id
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _claim_loop(self) -> None:
+        lease = self.settings.worker.lease_s
+        while True:
+            self._wake.clear()
+            for name, vendor in self.vendors.items():
+                try:
+                    claimed = await self.store.claim(
+                        name, self.id, capacity=vendor.settings.max_concurrent, lease_s=lease
+                    )
+                except Exception:
+                    log.exception("claiming tasks for %s failed", name)
+                    continue
+                for record in claimed:
+                    self.running[record.id] = asyncio.create_task(
+                        self._run(record), name=f"retouch-task-{record.id}"
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.worker.idle_poll_s)
+
+    async def _lease_loop(self) -> None:
+        lease = self.settings.worker.lease_s
+        while True:
+            await asyncio.sleep(lease / 3)
+            with contextlib.suppress(Exception):
+                await self.store.renew(self.id, list(self.running), lease)
+
+    async def _run(self, record: TaskRecord) -> None:
+        try:
+            await self._drive(record)
+        except asyncio.CancelledError:
+            raise
+        except RetouchError as exc:
+            await self._fail(record, exc)
+        except Exception as exc:
+            log.exception("task %s failed unexpectedly", record.id)
+            await self._fail(record, VendorFault(f"internal error ({type(exc).__name__})",
+                                                 transient=False))
+        finally:
+            self.running.pop(record.id, None)
+            self.on_change(record.id)
+            self.wake()
+
+    # ---- one task ------------------------------------------------------------------------
+
+    async def _drive(self, record: TaskRecord) -> None:
+        vendor = self.vendors.get(record.vendor)
+        if vendor is None:
+            raise NotFound(f"vendor {record.vendor!r} is no longer configured")
+        if record.cancel_requested and not record.vendor_task_id:
+            await self._finish_canceled(record)
+            return
+        notes = list(record.notes)
+        if record.vendor_task_id:
+            outcome: Outcome = Pending(record.vendor_task_id)
+        elif record.submit_started_at and not vendor.idempotent_submit:
+            raise VendorFault(
+                f"the process stopped while submitting to {vendor.name}; the task was not "
+                "sent again, so you are not billed twice — submit it anew",
+                transient=False,
+                vendor=vendor.name,
+            )
+        else:
+            job = await self._job(record)
+            await self._update(record, submit_started_at=time.time(),
+                               progress=f"working with {vendor.name}")
+            outcome = await self._call(
+                vendor, record, lambda: vendor.submit(job), limiter=self.submit_limits,
+                submitting=True,
+            )
+            notes += job.notes
+            if isinstance(outcome, Pending):
+                await self._update(
+                    record, vendor_task_id=outcome.vendor_task_id, notes=notes,
+                    progress=f"{vendor.name}: {outcome.status or 'submitted'}",
+                )
+        try:
+            if isinstance(outcome, Pending):
+                outcome = await self._wait(vendor, record, outcome)
+            if outcome is None:  # finished by the callback route
+                return
+            await self._deliver(record, vendor, outcome, notes)
+        except Canceled:
+            await self._finish_canceled(record)
+
+    async def _job(self, record: TaskRecord) -> Job:
+        req = record.request
+        images = [await self.store.read_blob(s) for s in await self.store.task_blobs(record.id, "input")]
+        masks = await self.store.task_blobs(record.id, "mask")
+        mask = await self.store.read_blob(masks[0]) if masks else None
+        size = None
+        if req.get("size") and req["size"] != "auto":
+            w, h = req["size"].split("x")
+            size = (int(w), int(h))
+        return Job(
+            task_id=record.id,
+            function=record.function,
+            prompt=record.prompt,
+            images=images,
+            mask=mask,
+            n=record.n,
+            seed=req.get("seed"),
+            negative_prompt=req.get("negative_prompt"),
+            watermark=req.get("watermark") is True,
+            size=size,
+            expand=Expand(**req["expand"]) if req.get("expand") else None,
+            upscale_factor=req.get("upscale_factor"),
+            options=dict(req.get("options") or {}),
+            source_urls=list(req.get("source_urls") or []),
+        )
+
+    async def _call(
+        self,
+        vendor: Vendor,
+        record: TaskRecord,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        limiter: dict[str, RateLimiter],
+        submitting: bool = False,
+    ) -> T:
+        """Call the vendor, retrying what is retryable with capped, jittered backoff."""
+        attempt = 0
+        while True:
+            await limiter[vendor.name].acquire()
+            try:
+                return await fn()
+            except VendorError as exc:
+                ambiguous = submitting and exc.details.get("maybe_submitted")
+                if (not exc.retryable or attempt >= vendor.settings.max_retries
+                        or (ambiguous and not vendor.idempotent_submit)):
+                    raise
+                delay = exc.details.get("retry_after") or backoff(attempt)
+                attempt += 1
+                await self._update(
+                    record, progress=f"{vendor.name}: {exc.code}, retry {attempt} in {delay:.0f} s"
+                )
+                await asyncio.sleep(delay)
+
+    async def _wait(self, vendor: Vendor, record: TaskRecord, pending: Pending) -> Outcome | None:
+        """Poll (or await the callback) until the vendor has finished."""
+        interval = vendor.settings.poll_interval_s
+        deadline = time.monotonic() + self.settings.worker.callback_timeout_s
+        polls = record.polls
+        while True:
+            await asyncio.sleep(pending.retry_after or interval)
+            interval = min(interval * 1.5, vendor.settings.poll_max_interval_s)
+            current = await self.store.get(record.id)
+            if current.finished:
+                return None
+            if current.cancel_requested:
+                if await vendor.cancel(pending.vendor_task_id):
+                    raise Canceled
+            if vendor.completion == "callback":
+                if time.monotonic() > deadline:
+                    raise VendorTimeout(f"{vendor.name} sent no callback in time", vendor=vendor.name)
+                continue
+            outcome = await self._call(
+                vendor, record, lambda: vendor.poll(pending.vendor_task_id),
+                limiter=self.query_limits,
+            )
+            polls += 1
+            if isinstance(outcome, Finished):
+                return outcome
+            pending = outcome
+            await self._update(record, polls=polls, progress=f"{vendor.name}: {outcome.status}")
+
+    # ---- the end of a task ---------------------------------------------------------------
+
+    async def _deliver(
+        self, record: TaskRecord, vendor: Vendor, outcome: Finished, notes: list[str]
+    ) -> None:
+        """Store every delivered image (vendor URLs expire) and record the end."""
+        ok = await finish_task(
+            self.store, record, vendor, outcome, notes, self.downloads, self.stamp,
+            worker=self.id,
+        )
+        if not ok:
+            log.info("task %s ended elsewhere meanwhile", record.id)
+
+    async def _fail(self, record: TaskRecord, exc: RetouchError) -> None:
+        if await self._reroute(record, exc):
+            return
+        await self.store.finish(record.id, self.id, TaskStatus.failed, error=exc.to_dict())
+
+    async def _reroute(self, record: TaskRecord, exc: RetouchError) -> bool:
+        """After a vendor fault that retrying cannot mend, try the next fallback vendor."""
+        if not isinstance(exc, VendorFault | VendorTimeout) or isinstance(
+            exc, ContentRejected | VendorRejected
+        ):
+            return False
+        chain = self.settings.routing.fallback
+        if record.vendor not in chain:
+            return False
+        for name in chain[chain.index(record.vendor) + 1:]:
+            vendor = self.vendors.get(name)
+            if vendor is not None and record.function in vendor.capabilities:
+                note = f"{record.vendor} failed ({exc.message}); moved to {name}"
+                return await self.store.reroute(record.id, self.id, name, note)
+        return False
+
+    async def _finish_canceled(self, record: TaskRecord) -> None:
+        await self.store.finish(record.id, self.id, TaskStatus.canceled)
+
+    async def _update(self, record: TaskRecord, **values: object) -> None:
+        if await self.store.update(record.id, self.id, **values):
+            self.on_change(record.id)
+
+
+async def finish_task(
+    store: Store,
+    record: TaskRecord,
+    vendor: Vendor,
+    outcome: Finished,
+    notes: list[str],
+    downloads: httpx.AsyncClient,
+    stamp: Stamp,
+    worker: str | None,
+) -> bool:
+    """Download, stamp and store a finished outcome, then record the task's end once."""
+    text_mark = record.request.get("watermark")
+    results: list[ResultImage] = []
+    failures = list(outcome.failures)
+    for index, image in enumerate(outcome.images):
+        try:
+            stored = await _fetch_result(image, downloads, vendor.name)
+            if isinstance(text_mark, str):
+                stored = await stamp(stored, text_mark)
+            sha = await store.put_blob(stored)
+        except RetouchError as exc:
+            failures.append(ImageFailure(index=index, code=exc.code, message=exc.message))
+            continue
+        results.append(
+            ResultImage(
+                index=len(results),
+                uri=f"retouch://tasks/{record.id}/{len(results)}",
+                sha256=sha,
+                mime_type=stored.mime_type,
+                width=stored.width,
+                height=stored.height,
+                bytes=len(stored.data),
+                path=str(store.blob_path(sha, stored.mime_type)),
+                vendor_url=image.url,
+            )
+        )
+    latest = await store.get(record.id)
+    if latest.cancel_requested:
+        return await store.finish(record.id, worker, TaskStatus.canceled, notes=notes)
+    billed = outcome.billed_images if outcome.billed_images is not None else len(outcome.images)
+    price, currency = vendor.price
+    cost = round(billed * price, 6) if price is not None else None
+    notes = notes + outcome.notes
+    if results:
+        return await store.finish(
+            record.id, worker, TaskStatus.succeeded, results=results, failures=failures,
+            notes=notes, billed_images=billed, cost=cost, currency=currency,
+        )
+    first = failures[0] if failures else None
+    error = {"code": first.code, "message": first.message} if first else {
+        "code": "vendor_fault", "message": f"{vendor.name} delivered no image"}
+    return await store.finish(
+        record.id, worker, TaskStatus.failed, failures=failures, error=error, notes=notes,
+        billed_images=billed, cost=cost, currency=currency,
+    )
+
+
+async def _fetch_result(image: OutputImage, client: httpx.AsyncClient, vendor: str) -> media.InputImage:
+    policy = media.MediaPolicy(max_bytes=RESULT_LIMIT, max_pixels=400_000_000)
+    if image.data is not None:
+        return await asyncio.to_thread(media.inspect, image.data, policy, "result")
+    if not image.url:
+        raise VendorFault(f"{vendor} returned a result with neither data nor URL", vendor=vendor)
+    try:
+        async with client.stream("GET", image.url, timeout=120) as response:
+            if response.status_code != 200:
+                raise VendorFault(
+                    f"{vendor}: result download answered HTTP {response.status_code}"
+                    + (" (the URL has expired)" if response.status_code in (403, 404) else ""),
+                    vendor=vendor, status=response.status_code, transient=False,
+                )
+            data = await media.read_capped(response, RESULT_LIMIT, "result")
+    except httpx.HTTPError as exc:
+        raise VendorFault(f"{vendor}: result download failed ({type(exc).__name__})",
+                          vendor=vendor) from None
+    return await asyncio.to_thread(media.inspect, data, policy, "result")
