@@ -17,7 +17,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="HTTP address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="HTTP port (default 8765)")
     parser.add_argument(
-        "--allow-local-paths", action=argparse.BooleanOptionalAction, default=None,
+        "--allow-local-paths",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="accept local file paths as images (default: on for stdio, off for HTTP)",
     )
     return parser.parse_args(argv)
@@ -28,7 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {
         key: value
         for key, value in {
-            "mcp.transport": args.transport, "mcp.host": args.host, "mcp.port": args.port,
+            "mcp.transport": args.transport,
+            "mcp.host": args.host,
+            "mcp.port": args.port,
         }.items()
         if value is not None
     }
@@ -37,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         sys.exit(f"retouch-mcp: {exc.message}")
     logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr,
+        level=settings.log_level,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from server.app import build_server

@@ -107,8 +107,13 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
 
     @mcp.tool()
     async def edit_image(
-        images: Annotated[list[str], Field(description="1–3 images: http(s) URL, data: URI, "
-                                           "retouch://tasks/<id>/<n>, or a local path")],
+        images: Annotated[
+            list[str],
+            Field(
+                description="1–3 images: http(s) URL, data: URI, "
+                "retouch://tasks/<id>/<n>, or a local path"
+            ),
+        ],
         prompt: str = "",
         function: str = "edit",
         mask: str | None = None,
@@ -128,9 +133,19 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
         has finished, a preview and links to the full images. Use check_task to keep waiting."""
         try:
             request = EditRequest(
-                images=images, prompt=prompt, function=function, mask=mask, vendor=vendor,
-                n=n, seed=seed, negative_prompt=negative_prompt, watermark=watermark,
-                size=size, expand=expand, upscale_factor=upscale_factor, options=options or {},
+                images=images,
+                prompt=prompt,
+                function=function,
+                mask=mask,
+                vendor=vendor,
+                n=n,
+                seed=seed,
+                negative_prompt=negative_prompt,
+                watermark=watermark,
+                size=size,
+                expand=expand,
+                upscale_factor=upscale_factor,
+                options=options or {},
             )
         except ValueError as exc:
             raise ToolError(_validation_message(exc)) from None
@@ -170,8 +185,11 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
         """The most recent tasks, newest first."""
         return TaskList(tasks=await holder.get().list_tasks(limit=limit))
 
-    @mcp.resource("retouch://tasks/{task_id}/{index}", name="result",
-                  description="A full-size result image of a task")
+    @mcp.resource(
+        "retouch://tasks/{task_id}/{index}",
+        name="result",
+        description="A full-size result image of a task",
+    )
     async def result(task_id: str, index: str) -> bytes:
         try:
             data, _ = await holder.get().result(task_id, int(index))

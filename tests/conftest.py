@@ -24,8 +24,9 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def png(size: tuple[int, int] = (64, 48), color: tuple[int, ...] = (200, 30, 30),
-        mode: str = "RGB") -> bytes:
+def png(
+    size: tuple[int, int] = (64, 48), color: tuple[int, ...] = (200, 30, 30), mode: str = "RGB"
+) -> bytes:
     buf = io.BytesIO()
     Image.new(mode, size, color).save(buf, "PNG")
     return buf.getvalue()

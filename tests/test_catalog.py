@@ -12,9 +12,19 @@ def req(**kw: object) -> EditRequest:
 
 def test_every_design_function_is_catalogued() -> None:
     wanted = {
-        "edit", "stylization_all", "stylization_local", "description_edit",
-        "description_edit_with_mask", "remove_watermark", "expand", "super_resolution",
-        "colorization", "doodle", "control_cartoon_feature", "adjust", "lineart",
+        "edit",
+        "stylization_all",
+        "stylization_local",
+        "description_edit",
+        "description_edit_with_mask",
+        "remove_watermark",
+        "expand",
+        "super_resolution",
+        "colorization",
+        "doodle",
+        "control_cartoon_feature",
+        "adjust",
+        "lineart",
     }
     assert wanted <= set(catalog.FUNCTIONS)
 

@@ -29,8 +29,13 @@ def encoded(fmt: str, size: tuple[int, int] = (40, 30), mode: str = "RGB") -> by
 
 @pytest.mark.parametrize(
     ("fmt", "mime"),
-    [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp"),
-     ("BMP", "image/bmp"), ("TIFF", "image/tiff")],
+    [
+        ("JPEG", "image/jpeg"),
+        ("PNG", "image/png"),
+        ("WEBP", "image/webp"),
+        ("BMP", "image/bmp"),
+        ("TIFF", "image/tiff"),
+    ],
 )
 def test_formats_are_recognised_by_content(fmt: str, mime: str) -> None:
     image = media.inspect(encoded(fmt), POLICY)
@@ -57,8 +62,13 @@ def test_exif_rotation_is_applied() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"not an image at all", encoded("PNG")[:60], b"GIF89a" + b"\0" * 20,
-     b"%PDF-1.4\n" + encoded("PNG")],
+    [
+        b"",
+        b"not an image at all",
+        encoded("PNG")[:60],
+        b"GIF89a" + b"\0" * 20,
+        b"%PDF-1.4\n" + encoded("PNG"),
+    ],
 )
 def test_garbage_and_truncated_images_are_refused(data: bytes) -> None:
     with pytest.raises(ImageError):
@@ -111,8 +121,11 @@ async def test_other_schemes_and_bad_result_uris() -> None:
         for src in ("file:///etc/passwd", "ftp://example.com/a.png", "gopher://x/"):
             with pytest.raises(UnsafeURL):
                 await media.load(src, POLICY, client)
-        for src in ("retouch://tasks/../../etc/passwd/0", "retouch://tasks/abc/0",
-                    "retouch://tasks/" + "a" * 32 + "/../1"):
+        for src in (
+            "retouch://tasks/../../etc/passwd/0",
+            "retouch://tasks/abc/0",
+            "retouch://tasks/" + "a" * 32 + "/../1",
+        ):
             with pytest.raises(InvalidParameter, match="result URI"):
                 await media.load(src, POLICY, client)
 
@@ -159,11 +172,13 @@ SSRF = [
 @pytest.mark.parametrize("url", SSRF)
 async def test_private_addresses_are_refused(url: str) -> None:
     policy = media.MediaPolicy(
-        resolver=resolver_for({
-            "metadata.internal.test": ["169.254.169.254"],
-            "rebind.example.test": ["93.184.216.34", "10.1.2.3"],
-            "example.com": ["93.184.216.34"],
-        })
+        resolver=resolver_for(
+            {
+                "metadata.internal.test": ["169.254.169.254"],
+                "rebind.example.test": ["93.184.216.34", "10.1.2.3"],
+                "example.com": ["93.184.216.34"],
+            }
+        )
     )
     async with httpx.AsyncClient() as client:
         with pytest.raises(UnsafeURL):

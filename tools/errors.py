@@ -17,7 +17,11 @@
         ├── VendorRejected         the vendor judged the input invalid (never retried)
         ├── ContentRejected        the vendor's content moderation refused (never retried)
         ├── VendorFault            5xx, malformed answer, lost task (retried when transient)
-        └── VendorTimeout          no answer in time (retried)
+        ├── VendorTimeout          no answer in time (retried)
+        └── VendorCanceled         the task was canceled at the vendor
+
+An error about a task that *ended* at the vendor (FAILED) carries ``task_failed=True``: asking
+again would only read the same failure, so it is never retried by polling.
 
 Each error carries a stable ``code`` (snake_case, part of the public contract), and vendor
 errors keep the vendor's own ``vendor_code`` and ``request_id``. Messages never contain secrets.
@@ -152,6 +156,10 @@ class VendorFault(VendorError):
 class VendorTimeout(VendorError):
     code = "timeout"
     retryable = True
+
+
+class VendorCanceled(VendorError):
+    code = "canceled_at_vendor"
 
 
 def error_from_dict(data: dict[str, Any]) -> RetouchError:

@@ -204,8 +204,6 @@ def decode_data_uri(uri: str, policy: MediaPolicy, label: str = "image") -> byte
 
 
 def _read_local(path: str, policy: MediaPolicy, label: str) -> bytes:
-    if path.lower().startswith("file://"):
-        path = path[7:]
     if not policy.allow_local_paths:
         raise UnsafeURL(
             f"{label}: local paths are not accepted by this server; send a URL or a data: URI"

@@ -31,8 +31,8 @@ async def migrate(db: aiosqlite.Connection) -> list[str]:
     for step in MIGRATIONS:
         if step.__name__ in applied:
             continue
-        await db.execute("BEGIN IMMEDIATE")
         try:
+            await db.execute("BEGIN IMMEDIATE")
             # A second process may have applied it while we waited for the lock.
             again = await db.execute_fetchall(
                 "SELECT 1 FROM _migrations WHERE name = ?", (step.__name__,)
@@ -120,3 +120,58 @@ async def m002_blobs(db: aiosqlite.Connection) -> None:
         """
     )
     await db.execute("CREATE INDEX task_blobs_sha ON task_blobs (sha256)")
+
+
+@migration
+async def m003_telegram(db: aiosqlite.Connection) -> None:
+    """The Telegram bot's state: chat ↔ task mapping with delivery state, sent result
+    messages (so a reply to a result edits it), and per-user settings."""
+    await db.execute(
+        """
+        CREATE TABLE tg_tasks (
+            task_id TEXT PRIMARY KEY REFERENCES tasks (id) ON DELETE CASCADE,
+            chat_id INTEGER NOT NULL,
+            user_id INTEGER NOT NULL,
+            request_message_id INTEGER,
+            status_message_id INTEGER,
+            status_text TEXT,
+            note TEXT,
+            delivery TEXT NOT NULL DEFAULT 'pending'
+                CHECK (delivery IN ('pending', 'sending', 'delivered', 'failed')),
+            sent_items INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL DEFAULT 0,
+            last_error TEXT,
+            created_at REAL NOT NULL,
+            claimed_at REAL,
+            delivered_at REAL
+        )
+        """
+    )
+    await db.execute("CREATE INDEX tg_tasks_delivery ON tg_tasks (delivery, next_attempt_at)")
+    await db.execute("CREATE INDEX tg_tasks_user ON tg_tasks (user_id, created_at)")
+    await db.execute(
+        """
+        CREATE TABLE tg_messages (
+            chat_id INTEGER NOT NULL,
+            message_id INTEGER NOT NULL,
+            task_id TEXT NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            file_id TEXT,
+            PRIMARY KEY (chat_id, message_id)
+        )
+        """
+    )
+    await db.execute("CREATE INDEX tg_messages_task ON tg_messages (task_id)")
+    await db.execute(
+        """
+        CREATE TABLE tg_users (
+            user_id INTEGER PRIMARY KEY,
+            vendor TEXT,
+            n INTEGER NOT NULL DEFAULT 1,
+            seed INTEGER,
+            originals INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        )
+        """
+    )

@@ -1,9 +1,9 @@
 """The Editor: the one object both front ends talk to.
 
-    async with Editor(settings) as editor:
-        task = await editor.edit_image(EditRequest(images=[...], prompt="oil painting",
-                                                   function="stylization_all"))
-        task = await editor.check_task(task.id, wait_seconds=30)
+async with Editor(settings) as editor:
+    task = await editor.edit_image(EditRequest(images=[...], prompt="oil painting",
+                                               function="stylization_all"))
+    task = await editor.check_task(task.id, wait_seconds=30)
 """
 
 from __future__ import annotations
@@ -117,8 +117,11 @@ class Editor:
             vendors = {vendor: self._vendor(vendor)}
         out = []
         for spec in catalog.FUNCTIONS.values():
-            able = {n: v.capabilities[spec.name] for n, v in vendors.items()
-                    if spec.name in v.capabilities}
+            able = {
+                n: v.capabilities[spec.name]
+                for n, v in vendors.items()
+                if spec.name in v.capabilities
+            }
             if vendor is not None and not able:
                 continue
             mask = spec.mask
@@ -152,8 +155,8 @@ class Editor:
             *(self._load(src, f"image {i + 1}") for i, src in enumerate(request.images))
         )
         mask = await self._load(request.mask, "mask") if request.mask else None
-        if mask is not None:
-            _, notes = media.fit_mask(mask, (images[0].width, images[0].height))
+        if mask is not None:  # refuse a mask of another shape now, not at the vendor
+            media.fit_mask(mask, (images[0].width, images[0].height))
         shas = [await self.store.put_blob(img) for img in images]
         mask_sha = await self.store.put_blob(mask) if mask is not None else None
         record = await self.store.create_task(
@@ -213,7 +216,9 @@ class Editor:
         mime = next(r["mime_type"] for r in record.results if r["index"] == index)
         return data, mime
 
-    async def vendor_callback(self, vendor_name: str, body: bytes, headers: Mapping[str, str]) -> str:
+    async def vendor_callback(
+        self, vendor_name: str, body: bytes, headers: Mapping[str, str]
+    ) -> str:
         """A vendor's completion callback: find the task, store its results, end it."""
         vendor = self._vendor(vendor_name)
         vendor_task_id, outcome = vendor.parse_callback(body, headers)
@@ -222,11 +227,18 @@ class Editor:
             raise NotFound(f"no task for {vendor_name} task {vendor_task_id!r}")
         if not record.finished:
             if isinstance(outcome, RetouchError):
-                await self.store.finish(record.id, None, TaskStatus.failed,
-                                        error=outcome.to_dict())
+                await self.store.finish(record.id, None, TaskStatus.failed, error=outcome.to_dict())
             else:
-                await finish_task(self.store, record, vendor, outcome, list(record.notes),
-                                  self.http, self._stamp, worker=None)
+                await finish_task(
+                    self.store,
+                    record,
+                    vendor,
+                    outcome,
+                    list(record.notes),
+                    self.http,
+                    self._stamp,
+                    worker=None,
+                )
             self._notify(record.id)
         return record.id
 
@@ -236,9 +248,8 @@ class Editor:
         """The vendor a request goes to: the one it names, else the first able one."""
         if request.vendor:
             return self._vendor(request.vendor)
-        order = [*self.settings.routing.order, self.settings.routing.default_vendor,
-                 *self.vendors]
-        tried: list[str] = []
+        order = [*self.settings.routing.order, self.settings.routing.default_vendor, *self.vendors]
+        refusals: list[RetouchError] = []
         for name in dict.fromkeys(order):
             vendor = self.vendors.get(name)
             if vendor is None or request.function not in vendor.capabilities:
@@ -246,14 +257,24 @@ class Editor:
             try:
                 vendor.check(request)
                 return vendor
-            except RetouchError:
-                tried.append(name)
+            except RetouchError as exc:
+                refusals.append(exc)
+        if len(refusals) == 1:
+            raise refusals[0]
+        if refusals:
+            raise Unsupported(
+                f"no enabled vendor can run {request.function} with these parameters: "
+                + "; ".join(r.message for r in refusals),
+                function=request.function,
+            )
         able = _kinds_that_can(request.function)
         raise Unsupported(
-            f"no enabled vendor can run {request.function} with these parameters"
-            + (f" (tried {', '.join(tried)})" if tried else "")
-            + (f"; vendor kinds that can: {', '.join(able)} — enable one in config.toml"
-               if able else ""),
+            f"no enabled vendor can run {request.function}"
+            + (
+                f"; vendor kinds that can: {', '.join(able)} — enable one in config.toml"
+                if able
+                else ""
+            ),
             function=request.function,
         )
 
@@ -298,8 +319,9 @@ def _recordable(request: EditRequest) -> dict[str, Any]:
     data["images"] = [short(s) for s in request.images]
     if request.mask:
         data["mask"] = short(request.mask)
-    data["source_urls"] = [s if s.startswith(("http://", "https://")) else None
-                           for s in request.images]
+    data["source_urls"] = [
+        s if s.startswith(("http://", "https://")) else None for s in request.images
+    ]
     return data
 
 

@@ -14,6 +14,8 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,12 +28,26 @@ from tools.media import InputImage
 from tools.migrations import migrate
 from tools.models import ErrorInfo, ImageFailure, ResultImage, Task, TaskStatus
 
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/bmp": "bmp",
-              "image/tiff": "tif", "image/gif": "gif"}
+EXTENSIONS = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/webp": "webp",
+    "image/bmp": "bmp",
+    "image/tiff": "tif",
+    "image/gif": "gif",
+}
 JSON_FIELDS = {"request", "results", "failures", "error", "notes"}
 WRITABLE = {
-    "status", "vendor", "progress", "vendor_task_id", "submit_started_at", "next_poll_at",
-    "polls", "notes", "started_at", "attempts",
+    "status",
+    "vendor",
+    "progress",
+    "vendor_task_id",
+    "submit_started_at",
+    "next_poll_at",
+    "polls",
+    "notes",
+    "started_at",
+    "attempts",
 }
 
 
@@ -145,17 +161,23 @@ class Store:
 
     # ---- transactions ------------------------------------------------------------------
 
-    async def _tx(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        """One statement in its own immediate transaction (safe with other processes)."""
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """An immediate transaction on the shared connection. Every write goes through here
+        (one connection cannot nest transactions, so writers take turns)."""
         async with self._write:
-            await self.db.execute("BEGIN IMMEDIATE")
             try:
-                rows = await self.db.execute_fetchall(sql, params)
+                await self.db.execute("BEGIN IMMEDIATE")
+                yield self.db
                 await self.db.commit()
             except BaseException:
                 await self.db.rollback()
                 raise
-        return list(rows)
+
+    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """One write statement in its own transaction; returns its rows (RETURNING)."""
+        async with self.transaction() as db:
+            return list(await db.execute_fetchall(sql, params))
 
     # ---- blobs -------------------------------------------------------------------------
 
@@ -167,7 +189,7 @@ class Store:
         path = self.blob_path(sha, image.mime_type)
         if not path.exists():
             await asyncio.to_thread(_write_atomic, path, image.data)
-        await self._tx(
+        await self.execute(
             "INSERT OR IGNORE INTO blobs (sha256, mime_type, bytes, width, height, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (sha, image.mime_type, len(image.data), image.width, image.height, time.time()),
@@ -209,25 +231,29 @@ class Store:
         notes: list[str] | None = None,
     ) -> TaskRecord:
         task_id, now = new_task_id(), time.time()
-        async with self._write:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self.db.execute(
-                    "INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,"
-                    " created_at, updated_at, notes) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (task_id, function, vendor, prompt, n, json.dumps(request), owner, now, now,
-                     json.dumps(notes or [])),
-                )
-                links = [(task_id, "input", i, sha) for i, sha in enumerate(inputs)]
-                if mask:
-                    links.append((task_id, "mask", 0, mask))
-                await self.db.executemany(
-                    "INSERT INTO task_blobs (task_id, role, idx, sha256) VALUES (?, ?, ?, ?)", links
-                )
-                await self.db.commit()
-            except BaseException:
-                await self.db.rollback()
-                raise
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,"
+                " created_at, updated_at, notes) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    task_id,
+                    function,
+                    vendor,
+                    prompt,
+                    n,
+                    json.dumps(request),
+                    owner,
+                    now,
+                    now,
+                    json.dumps(notes or []),
+                ),
+            )
+            links = [(task_id, "input", i, sha) for i, sha in enumerate(inputs)]
+            if mask:
+                links.append((task_id, "mask", 0, mask))
+            await db.executemany(
+                "INSERT INTO task_blobs (task_id, role, idx, sha256) VALUES (?, ?, ?, ?)", links
+            )
         return await self.get(task_id)
 
     async def get(self, task_id: str) -> TaskRecord:
@@ -270,7 +296,7 @@ class Store:
         """Take up to ``capacity`` minus the vendor's live tasks: queued ones, or running ones
         whose lease ran out (their process died). Oldest first."""
         now = time.time()
-        rows = await self._tx(
+        rows = await self.execute(
             f"""
             UPDATE tasks SET status = 'running', lease_owner = ?, lease_until = ?,
                 attempts = attempts + 1, started_at = COALESCE(started_at, ?), updated_at = ?
@@ -291,7 +317,7 @@ class Store:
         if not task_ids:
             return
         marks = ",".join("?" * len(task_ids))
-        await self._tx(
+        await self.execute(
             f"UPDATE tasks SET lease_until = ? WHERE lease_owner = ? AND status = 'running'"
             f" AND id IN ({marks})",
             (time.time() + lease_s, worker, *task_ids),
@@ -299,15 +325,17 @@ class Store:
 
     async def release(self, worker: str, task_ids: list[str] | None = None) -> None:
         """Hand tasks back at once (a clean stop): another process may take them now."""
-        sql = "UPDATE tasks SET lease_until = 0, lease_owner = NULL WHERE lease_owner = ?" \
-              " AND status = 'running'"
+        sql = (
+            "UPDATE tasks SET lease_until = 0, lease_owner = NULL WHERE lease_owner = ?"
+            " AND status = 'running'"
+        )
         params: tuple[Any, ...] = (worker,)
         if task_ids is not None:
             if not task_ids:
                 return
             sql += f" AND id IN ({','.join('?' * len(task_ids))})"
             params += tuple(task_ids)
-        await self._tx(sql, params)
+        await self.execute(sql, params)
 
     async def update(self, task_id: str, worker: str, **values: Any) -> bool:
         """Change a running task this worker holds; False if it lost the lease."""
@@ -317,7 +345,7 @@ class Store:
         values["updated_at"] = time.time()
         sets = ", ".join(f"{k} = ?" for k in values)
         params = [json.dumps(v) if k in JSON_FIELDS else v for k, v in values.items()]
-        rows = await self._tx(
+        rows = await self.execute(
             f"UPDATE tasks SET {sets} WHERE id = ? AND lease_owner = ? AND status = 'running'"
             " RETURNING id",
             (*params, task_id, worker),
@@ -340,41 +368,43 @@ class Store:
     ) -> bool:
         """Record a task's end, once. With ``worker`` the lease must still be held."""
         now = time.time()
-        guard = "lease_owner = ? AND status = 'running'" if worker else \
-            "status IN ('queued', 'running')"
-        async with self._write:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = await self.db.execute_fetchall(
-                    f"""UPDATE tasks SET status = ?, finished_at = ?, updated_at = ?, progress = NULL,
-                        lease_owner = NULL, lease_until = 0, results = ?, failures = ?, error = ?,
-                        notes = COALESCE(?, notes), billed_images = ?, cost = ?, currency = ?
-                    WHERE id = ? AND {guard} RETURNING id""",
-                    (
-                        status.value, now, now,
-                        json.dumps([r.model_dump() for r in results]),
-                        json.dumps([f.model_dump() for f in failures]),
-                        json.dumps(error) if error else None,
-                        json.dumps(notes) if notes is not None else None,
-                        billed_images, cost, currency, task_id,
-                        *((worker,) if worker else ()),
-                    ),
+        guard = (
+            "lease_owner = ? AND status = 'running'"
+            if worker
+            else "status IN ('queued', 'running')"
+        )
+        async with self.transaction() as db:
+            rows = await db.execute_fetchall(
+                f"""UPDATE tasks SET status = ?, finished_at = ?, updated_at = ?, progress = NULL,
+                    lease_owner = NULL, lease_until = 0, results = ?, failures = ?, error = ?,
+                    notes = COALESCE(?, notes), billed_images = ?, cost = ?, currency = ?
+                WHERE id = ? AND {guard} RETURNING id""",
+                (
+                    status.value,
+                    now,
+                    now,
+                    json.dumps([r.model_dump() for r in results]),
+                    json.dumps([f.model_dump() for f in failures]),
+                    json.dumps(error) if error else None,
+                    json.dumps(notes) if notes is not None else None,
+                    billed_images,
+                    cost,
+                    currency,
+                    task_id,
+                    *((worker,) if worker else ()),
+                ),
+            )
+            if rows:
+                await db.executemany(
+                    "INSERT OR IGNORE INTO task_blobs (task_id, role, idx, sha256)"
+                    " VALUES (?, 'result', ?, ?)",
+                    [(task_id, r.index, r.sha256) for r in results],
                 )
-                if rows:
-                    await self.db.executemany(
-                        "INSERT OR IGNORE INTO task_blobs (task_id, role, idx, sha256)"
-                        " VALUES (?, 'result', ?, ?)",
-                        [(task_id, r.index, r.sha256) for r in results],
-                    )
-                await self.db.commit()
-            except BaseException:
-                await self.db.rollback()
-                raise
         return bool(rows)
 
     async def reroute(self, task_id: str, worker: str, vendor: str, note: str) -> bool:
         """Queue a held task again for another vendor (a fallback), from the start."""
-        rows = await self._tx(
+        rows = await self.execute(
             "UPDATE tasks SET vendor = ?, status = 'queued', lease_owner = NULL, lease_until = 0,"
             " vendor_task_id = NULL, submit_started_at = NULL, polls = 0,"
             " notes = json_insert(notes, '$[#]', ?), updated_at = ?"
@@ -385,7 +415,7 @@ class Store:
 
     async def request_cancel(self, task_id: str) -> TaskRecord:
         await self.get(task_id)
-        await self._tx(
+        await self.execute(
             "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?"
             " AND status IN ('queued', 'running')",
             (time.time(), task_id),
@@ -413,15 +443,17 @@ class Store:
     async def cleanup(self, retention_days: float, max_bytes: int | None = None) -> int:
         """Forget finished tasks past retention and delete files no task refers to."""
         cutoff = time.time() - retention_days * 86400
-        await self._tx(
+        await self.execute(
             "DELETE FROM task_blobs WHERE task_id IN (SELECT id FROM tasks"
-            " WHERE finished_at IS NOT NULL AND finished_at < ?)", (cutoff,),
+            " WHERE finished_at IS NOT NULL AND finished_at < ?)",
+            (cutoff,),
         )
-        await self._tx("DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?",
-                       (cutoff,))
+        await self.execute(
+            "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,)
+        )
         if max_bytes is not None:
             await self._evict(max_bytes)
-        orphans = await self._tx(
+        orphans = await self.execute(
             "DELETE FROM blobs WHERE sha256 NOT IN (SELECT sha256 FROM task_blobs)"
             " RETURNING sha256, mime_type"
         )
@@ -436,14 +468,15 @@ class Store:
             return
         finished = await self.db.execute_fetchall(
             "SELECT t.id, COALESCE(SUM(b.bytes), 0) FROM tasks t"
-            " LEFT JOIN task_blobs tb ON tb.task_id = t.id LEFT JOIN blobs b ON b.sha256 = tb.sha256"
+            " LEFT JOIN task_blobs tb ON tb.task_id = t.id"
+            " LEFT JOIN blobs b ON b.sha256 = tb.sha256"
             " WHERE t.finished_at IS NOT NULL GROUP BY t.id ORDER BY t.finished_at"
         )
         for task_id, size in finished:
             if total <= max_bytes:
                 break
-            await self._tx("DELETE FROM task_blobs WHERE task_id = ?", (task_id,))
-            await self._tx("DELETE FROM tasks WHERE id = ?", (task_id,))
+            await self.execute("DELETE FROM task_blobs WHERE task_id = ?", (task_id,))
+            await self.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
             total -= int(size)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ from tools.errors import (
     ContentRejected,
     NotFound,
     RetouchError,
+    VendorCanceled,
     VendorError,
     VendorFault,
     VendorRejected,
@@ -129,8 +131,9 @@ class Worker:
             await self._fail(record, exc)
         except Exception as exc:
             log.exception("task %s failed unexpectedly", record.id)
-            await self._fail(record, VendorFault(f"internal error ({type(exc).__name__})",
-                                                 transient=False))
+            await self._fail(
+                record, VendorFault(f"internal error ({type(exc).__name__})", transient=False)
+            )
         finally:
             self.running.pop(record.id, None)
             self.on_change(record.id)
@@ -157,16 +160,22 @@ class Worker:
             )
         else:
             job = await self._job(record)
-            await self._update(record, submit_started_at=time.time(),
-                               progress=f"working with {vendor.name}")
+            await self._update(
+                record, submit_started_at=time.time(), progress=f"working with {vendor.name}"
+            )
             outcome = await self._call(
-                vendor, record, lambda: vendor.submit(job), limiter=self.submit_limits,
+                vendor,
+                record,
+                lambda: vendor.submit(job),
+                limiter=self.submit_limits,
                 submitting=True,
             )
             notes += job.notes
             if isinstance(outcome, Pending):
                 await self._update(
-                    record, vendor_task_id=outcome.vendor_task_id, notes=notes,
+                    record,
+                    vendor_task_id=outcome.vendor_task_id,
+                    notes=notes,
                     progress=f"{vendor.name}: {outcome.status or 'submitted'}",
                 )
         try:
@@ -175,12 +184,14 @@ class Worker:
             if outcome is None:  # finished by the callback route
                 return
             await self._deliver(record, vendor, outcome, notes)
-        except Canceled:
+        except (Canceled, VendorCanceled):
             await self._finish_canceled(record)
 
     async def _job(self, record: TaskRecord) -> Job:
         req = record.request
-        images = [await self.store.read_blob(s) for s in await self.store.task_blobs(record.id, "input")]
+        images = [
+            await self.store.read_blob(s) for s in await self.store.task_blobs(record.id, "input")
+        ]
         masks = await self.store.task_blobs(record.id, "mask")
         mask = await self.store.read_blob(masks[0]) if masks else None
         size = None
@@ -221,8 +232,11 @@ class Worker:
                 return await fn()
             except VendorError as exc:
                 ambiguous = submitting and exc.details.get("maybe_submitted")
-                if (not exc.retryable or attempt >= vendor.settings.max_retries
-                        or (ambiguous and not vendor.idempotent_submit)):
+                if (
+                    not exc.retryable
+                    or attempt >= vendor.settings.max_retries
+                    or (ambiguous and not vendor.idempotent_submit)
+                ):
                     raise
                 delay = exc.details.get("retry_after") or backoff(attempt)
                 attempt += 1
@@ -242,15 +256,18 @@ class Worker:
             current = await self.store.get(record.id)
             if current.finished:
                 return None
-            if current.cancel_requested:
-                if await vendor.cancel(pending.vendor_task_id):
-                    raise Canceled
+            if current.cancel_requested and await vendor.cancel(pending.vendor_task_id):
+                raise Canceled
             if vendor.completion == "callback":
                 if time.monotonic() > deadline:
-                    raise VendorTimeout(f"{vendor.name} sent no callback in time", vendor=vendor.name)
+                    raise VendorTimeout(
+                        f"{vendor.name} sent no callback in time", vendor=vendor.name
+                    )
                 continue
             outcome = await self._call(
-                vendor, record, lambda: vendor.poll(pending.vendor_task_id),
+                vendor,
+                record,
+                functools.partial(vendor.poll, pending.vendor_task_id),
                 limiter=self.query_limits,
             )
             polls += 1
@@ -266,7 +283,13 @@ class Worker:
     ) -> None:
         """Store every delivered image (vendor URLs expire) and record the end."""
         ok = await finish_task(
-            self.store, record, vendor, outcome, notes, self.downloads, self.stamp,
+            self.store,
+            record,
+            vendor,
+            outcome,
+            notes,
+            self.downloads,
+            self.stamp,
             worker=self.id,
         )
         if not ok:
@@ -286,7 +309,7 @@ class Worker:
         chain = self.settings.routing.fallback
         if record.vendor not in chain:
             return False
-        for name in chain[chain.index(record.vendor) + 1:]:
+        for name in chain[chain.index(record.vendor) + 1 :]:
             vendor = self.vendors.get(name)
             if vendor is not None and record.function in vendor.capabilities:
                 note = f"{record.vendor} failed ({exc.message}); moved to {name}"
@@ -341,24 +364,43 @@ async def finish_task(
     if latest.cancel_requested:
         return await store.finish(record.id, worker, TaskStatus.canceled, notes=notes)
     billed = outcome.billed_images if outcome.billed_images is not None else len(outcome.images)
-    price, currency = vendor.price
+    price, currency = vendor.price_for(record.function)
     cost = round(billed * price, 6) if price is not None else None
     notes = notes + outcome.notes
     if results:
         return await store.finish(
-            record.id, worker, TaskStatus.succeeded, results=results, failures=failures,
-            notes=notes, billed_images=billed, cost=cost, currency=currency,
+            record.id,
+            worker,
+            TaskStatus.succeeded,
+            results=results,
+            failures=failures,
+            notes=notes,
+            billed_images=billed,
+            cost=cost,
+            currency=currency,
         )
     first = failures[0] if failures else None
-    error = {"code": first.code, "message": first.message} if first else {
-        "code": "vendor_fault", "message": f"{vendor.name} delivered no image"}
+    error = (
+        {"code": first.code, "message": first.message}
+        if first
+        else {"code": "vendor_fault", "message": f"{vendor.name} delivered no image"}
+    )
     return await store.finish(
-        record.id, worker, TaskStatus.failed, failures=failures, error=error, notes=notes,
-        billed_images=billed, cost=cost, currency=currency,
+        record.id,
+        worker,
+        TaskStatus.failed,
+        failures=failures,
+        error=error,
+        notes=notes,
+        billed_images=billed,
+        cost=cost,
+        currency=currency,
     )
 
 
-async def _fetch_result(image: OutputImage, client: httpx.AsyncClient, vendor: str) -> media.InputImage:
+async def _fetch_result(
+    image: OutputImage, client: httpx.AsyncClient, vendor: str
+) -> media.InputImage:
     policy = media.MediaPolicy(max_bytes=RESULT_LIMIT, max_pixels=400_000_000)
     if image.data is not None:
         return await asyncio.to_thread(media.inspect, image.data, policy, "result")
@@ -370,10 +412,13 @@ async def _fetch_result(image: OutputImage, client: httpx.AsyncClient, vendor: s
                 raise VendorFault(
                     f"{vendor}: result download answered HTTP {response.status_code}"
                     + (" (the URL has expired)" if response.status_code in (403, 404) else ""),
-                    vendor=vendor, status=response.status_code, transient=False,
+                    vendor=vendor,
+                    status=response.status_code,
+                    transient=False,
                 )
             data = await media.read_capped(response, RESULT_LIMIT, "result")
     except httpx.HTTPError as exc:
-        raise VendorFault(f"{vendor}: result download failed ({type(exc).__name__})",
-                          vendor=vendor) from None
+        raise VendorFault(
+            f"{vendor}: result download failed ({type(exc).__name__})", vendor=vendor
+        ) from None
     return await asyncio.to_thread(media.inspect, data, policy, "result")

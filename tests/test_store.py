@@ -1,0 +1,97 @@
+"""The SQLite store: migrations, leases, exactly-once ends, clean-up."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.conftest import png
+from tools import media
+from tools.migrations import MIGRATIONS
+from tools.models import ResultImage, TaskStatus
+from tools.store import Store
+
+
+async def open_store(tmp_path: Path) -> Store:
+    return await Store.open(tmp_path / "t.db", tmp_path / "files")
+
+
+async def new_task(store: Store, vendor: str = "local") -> str:
+    sha = await store.put_blob(media.inspect(png(), media.MediaPolicy()))
+    record = await store.create_task(
+        function="adjust",
+        vendor=vendor,
+        prompt="rotate 90",
+        n=1,
+        request={"images": ["x"]},
+        inputs=[sha],
+        mask=None,
+    )
+    return record.id
+
+
+async def test_migrations_apply_once(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    await store.close()
+    store = await open_store(tmp_path)
+    rows = await store.db.execute_fetchall("SELECT name FROM _migrations ORDER BY name")
+    assert [r[0] for r in rows] == [m.__name__ for m in MIGRATIONS]
+    mode = await store.db.execute_fetchall("PRAGMA journal_mode")
+    assert mode[0][0] == "wal"
+    await store.close()
+
+
+async def test_claim_respects_capacity_and_leases(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    ids = [await new_task(store) for _ in range(3)]
+    first = await store.claim("local", "w1", capacity=2, lease_s=30)
+    assert [t.id for t in first] == ids[:2]  # oldest first
+    assert await store.claim("local", "w2", capacity=2, lease_s=30) == []
+    await store.release("w1")  # a clean stop hands them back at once
+    again = await store.claim("local", "w2", capacity=2, lease_s=30)
+    assert [t.id for t in again] == ids[:2]
+    assert all(t.attempts == 2 for t in again)
+    await store.close()
+
+
+async def test_expired_lease_is_reclaimed_and_old_holder_cannot_write(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    task_id = await new_task(store)
+    await store.claim("local", "dead", capacity=1, lease_s=30)
+    await store.db.execute(
+        "UPDATE tasks SET lease_until = ? WHERE id = ?", (time.time() - 1, task_id)
+    )
+    taken = await store.claim("local", "alive", capacity=1, lease_s=30)
+    assert [t.id for t in taken] == [task_id]
+    assert not await store.update(task_id, "dead", progress="zombie")
+    assert await store.update(task_id, "alive", progress="working")
+    assert not await store.finish(task_id, "dead", TaskStatus.failed)
+    assert await store.finish(task_id, "alive", TaskStatus.succeeded)
+    assert not await store.finish(task_id, "alive", TaskStatus.failed)  # only once
+    assert (await store.get(task_id)).status == "succeeded"
+    await store.close()
+
+
+async def test_cleanup_forgets_old_tasks_and_their_files(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    task_id = await new_task(store)
+    await store.claim("local", "w", capacity=1, lease_s=30)
+    result = media.inspect(png((10, 10), (1, 2, 3)), media.MediaPolicy())
+    sha = await store.put_blob(result)
+    path = store.blob_path(sha, result.mime_type)
+    item = ResultImage(
+        index=0,
+        uri=f"retouch://tasks/{task_id}/0",
+        sha256=sha,
+        mime_type=result.mime_type,
+        width=10,
+        height=10,
+        bytes=len(result.data),
+    )
+    await store.finish(task_id, "w", TaskStatus.succeeded, results=[item])
+    assert await store.result_path(task_id, 0) == path
+    assert await store.cleanup(retention_days=1) == 0  # still within retention
+    await store.db.execute("UPDATE tasks SET finished_at = 1 WHERE id = ?", (task_id,))
+    assert await store.cleanup(retention_days=1) == 2  # input and result
+    assert not path.exists()
+    await store.close()

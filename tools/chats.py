@@ -1,0 +1,291 @@
+"""Data access for the Telegram bot's tables (``m003_telegram`` in tools/migrations.py).
+
+    tg_tasks     one row per task a chat asked for: where to answer (chat, request message,
+                 status message) and the delivery state of its results:
+                 pending → sending → delivered | failed; ``sent_items`` counts results
+                 already sent, so an interrupted delivery resumes after the last one sent.
+    tg_messages  every result message the bot sent → (task, result index), so a reply to a
+                 result edits the stored original, not Telegram's recompressed copy.
+    tg_users     per-user settings: vendor, n, seed, originals.
+
+The bot opens its own connection (:func:`connect`) to the store's database file: SQLite's
+own locking (WAL, ``BEGIN IMMEDIATE``, busy timeout) then orders its writes with the
+Editor's, instead of interleaving statements on one shared connection. Every write here is a
+single statement, so each is atomic on its own. Rows go away with their task (``ON DELETE
+CASCADE``) when the store forgets tasks past retention.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from tools.migrations import migrate
+
+PENDING, SENDING, DELIVERED, FAILED = "pending", "sending", "delivered", "failed"
+
+
+@dataclass
+class ChatTask:
+    task_id: str
+    chat_id: int
+    user_id: int
+    request_message_id: int | None
+    status_message_id: int | None
+    status_text: str | None
+    note: str | None
+    delivery: str
+    sent_items: int
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    claimed_at: float | None
+    delivered_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> ChatTask:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
+@dataclass
+class PendingTask:
+    """A row waiting for delivery, with its task's current state."""
+
+    chat: ChatTask
+    status: str
+    progress: str | None
+
+
+@dataclass
+class UserSettings:
+    user_id: int
+    vendor: str | None = None
+    n: int = 1
+    seed: int | None = None
+    originals: bool = False
+
+
+async def connect(path: Path | str) -> aiosqlite.Connection:
+    """A connection to the store's database, configured like the store's own."""
+    db = await aiosqlite.connect(str(path), timeout=30, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await db.execute("PRAGMA foreign_keys=ON")
+    await db.execute("PRAGMA busy_timeout=30000")
+    await migrate(db)
+    return db
+
+
+async def _one(db: aiosqlite.Connection, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+    """One statement; in autocommit mode SQLite makes it its own transaction."""
+    return list(await db.execute_fetchall(sql, params))
+
+
+# ---- tasks ---------------------------------------------------------------------------------
+
+
+async def add_task(
+    db: aiosqlite.Connection,
+    *,
+    task_id: str,
+    chat_id: int,
+    user_id: int,
+    request_message_id: int | None,
+    status_message_id: int | None,
+    status_text: str | None = None,
+    note: str | None = None,
+) -> None:
+    await _one(
+        db,
+        "INSERT INTO tg_tasks (task_id, chat_id, user_id, request_message_id, status_message_id,"
+        " status_text, note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            task_id,
+            chat_id,
+            user_id,
+            request_message_id,
+            status_message_id,
+            status_text,
+            note,
+            time.time(),
+        ),
+    )
+
+
+async def get_task(db: aiosqlite.Connection, task_id: str) -> ChatTask | None:
+    rows = await _one(db, "SELECT * FROM tg_tasks WHERE task_id = ?", (task_id,))
+    return ChatTask.from_row(rows[0]) if rows else None
+
+
+async def set_status_text(db: aiosqlite.Connection, task_id: str, text: str) -> None:
+    await _one(db, "UPDATE tg_tasks SET status_text = ? WHERE task_id = ?", (text, task_id))
+
+
+async def pending(db: aiosqlite.Connection, *, limit: int = 500) -> list[PendingTask]:
+    """Rows still to deliver whose retry time has come, oldest first, with task state."""
+    rows = await _one(
+        db,
+        "SELECT c.*, t.status AS task_status, t.progress AS task_progress"
+        " FROM tg_tasks c JOIN tasks t ON t.id = c.task_id"
+        " WHERE c.delivery = 'pending' AND c.next_attempt_at <= ?"
+        " ORDER BY c.created_at LIMIT ?",
+        (time.time(), limit),
+    )
+    return [PendingTask(ChatTask.from_row(r), r["task_status"], r["task_progress"]) for r in rows]
+
+
+async def claim(db: aiosqlite.Connection, task_id: str) -> ChatTask | None:
+    """Take a row for delivery, atomically: only one claimer ever gets a pending row."""
+    rows = await _one(
+        db,
+        "UPDATE tg_tasks SET delivery = 'sending', attempts = attempts + 1, claimed_at = ?"
+        " WHERE task_id = ? AND delivery = 'pending' RETURNING *",
+        (time.time(), task_id),
+    )
+    return ChatTask.from_row(rows[0]) if rows else None
+
+
+async def set_sent_items(db: aiosqlite.Connection, task_id: str, count: int) -> None:
+    await _one(
+        db,
+        "UPDATE tg_tasks SET sent_items = max(sent_items, ?) WHERE task_id = ?",
+        (count, task_id),
+    )
+
+
+async def mark_delivered(db: aiosqlite.Connection, task_id: str) -> None:
+    await _one(
+        db,
+        "UPDATE tg_tasks SET delivery = 'delivered', delivered_at = ?, last_error = NULL"
+        " WHERE task_id = ? AND delivery = 'sending'",
+        (time.time(), task_id),
+    )
+
+
+async def retry_later(db: aiosqlite.Connection, task_id: str, error: str, delay_s: float) -> None:
+    """A transient failure: back to pending, not before ``delay_s``."""
+    await _one(
+        db,
+        "UPDATE tg_tasks SET delivery = 'pending', last_error = ?, next_attempt_at = ?"
+        " WHERE task_id = ? AND delivery = 'sending'",
+        (error[:500], time.time() + delay_s, task_id),
+    )
+
+
+async def mark_failed(db: aiosqlite.Connection, task_id: str, error: str) -> None:
+    """A permanent failure (the chat is gone, the bot was blocked): stop trying."""
+    await _one(
+        db,
+        "UPDATE tg_tasks SET delivery = 'failed', last_error = ? WHERE task_id = ?"
+        " AND delivery IN ('pending', 'sending')",
+        (error[:500], task_id),
+    )
+
+
+async def recover_interrupted(db: aiosqlite.Connection) -> int:
+    """At start-up: deliveries a previous process left half-done go back to pending.
+
+    One bot process serves a token (Telegram refuses two pollers), so a row still
+    'sending' when the bot starts belongs to a process that died mid-delivery. Its results
+    already recorded in ``sent_items`` are not sent again; the one in flight at the crash
+    is — a rare duplicate beats a result that never arrives.
+    """
+    rows = await _one(
+        db,
+        "UPDATE tg_tasks SET delivery = 'pending', next_attempt_at = 0"
+        " WHERE delivery = 'sending' RETURNING task_id",
+        (),
+    )
+    return len(rows)
+
+
+async def active_for_user(db: aiosqlite.Connection, user_id: int) -> list[str]:
+    """Task ids of this user's rows not yet delivered (newest first)."""
+    rows = await _one(
+        db,
+        "SELECT c.task_id FROM tg_tasks c JOIN tasks t ON t.id = c.task_id"
+        " WHERE c.user_id = ? AND t.status IN ('queued', 'running')"
+        " ORDER BY c.created_at DESC",
+        (user_id,),
+    )
+    return [r[0] for r in rows]
+
+
+async def oldest_task_since(db: aiosqlite.Connection, owner: str, since: float) -> float | None:
+    """When the oldest of ``owner``'s tasks created after ``since`` was created."""
+    rows = await _one(
+        db,
+        "SELECT MIN(created_at) FROM tasks WHERE owner = ? AND created_at >= ?",
+        (owner, since),
+    )
+    return rows[0][0] if rows and rows[0][0] is not None else None
+
+
+# ---- sent result messages ------------------------------------------------------------------
+
+
+async def add_messages(
+    db: aiosqlite.Connection, chat_id: int, sent: list[tuple[int, str, int, str | None]]
+) -> None:
+    """Record sent result messages: (message_id, task_id, result index, file_id)."""
+    if not sent:
+        return
+    marks = ", ".join(["(?, ?, ?, ?, ?)"] * len(sent))
+    await _one(
+        db,
+        f"INSERT OR REPLACE INTO tg_messages (chat_id, message_id, task_id, idx, file_id)"
+        f" VALUES {marks}",
+        tuple(v for row in sent for v in (chat_id, *row)),
+    )
+
+
+async def result_for_message(
+    db: aiosqlite.Connection, chat_id: int, message_id: int
+) -> tuple[str, int] | None:
+    """The (task id, result index) a bot message shows, if it is one of our results."""
+    rows = await _one(
+        db,
+        "SELECT task_id, idx FROM tg_messages WHERE chat_id = ? AND message_id = ?",
+        (chat_id, message_id),
+    )
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+async def task_for_status_message(
+    db: aiosqlite.Connection, chat_id: int, message_id: int
+) -> str | None:
+    rows = await _one(
+        db,
+        "SELECT task_id FROM tg_tasks WHERE chat_id = ? AND status_message_id = ?",
+        (chat_id, message_id),
+    )
+    return rows[0][0] if rows else None
+
+
+# ---- user settings -------------------------------------------------------------------------
+
+
+async def get_user(db: aiosqlite.Connection, user_id: int) -> UserSettings:
+    rows = await _one(db, "SELECT * FROM tg_users WHERE user_id = ?", (user_id,))
+    if not rows:
+        return UserSettings(user_id)
+    r = rows[0]
+    return UserSettings(user_id, r["vendor"], r["n"], r["seed"], bool(r["originals"]))
+
+
+async def save_user(db: aiosqlite.Connection, s: UserSettings) -> None:
+    await _one(
+        db,
+        "INSERT INTO tg_users (user_id, vendor, n, seed, originals, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET vendor = excluded.vendor,"
+        " n = excluded.n, seed = excluded.seed, originals = excluded.originals,"
+        " updated_at = excluded.updated_at",
+        (s.user_id, s.vendor, s.n, s.seed, int(s.originals), time.time()),
+    )
