@@ -112,7 +112,7 @@ class Editor:
     # ---- the four operations -------------------------------------------------------------
 
     def list_functions(self, vendor: str | None = None) -> list[FunctionInfo]:
-        vendors = self.vendors
+        vendors = {name: self.vendors[name] for name in self.routing_order()}
         if vendor is not None:
             vendors = {vendor: self._vendor(vendor)}
         out = []
@@ -248,11 +248,10 @@ class Editor:
         """The vendor a request goes to: the one it names, else the first able one."""
         if request.vendor:
             return self._vendor(request.vendor)
-        order = [*self.settings.routing.order, self.settings.routing.default_vendor, *self.vendors]
         refusals: list[RetouchError] = []
-        for name in dict.fromkeys(order):
-            vendor = self.vendors.get(name)
-            if vendor is None or request.function not in vendor.capabilities:
+        for name in self.routing_order():
+            vendor = self.vendors[name]
+            if request.function not in vendor.capabilities:
                 continue
             try:
                 vendor.check(request)
@@ -277,6 +276,12 @@ class Editor:
             ),
             function=request.function,
         )
+
+    def routing_order(self) -> list[str]:
+        """Enabled vendors in the order requests without a vendor try them."""
+        routing = self.settings.routing
+        names = [*routing.order, routing.default_vendor, *self.vendors]
+        return [n for n in dict.fromkeys(names) if n in self.vendors]
 
     def _vendor(self, name: str) -> Vendor:
         try:

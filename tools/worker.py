@@ -234,6 +234,7 @@ class Worker:
                 ambiguous = submitting and exc.details.get("maybe_submitted")
                 if (
                     not exc.retryable
+                    or exc.details.get("task_failed")  # re-reading it changes nothing
                     or attempt >= vendor.settings.max_retries
                     or (ambiguous and not vendor.idempotent_submit)
                 ):

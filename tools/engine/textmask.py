@@ -165,7 +165,14 @@ def detect_text_mask(
     draw = ImageDraw.Draw(mask)
     for w in boxes:
         draw.rectangle(
-            (w.left - pad, w.top - pad, w.left + w.width - 1 + pad, w.top + w.height - 1 + pad),
+            # Tesseract's boxes often clip a word's first or last glyph (a "C" read as
+            # texture): grow them sideways by about a third of the line height.
+            (
+                w.left - pad - w.height // 3,
+                w.top - pad,
+                w.left + w.width - 1 + pad + w.height // 3,
+                w.top + w.height - 1 + pad,
+            ),
             fill=255,
         )
     return mask, len(found)
