@@ -74,3 +74,25 @@ def test_unknown_kind_and_bad_toml(tmp_path: Path) -> None:
         load_settings(path)
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_example_config_loads_and_documents_every_setting() -> None:
+    import re
+
+    from tools.config import VENDOR_KINDS, Settings, vendor_class
+
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    settings = load_settings(example)
+    assert list(settings.enabled_vendors()) == ["local"]
+    text = example.read_text()
+    documented = set(re.findall(r"^#?\s*(\w+)\s*=", text, flags=re.M))
+    missing = []
+    for name, field in Settings.model_fields.items():
+        sub = getattr(field.annotation, "model_fields", None)
+        if sub:
+            missing += [f"{name}.{k}" for k in sub if k not in documented]
+    for kind in VENDOR_KINDS:
+        missing += [
+            f"{kind}.{k}" for k in vendor_class(kind).Settings.model_fields if k not in documented
+        ]
+    assert not missing, f"undocumented settings: {missing}"

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
 import httpx
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tools.config import MB, VendorSettings
 from tools.errors import (
@@ -110,6 +110,18 @@ class DashScopeSettings(VendorSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _documented_prices(self) -> DashScopeSettings:
+        """302.AI documents its own price for the qwen edit (0.05 PTC a call); the wanx
+        price is DashScope's (¥0.14 an image). Explicit settings always win."""
+        if "302.ai" in self.base_url and "edit_price_per_image" not in self.model_fields_set:
+            self.edit_price_per_image = 0.05
+            if "currency" not in self.model_fields_set:
+                self.currency = "PTC"
+            if "price_per_image" not in self.model_fields_set:
+                self.price_per_image = None
+        return self
 
     @field_validator("formats", "edit_formats")
     @classmethod
