@@ -33,7 +33,14 @@ from tools.errors import (
 )
 from tools.media import InputImage
 from tools.models import ImageFailure
-from tools.vendors.base import Finished, OutputImage, json_body, retry_after, transport_error
+from tools.vendors.base import (
+    Finished,
+    OutputImage,
+    json_body,
+    redact,
+    retry_after,
+    transport_error,
+)
 
 #: Header that makes DashScope resolve ``oss://`` URLs in a request body.
 RESOLVE_HEADER = {"X-DashScope-OssResourceResolve": "enable"}
@@ -51,8 +58,7 @@ class Wire:
         return f"<Wire {self.vendor!r}>"
 
     def scrub(self, text: str) -> str:
-        key = self._key.get_secret_value()
-        return text.replace(key, "***") if len(key) >= 4 else text
+        return redact(text, self._key.get_secret_value())
 
     # ---- errors ---------------------------------------------------------------------------
 

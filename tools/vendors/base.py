@@ -10,6 +10,7 @@ retry: they raise the right ``VendorError`` and the worker decides, from ``retry
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -194,6 +195,18 @@ class Vendor(ABC):
 
 
 # ---- helpers shared by the HTTP adapters -------------------------------------------------
+
+
+_KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{2})[A-Za-z0-9_\-*]+")
+
+
+def redact(text: str, *secrets: str) -> str:
+    """``text`` with the given secrets, and anything shaped like an ``sk-`` key, masked
+    (vendors echo keys back in error messages)."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _KEY_LIKE.sub(r"\1***", text)
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -41,6 +40,7 @@ from tools.vendors.base import (
     OutputImage,
     Vendor,
     json_body,
+    redact,
     retry_after,
     transport_error,
 )
@@ -304,10 +304,7 @@ class NebulaVendor(Vendor):
         return VendorRejected(text, **kw)
 
     def _redact(self, text: str) -> str:
-        key = self.settings.api_key.get_secret_value()
-        if key and len(key) >= 4:
-            text = text.replace(key, "***")
-        return re.sub(r"\b(sk-[A-Za-z0-9_\-*]{2})[A-Za-z0-9_\-*]+", r"\1***", text)
+        return redact(text, self.settings.api_key.get_secret_value())
 
 
 def _int(value: Any) -> int | None:

@@ -50,6 +50,7 @@ from tools.vendors.base import (
     OutputImage,
     Vendor,
     json_body,
+    redact,
     retry_after,
     transport_error,
 )
@@ -478,10 +479,7 @@ class OpenAIVendor(Vendor):
         return VendorRejected(text, **kw)
 
     def _redact(self, text: str) -> str:
-        key = self.settings.api_key.get_secret_value()
-        if key and len(key) >= 4:
-            text = text.replace(key, "***")
-        return re.sub(r"\b(sk-[A-Za-z0-9_\-*]{2})[A-Za-z0-9_\-*]+", r"\1***", text)
+        return redact(text, self.settings.api_key.get_secret_value())
 
 
 def _enum(value: Any, allowed: frozenset[str], name: str) -> None:

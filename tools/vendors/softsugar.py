@@ -51,6 +51,7 @@ from tools.vendors.base import (
     Pending,
     Vendor,
     json_body,
+    redact,
     retry_after,
     transport_error,
 )
@@ -426,10 +427,7 @@ class SoftSugarVendor(Vendor):
         return VendorRejected(text, **kw)
 
     def _redact(self, text: str) -> str:
-        for secret in (self._app_key(), self._token or ""):
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
+        return redact(text, self._app_key(), self._token or "")
 
 
 # ---- helpers -------------------------------------------------------------------------------
