@@ -91,8 +91,12 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
         return await task_result(holder.get(), task, preview_px)
 
     def progress(ctx: Context) -> Any:
+        """Progress notifications for one waiting call (the value must only increase)."""
+        steps = iter(range(1, 1_000_000))
+
         async def report(task: Task) -> None:
-            await ctx.report_progress(0, None, f"{task.status.value}: {task.progress or ''}")
+            message = f"{task.status.value}: {task.progress or 'waiting'}"
+            await ctx.report_progress(next(steps), None, message)
 
         return report
 

@@ -65,11 +65,20 @@ async def test_wanx_function_through_mcp_survives_expired_vendor_urls(
         )
         assert not started.is_error, started.content
         task_id = started.structured_content["id"]
-        done = await client.call_tool("check_task", {"task_id": task_id, "wait_seconds": 30})
+        seen: list[tuple[float, str | None]] = []
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            seen.append((value, message))
+
+        done = await client.call_tool(
+            "check_task", {"task_id": task_id, "wait_seconds": 30}, progress_callback=on_progress
+        )
         task = done.structured_content
         assert task["status"] == "succeeded", task
         assert task["vendor_task_id"] and task["billed_images"] == 1
         assert (task["cost"], task["currency"]) == (0.14, "CNY")
+        assert any("RUNNING" in (m or "") for _, m in seen), seen
+        assert [v for v, _ in seen] == sorted({v for v, _ in seen})  # strictly increasing
         assert task["results"][0]["vendor_url"].startswith(fake.base_url)
         assert any("upscaled 600×400" in n for n in task["notes"])  # fitted to 512 px minimum
         fake.expire_results()
