@@ -713,7 +713,9 @@ class _ServerThread:
     """uvicorn on 127.0.0.1:<OS-chosen port> in a daemon thread with its own event loop."""
 
     def __init__(self, app: Callable[..., Any]) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock = socket.socket(
+            socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+        )  # TCP_NODELAY
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]

@@ -1,0 +1,130 @@
+"""Who may use the bot, and how much.
+
+Closed by default: only ``telegram.allowed_user_ids`` (in private chats and in any group, by
+the sender's id), or everyone with ``telegram.public = true``. :func:`gate` runs before every
+other handler (group -1) and stops refused updates there, so no handler — command, message or
+inline button — can be reached around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+from telegram import Update
+from telegram.constants import ChatType
+from telegram.ext import ApplicationHandlerStop, ContextTypes
+
+from bots.state import Runtime, runtime
+from tools import chats
+from tools.config import TelegramSettings
+
+log = logging.getLogger("retouch.bot.access")
+
+
+def owner(user_id: int) -> str:
+    """The task owner string for a Telegram user."""
+    return f"tg:{user_id}"
+
+
+def allowed(settings: TelegramSettings, user_id: int | None) -> bool:
+    if user_id is None:
+        return False
+    return settings.public or user_id in settings.allowed_user_ids
+
+
+def refusal(user_id: int) -> str:
+    return (
+        "Sorry, this bot is private. Your Telegram user id is "
+        f"{user_id} — ask the bot's owner to add it to allowed_user_ids."
+    )
+
+
+async def gate(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Group -1: let allowed users through; answer and stop everyone else."""
+    if not isinstance(update, Update):
+        raise ApplicationHandlerStop
+    rt = runtime(context)
+    user = update.effective_user
+    if user is not None and allowed(rt.settings.telegram, user.id):
+        return
+    if user is None or user.is_bot:
+        raise ApplicationHandlerStop  # channel posts, other bots: nothing to answer
+    log.info("refused update from user %s", user.id)
+    if update.callback_query is not None:
+        await update.callback_query.answer(refusal(user.id)[:200], show_alert=True)
+    elif update.effective_message is not None and _addressed_to_bot(update):
+        await update.effective_message.reply_text(refusal(user.id))
+    raise ApplicationHandlerStop
+
+
+def _addressed_to_bot(update: Update) -> bool:
+    """In groups, answer refused users only when they talk to the bot (no spam)."""
+    message = update.effective_message
+    chat = update.effective_chat
+    if message is None or chat is None:
+        return False
+    if chat.type == ChatType.PRIVATE:
+        return True
+    text = message.text or message.caption or ""
+    replied = message.reply_to_message
+    return text.startswith("/") or bool(
+        replied and replied.from_user and replied.from_user.id == message.get_bot().id
+    )
+
+
+class Limits:
+    """Per-user fairness: concurrent tasks and edits per hour.
+
+    :meth:`slot` checks and reserves under a lock per user, counting edits still being set
+    up (images downloading) as well as stored tasks, so two photos sent at once cannot both
+    slip past the last free slot — and no one waits for another's download to be answered.
+    """
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._starting: dict[int, int] = defaultdict(int)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, user_id: int) -> AsyncIterator[str | None]:
+        """Yields None with a slot reserved until the block ends, or a friendly refusal."""
+        async with self._locks[user_id]:
+            refusal = await self.refusal(user_id, self._starting[user_id])
+            if refusal is None:
+                self._starting[user_id] += 1
+        try:
+            yield refusal
+        finally:
+            if refusal is None:
+                self._starting[user_id] -= 1
+
+    async def refusal(self, user_id: int, starting: int = 0) -> str | None:
+        """None when the user may start one more edit now; else a friendly reason."""
+        cfg = self.rt.settings.telegram
+        store = self.rt.editor.store
+        who = owner(user_id)
+        active = await store.count_active(who) + starting
+        if active >= cfg.max_concurrent_per_user:
+            return (
+                f"You already have {active} edit{'s' if active != 1 else ''} running "
+                f"(the limit is {cfg.max_concurrent_per_user}). Send it again when one has "
+                "finished — or /cancel one."
+            )
+        since = time.time() - 3600
+        recent = await store.count_since(who, since) + starting
+        if recent >= cfg.edits_per_hour:
+            oldest = await chats.oldest_task_since(self.rt.db, who, since)
+            minutes = math.ceil((oldest + 3600 - time.time()) / 60) if oldest else 60
+            minutes = max(minutes, 1)
+            return (
+                f"You've made {recent} edits in the last hour, the limit is "
+                f"{cfg.edits_per_hour}. Please try again in about {minutes} "
+                f"minute{'s' if minutes != 1 else ''}."
+            )
+        return None
