@@ -43,6 +43,10 @@ format: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
 
+## chaos: the long crash-restart run (60 SIGKILLs of a worker mid-flight; a few minutes)
+chaos: $(VENV)/.dev
+	RETOUCH_CHAOS_KILLS=60 $(BIN)/python -m pytest -q -s tests/chaos
+
 ## system-deps: Debian packages for the optional engine parts (tesseract, Real-ESRGAN's runtime)
 system-deps:
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \

@@ -158,7 +158,11 @@ class Settings(BaseSettings):
     def _vendor_tables(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ValueError("[vendors] must be a table of named vendor instances")
-        return value
+        # Secrets are wrapped at once, so no repr or dump of the settings can show them.
+        return {
+            name: {k: _secret(k, v) for k, v in table.items()} if isinstance(table, dict) else table
+            for name, table in value.items()
+        }
 
     def vendor_settings(self) -> dict[str, VendorSettings]:
         """Every vendor instance, validated by its kind (local is always present)."""
@@ -185,6 +189,15 @@ class Settings(BaseSettings):
 
     def enabled_vendors(self) -> dict[str, VendorSettings]:
         return {n: v for n, v in self.vendor_settings().items() if v.enabled}
+
+
+SECRET_KEYS = ("api_key", "app_key", "token", "secret", "password")
+
+
+def _secret(key: str, value: Any) -> Any:
+    if isinstance(value, str) and key.endswith(SECRET_KEYS):
+        return SecretStr(value)
+    return value
 
 
 def vendor_class(kind: str) -> Any:

@@ -33,9 +33,13 @@ FORMATS = {
     "TIFF": "image/tiff",
     "GIF": "image/gif",
 }
+#: The only Pillow plugins ever asked to parse untrusted bytes (no EPS/Ghostscript, PSD...);
+#: the JPEG plugin opens MPO files itself.
+OPEN_FORMATS = tuple(f for f in FORMATS if f != "MPO")
 RESULT_URI = re.compile(r"^retouch://tasks/([0-9a-f]{32})/(\d{1,3})$")
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 ResultLookup = Callable[[str, int], Awaitable[Path]]
 
 # Pillow's own bomb guard is a warning up to 2× its limit; we check sizes ourselves first.
@@ -83,7 +87,7 @@ class MediaPolicy:
     max_redirects: int = 5
     resolver: Resolver = system_resolver
 
-    def network_allowed(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    def network_allowed(self, ip: IPAddress) -> bool:
         return any(ip in ipaddress.ip_network(net, strict=False) for net in self.allow_networks)
 
 
@@ -105,7 +109,7 @@ def inspect(data: bytes, policy: MediaPolicy, label: str = "image") -> InputImag
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=OPEN_FORMATS)
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             f"{label} is not an image Retouch can read (JPEG, PNG, WEBP, BMP, TIFF or GIF)"
@@ -126,12 +130,17 @@ def inspect(data: bytes, policy: MediaPolicy, label: str = "image") -> InputImag
     except Exception as exc:
         raise ImageError(f"{label} is corrupt or truncated ({type(exc).__name__})") from None
     mime = FORMATS[image.format]
-    rotated = ImageOps.exif_transpose(image) if _orientation(image) not in (None, 1) else None
-    if image.format == "GIF" or rotated is not None or image.mode in ("P", "CMYK", "I;16"):
-        out = rotated if rotated is not None else image
-        if out.mode not in ("RGB", "RGBA", "L", "LA"):
-            out = out.convert("RGBA" if "transparency" in out.info or "A" in out.mode else "RGB")
-        return encode(out, "PNG")
+    try:
+        rotated = ImageOps.exif_transpose(image) if _orientation(image) not in (None, 1) else None
+        if image.format == "GIF" or rotated is not None or image.mode in ("P", "CMYK", "I;16"):
+            out = rotated if rotated is not None else image
+            if out.mode not in ("RGB", "RGBA", "L", "LA"):
+                out = out.convert(
+                    "RGBA" if "transparency" in out.info or "A" in out.mode else "RGB"
+                )
+            return encode(out, "PNG")
+    except Exception as exc:  # a corrupt EXIF block or palette surfaces only here
+        raise ImageError(f"{label} is corrupt ({type(exc).__name__})") from None
     return InputImage(data=data, mime_type=mime, width=width, height=height)
 
 
@@ -208,18 +217,27 @@ def _read_local(path: str, policy: MediaPolicy, label: str) -> bytes:
         raise UnsafeURL(
             f"{label}: local paths are not accepted by this server; send a URL or a data: URI"
         )
-    file = Path(path).expanduser()
     try:
+        file = Path(path).expanduser()
         size = file.stat().st_size
-    except OSError:
-        raise ImageError(f"{label}: no readable file at {path}") from None
-    if not file.is_file():
-        raise ImageError(f"{label}: {path} is not a file")
+        regular = file.is_file()
+    except (OSError, ValueError, RuntimeError):  # missing, NUL byte, unknown ~user...
+        raise ImageError(f"{label}: no readable file at {path!r}") from None
+    if not regular:
+        raise ImageError(f"{label}: {path!r} is not a file")
+    limit = f"the limit is {policy.max_bytes / 1e6:.0f} MB"
     if size > policy.max_bytes:
-        raise ImageError(
-            f"{label} is {size / 1e6:.1f} MB; the limit is {policy.max_bytes / 1e6:.0f} MB"
-        )
-    return file.read_bytes()
+        raise ImageError(f"{label} is {size / 1e6:.1f} MB; {limit}")
+    # Read at most one byte past the limit: files like /proc/self/pagemap claim 0 bytes and
+    # never end, and a file may grow after stat().
+    try:
+        with open(file, "rb") as fh:
+            data = fh.read(policy.max_bytes + 1)
+    except OSError:
+        raise ImageError(f"{label}: no readable file at {path!r}") from None
+    if len(data) > policy.max_bytes:
+        raise ImageError(f"{label} is larger than {policy.max_bytes / 1e6:.0f} MB; {limit}")
+    return data
 
 
 async def _read_result(uri: str, results: ResultLookup | None, label: str) -> bytes:
@@ -253,10 +271,7 @@ async def check_url(url: httpx.URL, policy: MediaPolicy, label: str = "image") -
         raise ImageError(f"{label}: host {host!r} has no address")
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        public = ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
-        if not public and not policy.network_allowed(ip):
+        if not all(_public(a) or policy.network_allowed(a) for a in _reaches(ip)):
             raise UnsafeURL(
                 f"{label}: {host} resolves to a private or reserved address; "
                 "only public addresses are fetched"
@@ -264,10 +279,38 @@ async def check_url(url: httpx.URL, policy: MediaPolicy, label: str = "image") -
     return addresses
 
 
+def _public(ip: IPAddress) -> bool:
+    site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local  # fec0::/10
+    return ip.is_global and not (
+        ip.is_multicast or ip.is_reserved or ip.is_unspecified or site_local
+    )
+
+
+def _reaches(ip: IPAddress) -> list[IPAddress]:
+    """The addresses a connection to ``ip`` really reaches: an IPv4-mapped address is its
+    IPv4 address; a 6to4 address (2002::/16, "global") also carries one, so
+    ``[2002:7f00:1::]`` must not open a way to 127.0.0.1 through a relay."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            return [ip.ipv4_mapped]
+        if ip.sixtofour:
+            return [ip, ip.sixtofour]
+    return [ip]
+
+
 async def fetch(
     url: str, policy: MediaPolicy, client: httpx.AsyncClient, label: str = "image"
 ) -> bytes:
-    """GET a public URL: every hop re-checked, the address pinned, the body capped."""
+    """GET a public URL: every hop re-checked, the address pinned, the body capped, and the
+    whole download (every hop, every byte) within ``policy.timeout_s``."""
+    try:
+        async with asyncio.timeout(policy.timeout_s):
+            return await _fetch(url, policy, client, label)
+    except TimeoutError:
+        raise ImageError(f"{label}: the download took longer than {policy.timeout_s:g} s") from None
+
+
+async def _fetch(url: str, policy: MediaPolicy, client: httpx.AsyncClient, label: str) -> bytes:
     try:
         current = httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as exc:
@@ -297,8 +340,11 @@ async def fetch(
     raise ImageError(f"{label}: more than {policy.max_redirects} redirects")
 
 
-async def read_capped(response: httpx.Response, limit: int, label: str) -> bytes:
-    """Read a streamed body, stopping as soon as it passes ``limit`` bytes."""
+async def read_capped(
+    response: httpx.Response, limit: int, label: str, *, raw_errors: bool = False
+) -> bytes:
+    """Read a streamed body, stopping as soon as it passes ``limit`` bytes. A connection that
+    breaks off is an ImageError, or, with ``raw_errors``, the httpx error itself."""
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ImageError(
@@ -313,6 +359,8 @@ async def read_capped(response: httpx.Response, limit: int, label: str) -> bytes
                 raise ImageError(f"{label} is larger than the {limit / 1e6:.0f} MB limit")
             chunks.append(chunk)
     except httpx.HTTPError as exc:
+        if raw_errors:
+            raise
         raise ImageError(f"{label}: download broke off ({type(exc).__name__})") from None
     return b"".join(chunks)
 

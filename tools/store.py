@@ -8,13 +8,14 @@ several processes on several machines) can implement the same calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -36,6 +37,8 @@ EXTENSIONS = {
     "image/tiff": "tif",
     "image/gif": "gif",
 }
+#: How long a blob stored but not yet linked to a task is protected from clean-up.
+ORPHAN_GRACE_S = 3600.0
 JSON_FIELDS = {"request", "results", "failures", "error", "notes"}
 WRITABLE = {
     "status",
@@ -140,6 +143,7 @@ class Store:
         self.db = db
         self.files = files
         self._write = asyncio.Lock()
+        self._unlinked: dict[str, float] = {}  # sha256 → when put_blob stored it
 
     @classmethod
     async def open(cls, path: Path | str, files: Path | str) -> Store:
@@ -185,16 +189,23 @@ class Store:
         return self.files / sha256[:2] / f"{sha256}.{EXTENSIONS.get(mime_type, 'bin')}"
 
     async def put_blob(self, image: InputImage) -> str:
+        """Store an image once. Until a task links it (``create_task``, ``finish``),
+        clean-up in this process leaves it alone (for up to ORPHAN_GRACE_S)."""
         sha = hashlib.sha256(image.data).hexdigest()
+        self._unlinked[sha] = time.time()
         path = self.blob_path(sha, image.mime_type)
-        if not path.exists():
-            await asyncio.to_thread(_write_atomic, path, image.data)
         await self.execute(
             "INSERT OR IGNORE INTO blobs (sha256, mime_type, bytes, width, height, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (sha, image.mime_type, len(image.data), image.width, image.height, time.time()),
         )
+        if not path.exists():
+            await asyncio.to_thread(_write_atomic, path, image.data)
         return sha
+
+    def _linked(self, shas: Iterable[str | None]) -> None:
+        for sha in shas:
+            self._unlinked.pop(sha or "", None)
 
     async def read_blob(self, sha256: str) -> InputImage:
         rows = await self.db.execute_fetchall("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
@@ -254,6 +265,7 @@ class Store:
             await db.executemany(
                 "INSERT INTO task_blobs (task_id, role, idx, sha256) VALUES (?, ?, ?, ?)", links
             )
+        self._linked([*inputs, mask])
         return await self.get(task_id)
 
     async def get(self, task_id: str) -> TaskRecord:
@@ -400,6 +412,7 @@ class Store:
                     " VALUES (?, 'result', ?, ?)",
                     [(task_id, r.index, r.sha256) for r in results],
                 )
+        self._linked(r.sha256 for r in results)
         return bool(rows)
 
     async def reroute(self, task_id: str, worker: str, vendor: str, note: str) -> bool:
@@ -441,7 +454,9 @@ class Store:
     # ---- clean-up ----------------------------------------------------------------------
 
     async def cleanup(self, retention_days: float, max_bytes: int | None = None) -> int:
-        """Forget finished tasks past retention and delete files no task refers to."""
+        """Forget finished tasks past retention, then the oldest finished ones while the
+        stored files exceed ``max_bytes``; delete files no task refers to, and temp files
+        left by a crash. Returns how many files were deleted."""
         cutoff = time.time() - retention_days * 86400
         await self.execute(
             "DELETE FROM task_blobs WHERE task_id IN (SELECT id FROM tasks"
@@ -451,38 +466,79 @@ class Store:
         await self.execute(
             "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,)
         )
+        removed, _ = await self._delete_orphans()
         if max_bytes is not None:
-            await self._evict(max_bytes)
-        orphans = await self.execute(
-            "DELETE FROM blobs WHERE sha256 NOT IN (SELECT sha256 FROM task_blobs)"
-            " RETURNING sha256, mime_type"
-        )
-        for row in orphans:
-            self.blob_path(row[0], row[1]).unlink(missing_ok=True)
-        return len(orphans)
+            removed += await self._evict(max_bytes)
+        return removed + await asyncio.to_thread(self._delete_stale_temp_files)
 
-    async def _evict(self, max_bytes: int) -> None:
-        rows = await self.db.execute_fetchall("SELECT COALESCE(SUM(bytes), 0) FROM blobs")
-        total = int(rows[0][0])
-        if total <= max_bytes:
-            return
-        finished = await self.db.execute_fetchall(
-            "SELECT t.id, COALESCE(SUM(b.bytes), 0) FROM tasks t"
-            " LEFT JOIN task_blobs tb ON tb.task_id = t.id"
-            " LEFT JOIN blobs b ON b.sha256 = tb.sha256"
-            " WHERE t.finished_at IS NOT NULL GROUP BY t.id ORDER BY t.finished_at"
+    def _delete_stale_temp_files(self) -> int:
+        """Temp files a process killed while writing a blob left behind."""
+        stale, count = time.time() - ORPHAN_GRACE_S, 0
+        for tmp in self.files.glob("*/*.tmp"):
+            with contextlib.suppress(OSError):
+                if tmp.stat().st_mtime < stale:
+                    tmp.unlink()
+                    count += 1
+        return count
+
+    async def _delete_orphans(self, task_shas: list[str] | None = None) -> tuple[int, int]:
+        """Delete blobs no task refers to, and their files (only ``task_shas`` if given);
+        returns how many and their bytes.
+
+        A blob this process stored but has not linked yet is kept: it is an input or a
+        result about to be linked (deleting it made that task's insert fail)."""
+        recent = time.time() - ORPHAN_GRACE_S
+        for sha in [k for k, at in self._unlinked.items() if at < recent]:
+            del self._unlinked[sha]  # never linked: its caller failed
+        keep = list(self._unlinked)
+        where, params = "", tuple(keep)
+        if task_shas is not None:
+            if not task_shas:
+                return 0, 0
+            where = f" AND sha256 IN ({','.join('?' * len(task_shas))})"
+            params += tuple(task_shas)
+        rows = await self.execute(
+            "DELETE FROM blobs WHERE NOT EXISTS"
+            " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = blobs.sha256)"
+            f" AND sha256 NOT IN ({','.join('?' * len(keep))}){where}"
+            " RETURNING sha256, mime_type, bytes",
+            params,
         )
-        for task_id, size in finished:
-            if total <= max_bytes:
+        for sha, mime, _ in rows:
+            again = await self.db.execute_fetchall("SELECT 1 FROM blobs WHERE sha256 = ?", (sha,))
+            if not again:  # not stored anew meanwhile
+                self.blob_path(sha, mime).unlink(missing_ok=True)
+        return len(rows), sum(int(r[2]) for r in rows)
+
+    async def _evict(self, max_bytes: int) -> int:
+        """Forget finished tasks, oldest first, until the stored files fit in ``max_bytes``.
+        Sizes are counted per file, so a file several tasks share is freed only with the
+        last of them."""
+        rows = await self.db.execute_fetchall("SELECT COALESCE(SUM(bytes), 0) FROM blobs")
+        total, removed = int(rows[0][0]), 0
+        while total > max_bytes:
+            oldest = await self.db.execute_fetchall(
+                "SELECT id FROM tasks WHERE finished_at IS NOT NULL ORDER BY finished_at LIMIT 1"
+            )
+            if not oldest:
                 break
-            await self.execute("DELETE FROM task_blobs WHERE task_id = ?", (task_id,))
+            task_id = oldest[0][0]
+            shas = [
+                r[0]
+                for r in await self.execute(
+                    "DELETE FROM task_blobs WHERE task_id = ? RETURNING sha256", (task_id,)
+                )
+            ]
             await self.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
-            total -= int(size)
+            count, freed = await self._delete_orphans(list(dict.fromkeys(shas)))
+            removed, total = removed + count, total - freed
+        return removed
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    # Unique per call: two tasks storing the same image at once must not share a temp file.
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import httpx
@@ -32,6 +33,7 @@ from tools.errors import (
     VendorFault,
     VendorRejected,
     VendorTimeout,
+    error_from_dict,
 )
 from tools.limits import RateLimiter, backoff
 from tools.models import Expand, ImageFailure, ResultImage, TaskStatus
@@ -41,6 +43,15 @@ from tools.vendors.base import Finished, Job, Outcome, OutputImage, Pending, Ven
 log = logging.getLogger("retouch.worker")
 T = TypeVar("T")
 RESULT_LIMIT = 200 * 1024 * 1024
+#: Base of the capped, jittered backoff between retries (tests lower it).
+BACKOFF_BASE_S = 1.0
+#: A vendor's Retry-After (or poll hint) is honoured up to this: a broken or hostile answer
+#: ("retry in a day") must not park a task, and its concurrency slot, for that long.
+MAX_RETRY_AFTER_S = 120.0
+#: Result downloads: attempts on a transient failure (5xx, 429, a broken connection), and
+#: the time one attempt may take in all (httpx's timeout is per read, not per body).
+RESULT_ATTEMPTS = 3
+RESULT_DOWNLOAD_S = 300.0
 Stamp = Callable[[media.InputImage, str], Awaitable[media.InputImage]]
 
 
@@ -112,8 +123,12 @@ class Worker:
                     self.running[record.id] = asyncio.create_task(
                         self._run(record), name=f"retouch-task-{record.id}"
                     )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as
+            # the event is set (stop() cancels us while finishing tasks wake us), and stop()
+            # then waited for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.worker.idle_poll_s)
+                async with asyncio.timeout(self.settings.worker.idle_poll_s):
+                    await self._wake.wait()
 
     async def _lease_loop(self) -> None:
         lease = self.settings.worker.lease_s
@@ -160,9 +175,7 @@ class Worker:
             )
         else:
             job = await self._job(record)
-            await self._update(
-                record, submit_started_at=time.time(), progress=f"working with {vendor.name}"
-            )
+            await self._update(record, progress=f"working with {vendor.name}")
             outcome = await self._call(
                 vendor,
                 record,
@@ -224,10 +237,18 @@ class Worker:
         limiter: dict[str, RateLimiter],
         submitting: bool = False,
     ) -> T:
-        """Call the vendor, retrying what is retryable with capped, jittered backoff."""
+        """Call the vendor, retrying what is retryable with capped, jittered backoff.
+
+        A submission is marked (``submit_started_at``) just before each attempt leaves, after
+        the rate limiter, and unmarked when the vendor's answer shows nothing was created: a
+        process that dies while waiting for its turn or between retries has sent nothing,
+        and its task is submitted by the next process instead of failed as "maybe billed".
+        """
         attempt = 0
         while True:
             await limiter[vendor.name].acquire()
+            if submitting:
+                await self._update(record, submit_started_at=time.time())
             try:
                 return await fn()
             except VendorError as exc:
@@ -239,7 +260,9 @@ class Worker:
                     or (ambiguous and not vendor.idempotent_submit)
                 ):
                     raise
-                delay = exc.details.get("retry_after") or backoff(attempt)
+                if submitting and not ambiguous:  # we would resubmit it ourselves
+                    await self._update(record, submit_started_at=None)
+                delay = _delay(exc.details.get("retry_after"), attempt)
                 attempt += 1
                 await self._update(
                     record, progress=f"{vendor.name}: {exc.code}, retry {attempt} in {delay:.0f} s"
@@ -252,7 +275,7 @@ class Worker:
         deadline = time.monotonic() + self.settings.worker.callback_timeout_s
         polls = record.polls
         while True:
-            await asyncio.sleep(pending.retry_after or interval)
+            await asyncio.sleep(min(pending.retry_after or interval, MAX_RETRY_AFTER_S))
             interval = min(interval * 1.5, vendor.settings.poll_max_interval_s)
             current = await self.store.get(record.id)
             if current.finished:
@@ -325,6 +348,13 @@ class Worker:
             self.on_change(record.id)
 
 
+def _delay(retry_after: float | None, attempt: int) -> float:
+    """Seconds before the next attempt: the vendor's Retry-After (capped), else backoff."""
+    if retry_after:
+        return min(float(retry_after), MAX_RETRY_AFTER_S)
+    return backoff(attempt, base=BACKOFF_BASE_S)
+
+
 async def finish_task(
     store: Store,
     record: TaskRecord,
@@ -334,14 +364,20 @@ async def finish_task(
     downloads: httpx.AsyncClient,
     stamp: Stamp,
     worker: str | None,
+    policy: media.MediaPolicy | None = None,
 ) -> bool:
-    """Download, stamp and store a finished outcome, then record the task's end once."""
+    """Download, stamp and store a finished outcome, then record the task's end once.
+
+    With ``policy``, result URLs are fetched like user URLs (public addresses only, pinned):
+    for outcomes that did not come from the configured vendor endpoint itself, such as an
+    unauthenticated completion callback.
+    """
     text_mark = record.request.get("watermark")
     results: list[ResultImage] = []
     failures = list(outcome.failures)
     for index, image in enumerate(outcome.images):
         try:
-            stored = await _fetch_result(image, downloads, vendor.name)
+            stored = await _fetch_result(image, downloads, vendor.name, policy)
             if isinstance(text_mark, str):
                 stored = await stamp(stored, text_mark)
             sha = await store.put_blob(stored)
@@ -381,11 +417,13 @@ async def finish_task(
             currency=currency,
         )
     first = failures[0] if failures else None
-    error = (
-        {"code": first.code, "message": first.message}
-        if first
-        else {"code": "vendor_fault", "message": f"{vendor.name} delivered no image"}
-    )
+    error: dict[str, object] = {"code": "vendor_fault", "vendor": vendor.name}
+    if first is None:
+        error["message"] = f"{vendor.name} delivered no image"
+    elif error_from_dict({"code": first.code}).code == first.code:  # one of Retouch's codes
+        error = {"code": first.code, "message": first.message}
+    else:  # the vendor's own code ("InternalError.Timeout"): the task's code stays Retouch's
+        error.update(message=first.message, vendor_code=first.code)
     return await store.finish(
         record.id,
         worker,
@@ -400,26 +438,58 @@ async def finish_task(
 
 
 async def _fetch_result(
-    image: OutputImage, client: httpx.AsyncClient, vendor: str
+    image: OutputImage,
+    client: httpx.AsyncClient,
+    vendor: str,
+    safe: media.MediaPolicy | None = None,
 ) -> media.InputImage:
     policy = media.MediaPolicy(max_bytes=RESULT_LIMIT, max_pixels=400_000_000)
     if image.data is not None:
         return await asyncio.to_thread(media.inspect, image.data, policy, "result")
     if not image.url:
         raise VendorFault(f"{vendor} returned a result with neither data nor URL", vendor=vendor)
+    if safe is not None:  # a URL that did not come from the vendor's own answer
+        limits = replace(safe, max_bytes=RESULT_LIMIT, timeout_s=RESULT_DOWNLOAD_S)
+        data = await media.fetch(image.url, limits, client, "result")
+    else:
+        data = await _download_retrying(image.url, client, vendor)
+    return await asyncio.to_thread(media.inspect, data, policy, "result")
+
+
+async def _download_retrying(url: str, client: httpx.AsyncClient, vendor: str) -> bytes:
+    """A result URL's bytes; transient failures are retried (the URL expires, so now)."""
+    for attempt in range(RESULT_ATTEMPTS):
+        try:
+            async with asyncio.timeout(RESULT_DOWNLOAD_S):
+                return await _download(url, client, vendor)
+        except TimeoutError:
+            error: VendorError = VendorTimeout(
+                f"{vendor}: result download took longer than {RESULT_DOWNLOAD_S:g} s",
+                vendor=vendor,
+            )
+        except VendorFault as exc:
+            error = exc
+        if not error.retryable or attempt + 1 >= RESULT_ATTEMPTS:
+            raise error
+        await asyncio.sleep(_delay(None, attempt))
+    raise AssertionError("unreachable")
+
+
+async def _download(url: str, client: httpx.AsyncClient, vendor: str) -> bytes:
+    """GET a result URL; a transient failure (5xx, 429, a broken connection) is retryable."""
     try:
-        async with client.stream("GET", image.url, timeout=120) as response:
-            if response.status_code != 200:
+        async with client.stream("GET", url, timeout=120) as response:
+            status = response.status_code
+            if status != 200:
                 raise VendorFault(
-                    f"{vendor}: result download answered HTTP {response.status_code}"
-                    + (" (the URL has expired)" if response.status_code in (403, 404) else ""),
+                    f"{vendor}: result download answered HTTP {status}"
+                    + (" (the URL has expired)" if status in (403, 404) else ""),
                     vendor=vendor,
-                    status=response.status_code,
-                    transient=False,
+                    status=status,
+                    transient=status >= 500 or status in (408, 429),
                 )
-            data = await media.read_capped(response, RESULT_LIMIT, "result")
+            return await media.read_capped(response, RESULT_LIMIT, "result", raw_errors=True)
     except httpx.HTTPError as exc:
         raise VendorFault(
             f"{vendor}: result download failed ({type(exc).__name__})", vendor=vendor
         ) from None
-    return await asyncio.to_thread(media.inspect, data, policy, "result")

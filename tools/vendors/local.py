@@ -7,16 +7,25 @@ repainting, doodle rendering, cartoon reference) is refused with the vendor kind
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import os
+import pickle
+import signal
+import sys
 from collections.abc import Callable, Mapping
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from PIL import Image
 from pydantic import Field
 
 from tools import engine, media
 from tools.config import VendorSettings
-from tools.errors import InvalidParameter
+from tools.errors import EngineError, InvalidParameter, RetouchError, error_from_dict
 from tools.vendors.base import Capability, Finished, Job, OutputImage, Vendor
+
+_ROOT = Path(__file__).resolve().parents[2]  # holds the ``tools`` package
 
 
 class LocalSettings(VendorSettings):
@@ -30,6 +39,10 @@ class LocalSettings(VendorSettings):
     esrgan_tile: int = Field(0, ge=0)
     gpu: str = "off"
     inpaint_method: Literal["telea", "fsr"] = "telea"
+    #: Unset: operations run in a thread of this process, as long as they take. Set: each
+    #: runs in a child process that is killed past this many seconds (start-up included,
+    #: about 1 s), so no operation can hold a worker slot forever.
+    timeout_s: float | None = Field(None, gt=0)
 
 
 F = frozenset
@@ -77,10 +90,13 @@ class LocalVendor(Vendor):
         }
 
     async def submit(self, job: Job) -> Finished:
-        run = self._operation(job)
-        image = job.images[0].to_pil()
-        mask = job.mask.to_pil().convert("L") if job.mask else None
-        output = await asyncio.to_thread(run, image, mask)
+        run = self._operation(job)  # a bad request is refused here, without a child process
+        if self.settings.timeout_s is not None:
+            output = await self._run_in_child(job, self.settings.timeout_s)
+        else:
+            image = job.images[0].to_pil()
+            mask = job.mask.to_pil().convert("L") if job.mask else None
+            output = await asyncio.to_thread(run, image, mask)
         fmt = (
             "JPEG"
             if job.images[0].format == "jpeg" and output.image.mode in ("RGB", "L")
@@ -88,6 +104,62 @@ class LocalVendor(Vendor):
         )
         encoded = await asyncio.to_thread(media.encode, output.image, fmt, 95)
         return Finished(images=[OutputImage(data=encoded.data)], notes=output.notes)
+
+    async def _run_in_child(self, job: Job, limit: float) -> engine.EngineOutput:
+        """The operation in ``python -m tools.vendors.local``, killed past ``limit`` seconds
+        (with its process group: Real-ESRGAN's own worker included)."""
+        settings = self.settings.model_dump(mode="json")
+        settings.update(timeout_s=None, esrgan_timeout_s=min(self.settings.esrgan_timeout_s, limit))
+        payload = pickle.dumps(
+            {
+                "settings": settings,
+                "function": job.function,
+                "prompt": job.prompt,
+                "options": job.options,
+                "upscale_factor": job.upscale_factor,
+                "image": job.images[0],
+                "mask": job.mask,
+            }
+        )
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": str(_ROOT) + (os.pathsep + path if path else "")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tools.vendors.local",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            async with asyncio.timeout(limit):
+                out, err = await proc.communicate(payload)
+        except TimeoutError:
+            raise EngineError(
+                f"the local engine ran past its {limit:g} s limit ({self.name}.timeout_s) "
+                "and was stopped"
+            ) from None
+        finally:
+            if proc.returncode is None:  # timed out, or the task was canceled
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        try:
+            answer = pickle.loads(out)
+        except Exception:
+            reason = err.decode("utf-8", "replace").strip().splitlines()
+            detail = f": {reason[-1][:300]}" if reason else ""
+            raise EngineError(
+                f"the local engine's process ended (code {proc.returncode}) without a "
+                f"result{detail}"
+            ) from None
+        if "error" in answer:
+            raise error_from_dict(answer["error"])
+        with Image.open(io.BytesIO(answer["png"])) as image:
+            image.load()
+            return engine.EngineOutput(image.copy(), answer["notes"])
 
     def _operation(
         self, job: Job
@@ -149,3 +221,39 @@ def _check(value: str, allowed: tuple[str, ...]) -> None:
             f"option method={value!r} is not one of {', '.join(allowed)}",
             parameter="options.method",
         )
+
+
+def _child_main() -> None:
+    """One operation for ``LocalVendor._run_in_child``: a pickle in on stdin, one out on
+    stdout ({"png", "notes"} or {"error"}). Stray prints go to stderr."""
+    answer_fd = os.dup(1)
+    os.dup2(2, 1)
+    answer: dict[str, Any]
+    try:
+        request = pickle.loads(sys.stdin.buffer.read())
+        vendor = LocalVendor("local", LocalSettings(**request["settings"]), None)  # type: ignore[arg-type]
+        image, mask = request["image"], request["mask"]
+        job = Job(
+            task_id="child",
+            function=request["function"],
+            prompt=request["prompt"],
+            images=[image],
+            mask=mask,
+            options=request["options"],
+            upscale_factor=request["upscale_factor"],
+        )
+        run = vendor._operation(job)
+        output = run(image.to_pil(), mask.to_pil().convert("L") if mask else None)
+        buf = io.BytesIO()
+        output.image.save(buf, "PNG", compress_level=1)
+        answer = {"png": buf.getvalue(), "notes": output.notes}
+    except RetouchError as exc:
+        answer = {"error": exc.to_dict()}
+    except BaseException as exc:  # MemoryError, a bug: still one clear answer
+        answer = {"error": EngineError(f"local engine failed ({type(exc).__name__})").to_dict()}
+    with os.fdopen(answer_fd, "wb") as out:
+        out.write(pickle.dumps(answer))
+
+
+if __name__ == "__main__":
+    _child_main()
