@@ -12,7 +12,9 @@ class RateLimiter:
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
         self.rate = rate
-        self.capacity = burst if burst is not None else max(1.0, rate)
+        # No burst by default: a bucket of `rate` tokens admits 2 × rate in some 1 s windows,
+        # which is enough to trip a vendor's account-wide cap (DashScope: 20 queries/s).
+        self.capacity = burst if burst is not None else 1.0
         self.tokens = self.capacity
         self.stamp = time.monotonic()
         self._lock = asyncio.Lock()
