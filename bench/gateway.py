@@ -48,7 +48,7 @@ from bench._common import (
 from bench._vendor import VendorProcess, dashscope_toml
 
 POLL = 0.005  # poll_interval_s of the fake vendor (small: the vendor is instant)
-POOL = 1500
+POOL = 400
 LIFTED = {"max_concurrent": 1000, "submit_rps": 100000, "query_rps": 100000}
 
 
