@@ -451,7 +451,8 @@ class Tracker:
                 log.exception("delivery scan failed")
             self.scans += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.scan_interval)
+                async with asyncio.timeout(self.scan_interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def scan(self) -> None:

@@ -54,6 +54,8 @@ from tools.errors import (
 from tools.models import EditRequest, TaskStatus
 from tools.service import Editor
 
+# Pillow warns about the corrupt files it is fed here on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 POLICY = media.MediaPolicy(max_bytes=2_000_000, max_pixels=4_000_000)
 PROPERTY = hsettings(
     max_examples=150,
@@ -859,6 +861,42 @@ async def test_a_forged_callback_cannot_make_retouch_fetch_private_urls() -> Non
                 await _fetch_result(OutputImage(url=url), client, "softsugar", policy)
         ok = await _fetch_result(OutputImage(url="http://public.test/r.png"), client, "x", policy)
     assert ok.width == 64 and [r.url.host for r in requests] == [PUBLIC_IP]
+
+
+async def test_a_forged_callback_through_the_editor_fails_its_task_unfetched(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings(
+        '[vendors.sugar]\nkind = "softsugar"\napp_id = "app"\napp_key = "key"\n'
+        'base_url = "http://sugar.test"\ncallback_url = "https://retouch.test/callbacks/sugar"\n'
+    )
+    requests: list[httpx.Request] = []
+    async with Editor(settings, resolver=stub_resolver, run_worker=False) as editor:
+        editor.fetcher = httpx.AsyncClient(transport=image_transport(requests))
+        editor.http = httpx.AsyncClient(transport=image_transport(requests))
+        sha = await editor.store.put_blob(media.inspect(png((64, 64)), media.MediaPolicy()))
+        record = await editor.store.create_task(
+            function="description_edit",
+            vendor="sugar",
+            prompt="a hat",
+            n=1,
+            request={},
+            inputs=[sha],
+            mask=None,
+            owner=None,
+        )
+        await editor.store.claim("sugar", "w", capacity=1, lease_s=60)
+        assert await editor.store.update(record.id, "w", vendor_task_id="st-1")
+        body = {
+            "taskId": "st-1",
+            "status": "SUCCEEDED",
+            "code": 0,
+            "images": ["http://169.254.169.254/latest/meta-data/"],
+        }
+        await editor.vendor_callback("sugar", json.dumps(body).encode(), {})
+        task = await editor.check_task(record.id)
+    assert task.status == TaskStatus.failed
+    assert requests == []  # neither client was asked for the metadata address
 
 
 # ---- path traversal ----------------------------------------------------------------------

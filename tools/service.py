@@ -185,7 +185,8 @@ class Editor:
         while not record.finished and time.monotonic() < deadline:
             event = self._changed.setdefault(task_id, asyncio.Event())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(0.5, deadline - time.monotonic()))
+                async with asyncio.timeout(min(0.5, deadline - time.monotonic())):
+                    await event.wait()
             event.clear()
             record = await self.store.get(task_id)
             if on_progress and record.progress != seen and not record.finished:
@@ -235,9 +236,11 @@ class Editor:
                     vendor,
                     outcome,
                     list(record.notes),
-                    self.http,
+                    self.fetcher,
                     self._stamp,
                     worker=None,
+                    # Anyone can post a callback: its result URLs are fetched like user URLs.
+                    policy=self.policy,
                 )
             self._notify(record.id)
         return record.id

@@ -113,6 +113,7 @@ class LocalVendor(Vendor):
         payload = pickle.dumps(
             {
                 "settings": settings,
+                "limit": limit,
                 "function": job.function,
                 "prompt": job.prompt,
                 "options": job.options,
@@ -231,6 +232,8 @@ def _child_main() -> None:
     answer: dict[str, Any]
     try:
         request = pickle.loads(sys.stdin.buffer.read())
+        # Ends itself soon after the limit, should the parent have died without killing it.
+        signal.alarm(int(request["limit"]) + 5)
         vendor = LocalVendor("local", LocalSettings(**request["settings"]), None)  # type: ignore[arg-type]
         image, mask = request["image"], request["mask"]
         job = Job(
