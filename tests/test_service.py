@@ -135,6 +135,35 @@ async def test_cancel_a_queued_task(settings: Settings) -> None:
         assert again.status == TaskStatus.canceled and again.results == []
 
 
+@pytest.mark.parametrize("cancel", [False, True])
+async def test_a_cancel_asked_while_the_vendor_worked_wins_over_its_results(
+    settings: Settings, cancel: bool
+) -> None:
+    from tools.vendors.base import Finished, OutputImage
+    from tools.worker import finish_task
+
+    async with Editor(settings, run_worker=False) as editor:
+        task = await editor.edit_image(EditRequest(images=[data_uri(png())], function="lineart"))
+        [record] = await editor.store.claim("local", "w", capacity=1, lease_s=60)
+        if cancel:
+            await editor.store.request_cancel(task.id)
+        outcome = Finished(images=[OutputImage(data=png((20, 20)))])
+        ended = await finish_task(
+            editor.store,
+            record,
+            editor.vendors["local"],
+            outcome,
+            [],
+            editor.http,
+            editor._stamp,
+            worker="w",
+        )
+        done = await editor.check_task(task.id)
+    assert ended
+    assert done.status == (TaskStatus.canceled if cancel else TaskStatus.succeeded)
+    assert len(done.results) == (0 if cancel else 1)
+
+
 async def test_tasks_queued_before_a_restart_finish_exactly_once(settings: Settings) -> None:
     async with Editor(settings, run_worker=False) as editor:
         ids = [

@@ -211,11 +211,8 @@ class Editor:
         """A stored result's bytes and MIME type (for resources and downloads)."""
         if not media.RESULT_URI.match(f"retouch://tasks/{task_id}/{index}"):
             raise NotFound("no such result")
-        path = await self.store.result_path(task_id, index)
-        data = await asyncio.to_thread(path.read_bytes)
-        record = await self.store.get(task_id)
-        mime = next(r["mime_type"] for r in record.results if r["index"] == index)
-        return data, mime
+        path, mime = await self.store.result_file(task_id, index)
+        return await asyncio.to_thread(path.read_bytes), mime
 
     async def vendor_callback(
         self, vendor_name: str, body: bytes, headers: Mapping[str, str]

@@ -179,9 +179,13 @@ class Store:
                 raise
 
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        """One write statement in its own transaction; returns its rows (RETURNING)."""
-        async with self.transaction() as db:
-            return list(await db.execute_fetchall(sql, params))
+        """One write statement, atomic on its own; returns its rows (RETURNING).
+
+        The connection is in autocommit mode, so a lone statement is its own transaction:
+        one trip to the database thread instead of three (BEGIN, statement, COMMIT). The
+        lock still keeps it out of another writer's open transaction."""
+        async with self._write:
+            return list(await self.db.execute_fetchall(sql, params))
 
     # ---- blobs -------------------------------------------------------------------------
 
@@ -194,13 +198,15 @@ class Store:
         sha = hashlib.sha256(image.data).hexdigest()
         self._unlinked[sha] = time.time()
         path = self.blob_path(sha, image.mime_type)
-        await self.execute(
+        row = self.execute(
             "INSERT OR IGNORE INTO blobs (sha256, mime_type, bytes, width, height, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (sha, image.mime_type, len(image.data), image.width, image.height, time.time()),
         )
-        if not path.exists():
-            await asyncio.to_thread(_write_atomic, path, image.data)
+        if path.exists():
+            await row
+        else:  # the row and the file at once (the grace above keeps the pair from clean-up)
+            await asyncio.gather(row, asyncio.to_thread(_write_atomic, path, image.data))
         return sha
 
     def _linked(self, shas: Iterable[str | None]) -> None:
@@ -220,11 +226,19 @@ class Store:
         return InputImage(data, row["mime_type"], row["width"], row["height"])
 
     async def task_blobs(self, task_id: str, role: str) -> list[str]:
+        return (await self.task_images(task_id, role)).get(role, [])
+
+    async def task_images(self, task_id: str, role: str | None = None) -> dict[str, list[str]]:
+        """A task's images by role ("input", "mask", "result"), in order; one query."""
         rows = await self.db.execute_fetchall(
-            "SELECT sha256 FROM task_blobs WHERE task_id = ? AND role = ? ORDER BY idx",
+            "SELECT role, sha256 FROM task_blobs WHERE task_id = ? AND role = COALESCE(?, role)"
+            " ORDER BY role, idx",
             (task_id, role),
         )
-        return [r[0] for r in rows]
+        out: dict[str, list[str]] = {}
+        for r in rows:
+            out.setdefault(r[0], []).append(r[1])
+        return out
 
     # ---- tasks -------------------------------------------------------------------------
 
@@ -243,9 +257,10 @@ class Store:
     ) -> TaskRecord:
         task_id, now = new_task_id(), time.time()
         async with self.transaction() as db:
-            await db.execute(
+            rows = await db.execute_fetchall(
                 "INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,"
-                " created_at, updated_at, notes) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, updated_at, notes) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" RETURNING {', '.join(COLUMNS)}",
                 (
                     task_id,
                     function,
@@ -266,7 +281,7 @@ class Store:
                 "INSERT INTO task_blobs (task_id, role, idx, sha256) VALUES (?, ?, ?, ?)", links
             )
         self._linked([*inputs, mask])
-        return await self.get(task_id)
+        return TaskRecord.from_row(next(iter(rows)))
 
     async def get(self, task_id: str) -> TaskRecord:
         rows = await self.db.execute_fetchall("SELECT * FROM tasks WHERE id = ?", (task_id,))
@@ -377,14 +392,18 @@ class Store:
         billed_images: int = 0,
         cost: float | None = None,
         currency: str | None = None,
+        unless_canceled: bool = False,
     ) -> bool:
-        """Record a task's end, once. With ``worker`` the lease must still be held."""
+        """Record a task's end, once. With ``worker`` the lease must still be held; with
+        ``unless_canceled``, not if a cancel has been asked for meanwhile."""
         now = time.time()
         guard = (
             "lease_owner = ? AND status = 'running'"
             if worker
             else "status IN ('queued', 'running')"
         )
+        if unless_canceled:
+            guard += " AND cancel_requested = 0"
         async with self.transaction() as db:
             rows = await db.execute_fetchall(
                 f"""UPDATE tasks SET status = ?, finished_at = ?, updated_at = ?, progress = NULL,
@@ -442,13 +461,17 @@ class Store:
         return TaskRecord.from_row(rows[0]) if rows else None
 
     async def result_path(self, task_id: str, index: int) -> Path:
+        return (await self.result_file(task_id, index))[0]
+
+    async def result_file(self, task_id: str, index: int) -> tuple[Path, str]:
+        """Where a task's result ``index`` is stored, and its MIME type."""
         task = await self.get(task_id)
         for result in task.results:
             if result["index"] == index:
                 path = self.blob_path(result["sha256"], result["mime_type"])
                 if not path.is_file():
                     raise NotFound(f"result {index} of task {task_id} was cleaned up")
-                return path
+                return path, result["mime_type"]
         raise NotFound(f"task {task_id} has no result {index}")
 
     # ---- clean-up ----------------------------------------------------------------------

@@ -175,7 +175,6 @@ class Worker:
             )
         else:
             job = await self._job(record)
-            await self._update(record, progress=f"working with {vendor.name}")
             outcome = await self._call(
                 vendor,
                 record,
@@ -202,11 +201,9 @@ class Worker:
 
     async def _job(self, record: TaskRecord) -> Job:
         req = record.request
-        images = [
-            await self.store.read_blob(s) for s in await self.store.task_blobs(record.id, "input")
-        ]
-        masks = await self.store.task_blobs(record.id, "mask")
-        mask = await self.store.read_blob(masks[0]) if masks else None
+        shas = await self.store.task_images(record.id)
+        images = [await self.store.read_blob(s) for s in shas.get("input", [])]
+        mask = await self.store.read_blob(shas["mask"][0]) if "mask" in shas else None
         size = None
         if req.get("size") and req["size"] != "auto":
             w, h = req["size"].split("x")
@@ -247,8 +244,9 @@ class Worker:
         attempt = 0
         while True:
             await limiter[vendor.name].acquire()
-            if submitting:
-                await self._update(record, submit_started_at=time.time())
+            if submitting:  # one write: the progress, and the marker where a rerun could bill
+                marker = {} if vendor.idempotent_submit else {"submit_started_at": time.time()}
+                await self._update(record, progress=f"working with {vendor.name}", **marker)
             try:
                 return await fn()
             except VendorError as exc:
@@ -260,7 +258,8 @@ class Worker:
                     or (ambiguous and not vendor.idempotent_submit)
                 ):
                     raise
-                if submitting and not ambiguous:  # we would resubmit it ourselves
+                if submitting and not ambiguous and not vendor.idempotent_submit:
+                    # nothing was created: the next process may submit it again
                     await self._update(record, submit_started_at=None)
                 delay = _delay(exc.details.get("retry_after"), attempt)
                 attempt += 1
@@ -397,25 +396,24 @@ async def finish_task(
                 vendor_url=image.url,
             )
         )
-    latest = await store.get(record.id)
-    if latest.cancel_requested:
-        return await store.finish(record.id, worker, TaskStatus.canceled, notes=notes)
     billed = outcome.billed_images if outcome.billed_images is not None else len(outcome.images)
     price, currency = vendor.price_for(record.function)
     cost = round(billed * price, 6) if price is not None else None
-    notes = notes + outcome.notes
+    ended_notes = notes + outcome.notes
     if results:
-        return await store.finish(
+        ended = await store.finish(
             record.id,
             worker,
             TaskStatus.succeeded,
             results=results,
             failures=failures,
-            notes=notes,
+            notes=ended_notes,
             billed_images=billed,
             cost=cost,
             currency=currency,
+            unless_canceled=True,
         )
+        return ended or await _end_canceled(store, record.id, worker, notes)
     first = failures[0] if failures else None
     error: dict[str, object] = {"code": "vendor_fault", "vendor": vendor.name}
     if first is None:
@@ -424,17 +422,28 @@ async def finish_task(
         error = {"code": first.code, "message": first.message}
     else:  # the vendor's own code ("InternalError.Timeout"): the task's code stays Retouch's
         error.update(message=first.message, vendor_code=first.code)
-    return await store.finish(
+    ended = await store.finish(
         record.id,
         worker,
         TaskStatus.failed,
         failures=failures,
         error=error,
-        notes=notes,
+        notes=ended_notes,
         billed_images=billed,
         cost=cost,
         currency=currency,
+        unless_canceled=True,
     )
+    return ended or await _end_canceled(store, record.id, worker, notes)
+
+
+async def _end_canceled(store: Store, task_id: str, worker: str | None, notes: list[str]) -> bool:
+    """A task whose cancel was asked for while the vendor worked ends canceled (its results
+    are not kept); False if it had already ended some other way."""
+    latest = await store.get(task_id)
+    if not latest.cancel_requested or latest.finished:
+        return False
+    return await store.finish(task_id, worker, TaskStatus.canceled, notes=notes)
 
 
 async def _fetch_result(
