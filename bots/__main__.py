@@ -19,6 +19,7 @@ from telegram import Update
 from bots.telegram import RedactTokens, build_application, quiet_http_logs, serve_webhook
 from tools.config import load_settings
 from tools.errors import ConfigError
+from tools.memory import tune_malloc
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,6 +40,7 @@ def setup_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_malloc()  # before any thread starts
     args = parse_args(argv)
     try:
         settings = load_settings(args.config)

@@ -8,6 +8,7 @@ import sys
 
 from tools.config import load_settings
 from tools.errors import ConfigError
+from tools.memory import tune_malloc
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,6 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    tune_malloc()  # before any thread starts
     args = parse_args(argv)
     overrides = {
         key: value

@@ -31,17 +31,9 @@ from tools.engine.imageops import (
     to_array,
     to_bgr,
 )
+from tools.engine.styles import STYLES
 from tools.engine.types import EngineOutput
 from tools.errors import InvalidParameter
-
-STYLES: dict[str, str] = {
-    "pencil_sketch": "grey pencil sketch (OpenCV pencilSketch)",
-    "color_pencil": "colour pencil sketch (OpenCV pencilSketch, colour output)",
-    "oil_painting": "oil painting with visible brush regions (OpenCV xphoto.oilPainting)",
-    "cartoon": "cartoon: flattened colours with dark outlines (bilateral filter + edges)",
-    "watercolor": "soft watercolour-like painting (OpenCV stylization)",
-    "detail_enhance": "stronger local detail and contrast, HDR-like (OpenCV detailEnhance)",
-}
 
 WORK_MAX_PIXELS: dict[str, int] = {
     # the edge-preserving (domain transform) filters keep ~130 bytes per pixel in float32
