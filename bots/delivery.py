@@ -54,6 +54,9 @@ from tools.errors import NotFound
 from tools.models import ResultImage, Task, TaskStatus
 
 log = logging.getLogger("retouch.bot.delivery")
+#: Deliveries in flight at once. Telegram takes about 30 messages a second across chats,
+#: so fewer slots only queue finished edits (8 made most of a burst of 50 wait, bench/).
+DELIVERY_SLOTS = 30
 
 PHOTO_MIMES = frozenset({"image/jpeg", "image/png", "image/webp"})
 EXTENSIONS = {
@@ -334,7 +337,7 @@ class Tracker:
         self._last_edit: dict[str, float] = {}
         self._scanner: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(8)
+        self._slots = asyncio.Semaphore(DELIVERY_SLOTS)
         self._closing = False
 
     # life cycle
