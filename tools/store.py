@@ -203,7 +203,7 @@ class Store:
             " VALUES (?, ?, ?, ?, ?, ?)",
             (sha, image.mime_type, len(image.data), image.width, image.height, time.time()),
         )
-        if path.exists():
+        if _holds(path, len(image.data)):
             await row
         else:  # the row and the file at once (the grace above keeps the pair from clean-up)
             await asyncio.gather(row, asyncio.to_thread(_write_atomic, path, image.data))
@@ -223,6 +223,8 @@ class Store:
             data = await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
             raise NotFound(f"image {sha256[:12]}… is missing from {self.files}") from None
+        if len(data) != row["bytes"]:
+            raise NotFound(f"image {sha256[:12]}… is damaged on disk (cut short)")
         return InputImage(data, row["mime_type"], row["width"], row["height"])
 
     async def task_blobs(self, task_id: str, role: str) -> list[str]:
@@ -469,8 +471,12 @@ class Store:
         for result in task.results:
             if result["index"] == index:
                 path = self.blob_path(result["sha256"], result["mime_type"])
-                if not path.is_file():
-                    raise NotFound(f"result {index} of task {task_id} was cleaned up")
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    raise NotFound(f"result {index} of task {task_id} was cleaned up") from None
+                if size != result["bytes"]:
+                    raise NotFound(f"result {index} of task {task_id} is damaged on disk")
                 return path, result["mime_type"]
         raise NotFound(f"task {task_id} has no result {index}")
 
@@ -558,12 +564,21 @@ class Store:
         return removed
 
 
+def _holds(path: Path, size: int) -> bool:
+    """The file is there, whole (a missing or cut-short one is written again)."""
+    try:
+        return path.stat().st_size == size
+    except FileNotFoundError:
+        return False
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique per call: two tasks storing the same image at once must not share a temp file.
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    # No fsync: the database commits with synchronous=NORMAL, so a power cut can take back
+    # its latest transactions anyway; a file cut short by one is caught by its recorded size
+    # when read (read_blob, result_file) and reported as lost, never served damaged.
     with open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
     os.replace(tmp, path)
