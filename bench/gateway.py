@@ -46,6 +46,7 @@ from bench._common import (
     workdir,
 )
 from bench._vendor import VendorProcess, dashscope_toml
+from tools.memory import tune_malloc
 
 POLL = 0.005  # poll_interval_s of the fake vendor (small: the vendor is instant)
 POOL = 400
@@ -366,6 +367,7 @@ async def same_image_check(count: int = 8) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    tune_malloc()  # Retouch in this process, set up as retouch-mcp and retouch-bot set it up
     p = parser(__doc__.split("\n\n")[0])
     args = p.parse_args(argv)
     header("gateway overhead (bench/gateway.py)", args)

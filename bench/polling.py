@@ -43,6 +43,7 @@ from bench._common import (
     workdir,
 )
 from bench._vendor import VendorProcess, dashscope_toml
+from tools.memory import tune_malloc
 
 TASK = re.compile(r"^task (\d+) ")
 # (poll_interval_s, poll_max_interval_s, query_rps): Retouch's defaults first, then
@@ -205,6 +206,7 @@ async def main_async(args: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    tune_malloc()  # Retouch in this process, set up as retouch-mcp and retouch-bot set it up
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--tasks", type=int, help="tasks in flight (default 40; --full 80)")
     p.add_argument("--min-s", type=float, default=2.0, help="shortest task (s)")

@@ -47,6 +47,7 @@ from bench._common import (
     workdir,
 )
 from bench._vendor import VendorProcess, dashscope_toml
+from tools.memory import tune_malloc
 
 TASK = re.compile(r"^task (\d+) ")
 
@@ -242,6 +243,7 @@ def report(r: dict[str, Any], args: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    tune_malloc()  # Retouch in this process, set up as retouch-mcp and retouch-bot set it up
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--tasks", type=int, help="tasks to submit (default 1000; --full 10000)")
     p.add_argument("--submit-rps", type=float, default=50, help="Retouch's submit_rps")

@@ -40,6 +40,7 @@ from bench._common import (
     verdict,
     workdir,
 )
+from tools.memory import tune_malloc
 
 ACK_METHODS = ("sendMessage", "setMessageReaction", "sendChatAction")
 PHOTO_METHODS = ("sendPhoto", "sendDocument")
@@ -214,6 +215,7 @@ async def main_async(args: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    tune_malloc()  # Retouch in this process, set up as retouch-mcp and retouch-bot set it up
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--chats", type=int, default=50, help="chats sending at once (default 50)")
     p.add_argument("--nagle", action="store_true", help="leave the fake's Nagle as it is")
