@@ -208,7 +208,7 @@ async def task_result(editor: Editor, task: Task, preview_px: int) -> CallToolRe
     """A task as a tool result: text, structured record, previews and resource links."""
     content: list[Any] = [TextContent(type="text", text=describe(task))]
     for item in task.results:
-        data, _ = await editor.result(task.id, item.index)
+        data, _ = await editor.result(task.id, item.index, task)
         preview = await asyncio.to_thread(make_preview, data, preview_px)
         content.append(ImageContent(type="image", data=preview, mime_type="image/jpeg"))
         content.append(

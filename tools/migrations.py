@@ -175,3 +175,22 @@ async def m003_telegram(db: aiosqlite.Connection) -> None:
         )
         """
     )
+
+
+@migration
+async def m004_link_results_in_the_database(db: aiosqlite.Connection) -> None:
+    """A task's results are linked to their files (``task_blobs``, which protects them from
+    clean-up) by the statement that records them: the end of a task is one statement, so
+    one trip to the database thread, and cannot be half done."""
+    await db.execute(
+        """
+        CREATE TRIGGER tasks_link_results AFTER UPDATE OF results ON tasks
+        WHEN json_array_length(NEW.results) > 0
+        BEGIN
+            INSERT OR IGNORE INTO task_blobs (task_id, role, idx, sha256)
+            SELECT NEW.id, 'result', json_extract(value, '$.index'),
+                   json_extract(value, '$.sha256')
+            FROM json_each(NEW.results);
+        END
+        """
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ class Editor:
         self.vendors: dict[str, Vendor] = {}
         self.worker: Worker | None = None
         self._changed: dict[str, asyncio.Event] = {}
+        self._progress_watchers: Counter[str] = Counter()  # task → callers showing progress
         self._downloads = asyncio.Semaphore(settings.media.max_concurrent_downloads)
         self._janitor: asyncio.Task[None] | None = None
 
@@ -182,16 +184,26 @@ class Editor:
         record = await self.store.get(task_id)
         deadline = time.monotonic() + min(max(wait_seconds, 0), 3600)
         seen = record.progress
-        while not record.finished and time.monotonic() < deadline:
-            event = self._changed.setdefault(task_id, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(0.5, deadline - time.monotonic())):
-                    await event.wait()
-            event.clear()
-            record = await self.store.get(task_id)
-            if on_progress and record.progress != seen and not record.finished:
-                seen = record.progress
-                await on_progress(record.public())
+        if on_progress:
+            self._progress_watchers[task_id] += 1
+        try:
+            while not record.finished and time.monotonic() < deadline:
+                event = self._changed.setdefault(task_id, asyncio.Event())
+                # Woken by this process's worker; the timeout covers a task that another
+                # process runs.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(0.5, deadline - time.monotonic())):
+                        await event.wait()
+                event.clear()
+                record = await self.store.get(task_id)
+                if on_progress and record.progress != seen and not record.finished:
+                    seen = record.progress
+                    await on_progress(record.public())
+        finally:
+            if on_progress:
+                self._progress_watchers[task_id] -= 1
+                if self._progress_watchers[task_id] <= 0:
+                    del self._progress_watchers[task_id]
         self._changed.pop(task_id, None) if record.finished else None
         return record.public()
 
@@ -207,11 +219,13 @@ class Editor:
     async def list_tasks(self, *, owner: str | None = None, limit: int = 20) -> list[Task]:
         return [r.public() for r in await self.store.list(owner=owner, limit=limit)]
 
-    async def result(self, task_id: str, index: int) -> tuple[bytes, str]:
-        """A stored result's bytes and MIME type (for resources and downloads)."""
+    async def result(self, task_id: str, index: int, task: Task | None = None) -> tuple[bytes, str]:
+        """A stored result's bytes and MIME type (for resources and downloads); ``task``:
+        the task as just returned, which saves reading it again."""
         if not media.RESULT_URI.match(f"retouch://tasks/{task_id}/{index}"):
             raise NotFound("no such result")
-        path, mime = await self.store.result_file(task_id, index)
+        known = [r.model_dump() for r in task.results] if task and task.id == task_id else None
+        path, mime = await self.store.result_file(task_id, index, known)
         return await asyncio.to_thread(path.read_bytes), mime
 
     async def vendor_callback(
@@ -308,7 +322,11 @@ class Editor:
 
         return await asyncio.to_thread(run)
 
-    def _notify(self, task_id: str) -> None:
+    def _notify(self, task_id: str, ended: bool = True) -> None:
+        """Wake the callers waiting for this task: at its end, or on any change for those
+        that report progress (a progress update alone is not worth a read for the rest)."""
+        if not ended and not self._progress_watchers.get(task_id):
+            return
         event = self._changed.get(task_id)
         if event is not None:
             event.set()

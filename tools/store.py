@@ -406,33 +406,27 @@ class Store:
         )
         if unless_canceled:
             guard += " AND cancel_requested = 0"
-        async with self.transaction() as db:
-            rows = await db.execute_fetchall(
-                f"""UPDATE tasks SET status = ?, finished_at = ?, updated_at = ?, progress = NULL,
+        # One statement: the trigger of migration m004 links the results to their files.
+        rows = await self.execute(
+            f"""UPDATE tasks SET status = ?, finished_at = ?, updated_at = ?, progress = NULL,
                     lease_owner = NULL, lease_until = 0, results = ?, failures = ?, error = ?,
                     notes = COALESCE(?, notes), billed_images = ?, cost = ?, currency = ?
                 WHERE id = ? AND {guard} RETURNING id""",
-                (
-                    status.value,
-                    now,
-                    now,
-                    json.dumps([r.model_dump() for r in results]),
-                    json.dumps([f.model_dump() for f in failures]),
-                    json.dumps(error) if error else None,
-                    json.dumps(notes) if notes is not None else None,
-                    billed_images,
-                    cost,
-                    currency,
-                    task_id,
-                    *((worker,) if worker else ()),
-                ),
-            )
-            if rows:
-                await db.executemany(
-                    "INSERT OR IGNORE INTO task_blobs (task_id, role, idx, sha256)"
-                    " VALUES (?, 'result', ?, ?)",
-                    [(task_id, r.index, r.sha256) for r in results],
-                )
+            (
+                status.value,
+                now,
+                now,
+                json.dumps([r.model_dump() for r in results]),
+                json.dumps([f.model_dump() for f in failures]),
+                json.dumps(error) if error else None,
+                json.dumps(notes) if notes is not None else None,
+                billed_images,
+                cost,
+                currency,
+                task_id,
+                *((worker,) if worker else ()),
+            ),
+        )
         self._linked(r.sha256 for r in results)
         return bool(rows)
 
@@ -465,10 +459,14 @@ class Store:
     async def result_path(self, task_id: str, index: int) -> Path:
         return (await self.result_file(task_id, index))[0]
 
-    async def result_file(self, task_id: str, index: int) -> tuple[Path, str]:
-        """Where a task's result ``index`` is stored, and its MIME type."""
-        task = await self.get(task_id)
-        for result in task.results:
+    async def result_file(
+        self, task_id: str, index: int, results: list[dict[str, Any]] | None = None
+    ) -> tuple[Path, str]:
+        """Where a task's result ``index`` is stored, and its MIME type (``results``: the
+        task's, when the caller has just read them)."""
+        if results is None:
+            results = (await self.get(task_id)).results
+        for result in results:
             if result["index"] == index:
                 path = self.blob_path(result["sha256"], result["mime_type"])
                 try:

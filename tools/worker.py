@@ -67,7 +67,7 @@ class Worker:
         settings: Settings,
         downloads: httpx.AsyncClient,
         stamp: Stamp,
-        on_change: Callable[[str], None] = lambda task_id: None,
+        on_change: Callable[[str, bool], None] = lambda task_id, ended: None,
     ) -> None:
         self.store = store
         self.vendors = vendors
@@ -81,6 +81,8 @@ class Worker:
         self.query_limits = {n: RateLimiter(v.settings.query_rps) for n, v in vendors.items()}
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self._vendor_of: dict[str, str] = {}  # running task → its vendor
+        self._full: set[str] = set()  # vendors whose last claim filled every slot
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -99,6 +101,7 @@ class Worker:
                 await task
         await self.store.release(self.worker_id)
         self.running.clear()
+        self._vendor_of.clear()
 
     @property
     def worker_id(self) -> str:
@@ -123,6 +126,12 @@ class Worker:
                     self.running[record.id] = asyncio.create_task(
                         self._run(record), name=f"retouch-task-{record.id}"
                     )
+                    self._vendor_of[record.id] = name
+                held = sum(1 for v in self._vendor_of.values() if v == name)
+                if held >= vendor.settings.max_concurrent:
+                    self._full.add(name)  # tasks may be waiting: claim again as one ends
+                else:
+                    self._full.discard(name)
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as
             # the event is set (stop() cancels us while finishing tasks wake us), and stop()
             # then waited for this loop forever.
@@ -151,8 +160,10 @@ class Worker:
             )
         finally:
             self.running.pop(record.id, None)
-            self.on_change(record.id)
-            self.wake()
+            vendor = self._vendor_of.pop(record.id, None)
+            self.on_change(record.id, True)
+            if vendor in self._full:  # else new tasks wake us themselves (or idle_poll_s)
+                self.wake()
 
     # ---- one task ------------------------------------------------------------------------
 
@@ -320,6 +331,7 @@ class Worker:
 
     async def _fail(self, record: TaskRecord, exc: RetouchError) -> None:
         if await self._reroute(record, exc):
+            self.wake()  # queued again, for another vendor
             return
         await self.store.finish(record.id, self.id, TaskStatus.failed, error=exc.to_dict())
 
@@ -344,7 +356,7 @@ class Worker:
 
     async def _update(self, record: TaskRecord, **values: object) -> None:
         if await self.store.update(record.id, self.id, **values):
-            self.on_change(record.id)
+            self.on_change(record.id, False)
 
 
 def _delay(retry_after: float | None, attempt: int) -> float:
