@@ -11,6 +11,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 MAX_SEED = 2_147_483_647
 
 
+def plain_nullables(schema: dict[str, Any]) -> None:
+    """Publish ``T | None`` fields as ``"type": [T, "null"]`` rather than pydantic's
+    ``anyOf: [{T}, {null}]``: the same constraint, which MCP clients re-check on every tool
+    result, and a jsonschema validator checks ~2x faster without the anyOf branches."""
+    for prop in schema.get("properties", {}).values():
+        options = prop.get("anyOf")
+        if not (isinstance(options, list) and len(options) == 2 and options[1] == {"type": "null"}):
+            continue
+        first = options[0]
+        if isinstance(first.get("type"), str) and set(first) <= {"type", "format"}:
+            del prop["anyOf"]
+            prop.update(first, type=[first["type"], "null"])
+
+
 class TaskStatus(StrEnum):
     queued = "queued"
     running = "running"
@@ -91,6 +105,8 @@ class EditRequest(BaseModel):
 class ResultImage(BaseModel):
     """One finished image, stored by Retouch."""
 
+    model_config = ConfigDict(json_schema_extra=plain_nullables)
+
     index: int
     uri: str = Field(description="retouch://tasks/<id>/<index>; read it as an MCP resource.")
     sha256: str
@@ -117,8 +133,20 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+def _task_schema(schema: dict[str, Any]) -> None:
+    plain_nullables(schema)
+    # The status inline, not a $ref: one indirection less for every client-side check.
+    schema["properties"]["status"] = {
+        "enum": [s.value for s in TaskStatus],
+        "type": "string",
+        "title": "Status",
+    }
+
+
 class Task(BaseModel):
     """A task record as clients see it."""
+
+    model_config = ConfigDict(json_schema_extra=_task_schema)
 
     id: str
     status: TaskStatus
