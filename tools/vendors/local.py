@@ -74,7 +74,7 @@ class LocalVendor(Vendor):
                 params=F({"upscale_factor"}),
                 options=METHOD,
                 note="Real-ESRGAN on the CPU for small images (slow: tens of seconds), "
-                "OpenCV Lanczos otherwise; default factor 2",
+                "Lanczos otherwise; default factor 2",
             ),
             "remove_watermark": Capability(
                 options=METHOD,
