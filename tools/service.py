@@ -74,6 +74,7 @@ class Editor:
                 client = httpx.AsyncClient(timeout=httpx.Timeout(vs.timeout_s, connect=10))
             self.vendors[name] = vendor_class(vs.kind)(name, vs, client)
         if self.run_worker:
+            await asyncio.gather(*(v.warm_up() for v in self.vendors.values()))
             self.worker = Worker(
                 self.store, self.vendors, cfg, self.http, self._stamp, self._notify
             )

@@ -189,6 +189,11 @@ class Vendor(ABC):
         Raises VendorFault only when the body names no task."""
         raise Unsupported(f"{self.kind} does not deliver results by callback")
 
+    async def warm_up(self) -> None:
+        """Load, before the first job, what that job would otherwise load on the event loop
+        (called at start by a process that runs jobs)."""
+        return None
+
     async def aclose(self) -> None:
         """Release what the adapter holds (tokens, sessions); the http client is shared."""
         return None
