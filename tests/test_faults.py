@@ -434,3 +434,26 @@ async def test_a_worker_woken_as_it_stops_still_stops(make_settings: MakeSetting
             done, _ = await asyncio.wait({stopping}, timeout=10)  # a guard, not a measurement
             assert stopping in done, "stop() hung"
             await editor.worker.start()
+
+
+async def test_a_task_query_throttled_past_max_retries_is_asked_again_not_failed(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The vendor has the task (and bills it): a throttled status query is not a reason to
+    # give up after max_retries, only after worker.callback_timeout_s.
+    monkeypatch.setattr(worker, "BACKOFF_BASE_S", 0.01)
+    with FakeDashScope() as fake:
+        fake.inject("task", *[ds_fake.rate_limited() for _ in range(6)])
+        settings = make_settings(
+            f'[vendors.ds]\nkind = "dashscope"\napi_key = "{fake.api_key}"\n'
+            f'base_url = "{fake.base_url}"\npoll_interval_s = 0.02\nmax_retries = 2\n'
+        )
+        async with Editor(settings) as editor:
+            task = await editor.edit_image(
+                EditRequest(
+                    images=[data_uri(png((512, 512)))], function="colorization", vendor="ds"
+                ),
+                wait_seconds=30,
+            )
+    assert task.status == TaskStatus.succeeded, task.error
+    assert len(fake.requests_to("task")) >= 7 and fake.submissions == 1

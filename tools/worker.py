@@ -28,6 +28,7 @@ from tools.errors import (
     ContentRejected,
     NotFound,
     RetouchError,
+    Throttled,
     VendorCanceled,
     VendorError,
     VendorFault,
@@ -251,8 +252,13 @@ class Worker:
         the rate limiter, and unmarked when the vendor's answer shows nothing was created: a
         process that dies while waiting for its turn or between retries has sent nothing,
         and its task is submitted by the next process instead of failed as "maybe billed".
+
+        A *query* that is throttled is not counted against ``max_retries``: the vendor has the
+        task and bills it, so Retouch keeps asking (backing off) for up to
+        ``worker.callback_timeout_s`` rather than failing a task the vendor may finish.
         """
         attempt = 0
+        throttled_until: float | None = None
         while True:
             await limiter[vendor.name].acquire()
             if submitting:  # one write: the progress, and the marker where a rerun could bill
@@ -262,17 +268,21 @@ class Worker:
                 return await fn()
             except VendorError as exc:
                 ambiguous = submitting and exc.details.get("maybe_submitted")
+                patient = not submitting and isinstance(exc, Throttled)
+                if patient and throttled_until is None:
+                    throttled_until = time.monotonic() + self.settings.worker.callback_timeout_s
                 if (
                     not exc.retryable
                     or exc.details.get("task_failed")  # re-reading it changes nothing
-                    or attempt >= vendor.settings.max_retries
+                    or (attempt >= vendor.settings.max_retries and not patient)
+                    or (patient and time.monotonic() > (throttled_until or 0))
                     or (ambiguous and not vendor.idempotent_submit)
                 ):
                     raise
                 if submitting and not ambiguous and not vendor.idempotent_submit:
                     # nothing was created: the next process may submit it again
                     await self._update(record, submit_started_at=None)
-                delay = _delay(exc.details.get("retry_after"), attempt)
+                delay = _delay(exc.details.get("retry_after"), min(attempt, 8))
                 attempt += 1
                 await self._update(
                     record, progress=f"{vendor.name}: {exc.code}, retry {attempt} in {delay:.0f} s"
