@@ -149,7 +149,7 @@ def test_settings_defaults() -> None:
     assert s.base_url == "https://dashscope.aliyuncs.com"
     assert (s.model, s.edit_model) == ("wanx2.1-imageedit", "qwen-image-edit-plus")
     assert (s.max_concurrent, s.submit_rps, s.query_rps) == (2, 2, 18)
-    assert (s.poll_interval_s, s.poll_max_interval_s) == (1, 10)
+    assert (s.poll_interval_s, s.poll_max_interval_s) == (2, 2.5)
     assert (s.min_side, s.max_side, s.max_bytes) == (512, 4096, 10 * 1024 * 1024)
     assert s.formats == ["jpeg", "png", "bmp", "tiff", "webp"]
     assert (s.edit_min_side, s.edit_max_side) == (384, 3072)
