@@ -19,6 +19,10 @@ run. Added latency = end-to-end minus baseline (median from medians, p99 from p9
 Vendor limits (max_concurrent, submit_rps, query_rps) are lifted so that the gateway, not a
 vendor's quota, is measured; the local vendor is also measured with its defaults at c=128.
 
+A third row, "Editor alone", makes the local edits through ``tools.service.Editor`` with
+no MCP at all (edit_image, then the result's bytes): the difference between it and the MCP
+row is what the SDK's round trips cost, the rest is the core's own durable path.
+
 Targets (issue #6): median overhead ≤ 5 ms at c=1; ≥ 150 edits/s at c=128.
 """
 
@@ -226,6 +230,33 @@ async def measure_e2e(
     return out
 
 
+async def measure_editor(
+    toml: str, arguments: Callable[[], dict[str, Any]], levels: list[tuple[int, int]]
+) -> dict[int, dict[str, float]]:
+    """The same edits through the Editor alone (no MCP): what the core itself adds."""
+    from tools.models import EditRequest
+    from tools.service import Editor
+
+    cfg = settings(workdir("gateway-editor"), toml)
+    out: dict[int, dict[str, float]] = {}
+    async with Editor(cfg) as editor:
+        await janitor_settled(editor)
+
+        async def edit() -> None:
+            args = arguments()
+            wait = args.pop("wait_seconds")
+            task = await editor.edit_image(EditRequest(**args), wait_seconds=wait)
+            if task.status.value != "succeeded":
+                raise RuntimeError(f"edit did not succeed: {task.error}")
+            await editor.result(task.id, task.results[0].index)
+
+        await closed_loop(edit, 4, 3)  # warm-up
+        for concurrency, per_worker in levels:
+            out[concurrency] = {**summary(*await closed_loop(edit, concurrency, per_worker))}
+            out[concurrency]["client_check"] = 0.0
+    return out
+
+
 async def measure_raw(
     raw: Callable[[], Awaitable[None]], levels: list[tuple[int, int]]
 ) -> dict[int, dict[str, float]]:
@@ -253,6 +284,8 @@ async def main_async(args: Any) -> None:
         raws.append(await measure_raw(raw, levels))
         e2es.append(await measure_e2e(local_toml(True), arguments, levels))
     results["local adjust (limits lifted)"] = (combine(raws), combine(e2es))
+    editors = [await measure_editor(local_toml(True), arguments, levels) for _ in range(rounds)]
+    results["local adjust, Editor alone (no MCP)"] = (combine(raws), combine(editors))
     defaults = [await measure_e2e(local_toml(False), arguments, [(128, per_worker)])]
     results["local adjust (default max_concurrent=2)"] = (
         {128: combine(raws)[128]},
