@@ -2,9 +2,9 @@
 ``media_group_id``. The collector gathers them and, once no new part has arrived for
 ``album_debounce_s``, hands the whole album on as one list of messages (in message order).
 
-Parts wait in memory for about a second; an album in flight when the process stops is lost
-(its updates were already confirmed to Telegram), and the user is asked nothing — they see no
-acknowledgement and can send it again.
+Parts wait in memory for about a second. Their updates stay unhandled in the bot's inbox
+(``bots/inbox.py``) until the album has been handed on, so an album in flight when the
+process dies is gathered again from the inbox by the next one.
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ class AlbumCollector:
             return
         parts = sorted(album.messages, key=lambda m: m.message_id)
         self.spawn(self.handler(parts))
+
+    def holds(self, message: Message) -> bool:
+        """This part is waiting here for the rest of its album."""
+        if message.media_group_id is None:
+            return False
+        album = self._albums.get((message.chat_id, message.media_group_id))
+        return album is not None and any(m.message_id == message.message_id for m in album.messages)
 
     @property
     def waiting(self) -> int:

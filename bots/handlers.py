@@ -194,6 +194,8 @@ async def start_edit(
     tracker. Every refusal is a reply that says what to do instead."""
     user = message.from_user
     assert user is not None
+    if await chats.task_for_message(rt.db, message.chat_id, message.message_id):
+        return None  # this message was handled before a restart: its task runs already
     command = plan.command
     info = rt.functions.get(plan.function)
     if info is None:

@@ -34,6 +34,7 @@ from bots.access import Limits, gate
 from bots.albums import AlbumCollector
 from bots.captions import FUNCTION_COMMANDS
 from bots.delivery import Tracker
+from bots.inbox import InboxApplication, InboxQueue, open_inbox
 from bots.retry import RetryingLimiter
 from bots.state import KEY, Runtime
 from tools import chats
@@ -73,6 +74,8 @@ def build_application(
     rt.scan_interval = scan_interval
     app = (
         ApplicationBuilder()
+        .application_class(InboxApplication)
+        .update_queue(InboxQueue())  # updates are written down before Telegram forgets them
         .token(token)
         .base_url(tg.api_base_url)
         .base_file_url(tg.file_base_url)
@@ -139,12 +142,21 @@ async def _post_init(app: Application) -> None:
                     parts[0],
                     "Sorry — something went wrong on my side with that album. Please try again.",
                 )
+        if isinstance(app, InboxApplication):
+            await app.release(parts)
 
     rt.albums = AlbumCollector(rt.settings.telegram.album_debounce_s, album, app.create_task)
     rt.tracker = Tracker(rt, app.bot, scan_interval=rt.scan_interval)
     await rt.tracker.start()
     with contextlib.suppress(TelegramError):
         await app.bot.set_my_commands([BotCommand(c, d) for c, d in COMMANDS])
+    await open_inbox(
+        app,
+        rt.db,
+        holds=lambda update: bool(
+            update.effective_message and rt.albums.holds(update.effective_message)
+        ),
+    )
     log.info("bot @%s ready: functions %s", rt.bot_username, ", ".join(rt.functions))
 
 

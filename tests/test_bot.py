@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 from telegram.ext import Application
@@ -325,6 +326,64 @@ async def test_concurrent_tasks_limit(fake: FakeBotAPI, bot_settings: BotSetting
 
 
 # ---- durability ----------------------------------------------------------------------------
+
+
+async def test_an_update_telegram_forgot_before_the_bot_handled_it_is_handled_at_start(
+    fake: FakeBotAPI, bot_settings: BotSettings
+) -> None:
+    # A bot process fetched this photo, its next poll confirmed it (Telegram forgets it),
+    # and the process died before the handler ran: the inbox still has it.
+    settings = bot_settings()
+    fake.user_sends_photo(USER, USER, png((50, 40)), "/adjust grayscale")
+    async with httpx.AsyncClient() as client:
+        url = f"{fake.api_base_url}{fake.token}/getUpdates"
+        updates = (await client.post(url, data={"timeout": 0})).json()["result"]
+        await client.post(url, data={"offset": updates[-1]["update_id"] + 1, "timeout": 0})
+    db = await chats.connect(settings.store.path)
+    for update in updates:
+        await chats.record_update(db, update["update_id"], json.dumps(update))
+    await db.close()
+
+    async with bot(settings) as app:
+        await fake.wait_for("sendPhoto")
+        await wait_delivered(app)
+        db = rt_of(app).db
+        assert await chats.open_updates(db) == []
+    assert len(fake.calls_to("sendPhoto")) == 1
+
+    # Handled updates are not handled again by the next process.
+    async with bot(settings) as app:
+        await wait_delivered(app)
+    assert len(fake.calls_to("sendPhoto")) == 1
+
+
+async def test_an_album_in_flight_at_a_crash_is_gathered_again_from_the_inbox(
+    fake: FakeBotAPI, bot_settings: BotSettings
+) -> None:
+    with FakeOpenAI() as oai:
+        vendor = table(
+            "vendors.openai",
+            {"kind": "openai", "api_key": oai.api_key, "base_url": f"{oai.base_url}/v1"},
+        )
+        settings = bot_settings(extra=vendor)
+        # The album's parts were fetched and confirmed; the process died while it waited
+        # for the rest of the album (parts stay unhandled in the inbox until then).
+        fake.user_sends_album(USER, USER, [jpeg((200, 150)), jpeg((160, 160))], caption="mix")
+        async with httpx.AsyncClient() as client:
+            url = f"{fake.api_base_url}{fake.token}/getUpdates"
+            updates = (await client.post(url, data={"timeout": 0})).json()["result"]
+            await client.post(url, data={"offset": updates[-1]["update_id"] + 1, "timeout": 0})
+        db = await chats.connect(settings.store.path)
+        for update in updates:
+            await chats.record_update(db, update["update_id"], json.dumps(update))
+        await db.close()
+
+        async with bot(settings) as app:
+            await fake.wait_for("sendPhoto", timeout=15)
+            await wait_delivered(app)
+            (task,) = await rt_of(app).editor.list_tasks()
+            assert task.input_count == 2
+            assert await chats.open_updates(rt_of(app).db) == []
 
 
 async def test_restart_delivers_each_result_exactly_once(

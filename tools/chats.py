@@ -289,3 +289,50 @@ async def save_user(db: aiosqlite.Connection, s: UserSettings) -> None:
         " updated_at = excluded.updated_at",
         (s.user_id, s.vendor, s.n, s.seed, int(s.originals), time.time()),
     )
+
+
+# ---- the inbox of updates ------------------------------------------------------------------
+
+
+async def record_update(db: aiosqlite.Connection, update_id: int, body: str) -> None:
+    await _one(
+        db,
+        "INSERT OR IGNORE INTO tg_inbox (update_id, body, received_at) VALUES (?, ?, ?)",
+        (update_id, body, time.time()),
+    )
+
+
+async def update_done(db: aiosqlite.Connection, update_id: int) -> bool:
+    rows = await _one(db, "SELECT done_at FROM tg_inbox WHERE update_id = ?", (update_id,))
+    return bool(rows) and rows[0][0] is not None
+
+
+async def mark_update_done(db: aiosqlite.Connection, update_id: int) -> None:
+    await _one(db, "UPDATE tg_inbox SET done_at = ? WHERE update_id = ?", (time.time(), update_id))
+
+
+async def open_updates(db: aiosqlite.Connection) -> list[tuple[int, str]]:
+    """Updates received but not handled (a previous process died first), oldest first."""
+    rows = await _one(
+        db, "SELECT update_id, body FROM tg_inbox WHERE done_at IS NULL ORDER BY update_id", ()
+    )
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+async def forget_handled_updates(db: aiosqlite.Connection, older_than_s: float) -> int:
+    rows = await _one(
+        db,
+        "DELETE FROM tg_inbox WHERE done_at IS NOT NULL AND done_at < ? RETURNING update_id",
+        (time.time() - older_than_s,),
+    )
+    return len(rows)
+
+
+async def task_for_message(db: aiosqlite.Connection, chat_id: int, message_id: int) -> str | None:
+    """The task a request message already started (an update handled twice starts none)."""
+    rows = await _one(
+        db,
+        "SELECT task_id FROM tg_tasks WHERE chat_id = ? AND request_message_id = ?",
+        (chat_id, message_id),
+    )
+    return str(rows[0][0]) if rows else None

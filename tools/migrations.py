@@ -194,3 +194,22 @@ async def m004_link_results_in_the_database(db: aiosqlite.Connection) -> None:
         END
         """
     )
+
+
+@migration
+async def m005_telegram_inbox(db: aiosqlite.Connection) -> None:
+    """Every update the bot receives, kept until it has been handled: Telegram forgets an
+    update once the next poll confirms it, so a bot killed after that poll but before its
+    handler ran would otherwise lose the request."""
+    await db.execute(
+        """
+        CREATE TABLE tg_inbox (
+            update_id INTEGER PRIMARY KEY,
+            body TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            done_at REAL
+        )
+        """
+    )
+    await db.execute("CREATE INDEX tg_inbox_open ON tg_inbox (done_at)")
+    await db.execute("CREATE INDEX tg_tasks_message ON tg_tasks (chat_id, request_message_id)")
