@@ -225,7 +225,9 @@ async def start_edit(
         try:
             uris = [await fetch(rt, bot, s) for s in sources]
             request, notes = build_request(rt, plan, uris, settings, info)
-            task = await rt.editor.edit_image(request, owner=owner(user.id))
+            # Keyed by the message: handled again after a crash, it starts no second task.
+            key = f"telegram:{message.chat_id}:{message.message_id}"
+            task = await rt.editor.edit_image(request, owner=owner(user.id), key=key)
         except (UserError, RetouchError) as exc:
             await _edit(ack, f"❌ {exc.message}")
             return None

@@ -218,3 +218,27 @@ def test_list_functions_is_honest(editor: Editor) -> None:
     assert "not a generative model" in functions["stylization_all"].notes["local"]
     assert functions["colorization"].vendors == []
     assert functions["super_resolution"].parameters["properties"]["upscale_factor"]
+
+
+async def test_a_request_made_again_with_its_key_returns_the_first_task(
+    settings: Settings,
+) -> None:
+    async with Editor(settings, run_worker=False) as editor:
+        request = EditRequest(images=[data_uri(png())], function="lineart")
+        first = await editor.edit_image(request, key="client:42")
+        again = await editor.edit_image(request, key="client:42")
+        other = await editor.edit_image(request, key="client:43")
+        # the store itself refuses a second task for a key (two callers at the same moment)
+        record = await editor.store.create_task(
+            function="lineart",
+            vendor="local",
+            prompt="",
+            n=1,
+            request={},
+            inputs=[],
+            mask=None,
+            key="client:42",
+        )
+        tasks = await editor.list_tasks()
+    assert again.id == first.id == record.id and other.id != first.id
+    assert len(tasks) == 2

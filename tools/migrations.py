@@ -213,3 +213,14 @@ async def m005_telegram_inbox(db: aiosqlite.Connection) -> None:
     )
     await db.execute("CREATE INDEX tg_inbox_open ON tg_inbox (done_at)")
     await db.execute("CREATE INDEX tg_tasks_message ON tg_tasks (chat_id, request_message_id)")
+
+
+@migration
+async def m006_idempotency_keys(db: aiosqlite.Connection) -> None:
+    """A caller's key for a request, so that a request made twice (a retry, or a bot
+    update handled again after a crash) starts one task."""
+    await db.execute("ALTER TABLE tasks ADD COLUMN idempotency_key TEXT")
+    await db.execute(
+        "CREATE UNIQUE INDEX tasks_idempotency_key ON tasks (idempotency_key)"
+        " WHERE idempotency_key IS NOT NULL"
+    )

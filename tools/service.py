@@ -149,8 +149,14 @@ class Editor:
         owner: str | None = None,
         wait_seconds: float = 0,
         on_progress: Progress | None = None,
+        key: str | None = None,
     ) -> Task:
-        """Validate, store the task with its inputs, and return it (optionally waiting)."""
+        """Validate, store the task with its inputs, and return it (optionally waiting).
+        With ``key``, a request made again with the same key returns the first one's task."""
+        if key is not None and (known := await self.store.find_by_key(key)) is not None:
+            if wait_seconds > 0:
+                return await self.check_task(known.id, wait_seconds, on_progress)
+            return known.public()
         catalog.validate(request)
         vendor = self.route(request)
         vendor.check(request)
@@ -171,6 +177,7 @@ class Editor:
             inputs=shas,
             mask=mask_sha,
             owner=owner,
+            key=key,
         )
         if self.worker:
             self.worker.wake()

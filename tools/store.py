@@ -87,6 +87,7 @@ class TaskRecord:
     cost: float | None
     currency: str | None
     cancel_requested: int
+    idempotency_key: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRecord:
@@ -256,12 +257,16 @@ class Store:
         mask: str | None,
         owner: str | None = None,
         notes: list[str] | None = None,
+        key: str | None = None,
     ) -> TaskRecord:
+        """A new queued task; with ``key``, the task already made with that key if any."""
         task_id, now = new_task_id(), time.time()
         async with self.transaction() as db:
             rows = await db.execute_fetchall(
                 "INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,"
-                " created_at, updated_at, notes) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " created_at, updated_at, notes, idempotency_key)"
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
                 f" RETURNING {', '.join(COLUMNS)}",
                 (
                     task_id,
@@ -274,8 +279,14 @@ class Store:
                     now,
                     now,
                     json.dumps(notes or []),
+                    key,
                 ),
             )
+            if not rows:  # made before with this key
+                rows = await db.execute_fetchall(
+                    "SELECT * FROM tasks WHERE idempotency_key = ?", (key,)
+                )
+                return TaskRecord.from_row(next(iter(rows)))
             links = [(task_id, "input", i, sha) for i, sha in enumerate(inputs)]
             if mask:
                 links.append((task_id, "mask", 0, mask))
@@ -284,6 +295,12 @@ class Store:
             )
         self._linked([*inputs, mask])
         return TaskRecord.from_row(next(iter(rows)))
+
+    async def find_by_key(self, key: str) -> TaskRecord | None:
+        rows = await self.db.execute_fetchall(
+            "SELECT * FROM tasks WHERE idempotency_key = ?", (key,)
+        )
+        return TaskRecord.from_row(rows[0]) if rows else None
 
     async def get(self, task_id: str) -> TaskRecord:
         rows = await self.db.execute_fetchall("SELECT * FROM tasks WHERE id = ?", (task_id,))

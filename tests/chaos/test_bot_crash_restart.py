@@ -3,7 +3,8 @@ API while chats send it photos, and is killed with SIGKILL at random moments (of
 starts, or just after it fetched the updates) and started again, over and over. At the end:
 
 - every chat got its edited photo (no request lost: the inbox, ``bots/inbox.py``);
-- no chat got it twice, and no request message has two chat rows.
+- no chat got it twice, and no request message started two tasks (not even one whose
+  chat row a kill prevented: tasks are keyed by their message).
 
 The suite runs a short version; ``make chaos`` (RETOUCH_CHAOS_KILLS=60) the long one.
 """
@@ -101,6 +102,7 @@ def test_a_killed_bot_loses_and_duplicates_no_request(
     assert lost == [], f"{len(lost)} chats never got their photo\n{tail}"
     assert twice == {}, twice
     assert max(per_message.values()) == 1 and unhandled == 0
+    assert tasks == CHATS  # keyed by message: a request handled again starts no task
     report_figures(
         request.config,
         f"bot chaos: {KILLS} SIGKILLs survived in {elapsed:.0f} s; {CHATS} chats, each photo "
