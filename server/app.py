@@ -131,6 +131,14 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
         upscale_factor: int | None = None,
         options: dict[str, Any] | None = None,
         wait_seconds: Annotated[float, Field(ge=0, le=600)] = 20,
+        idempotency_key: Annotated[
+            str | None,
+            Field(
+                max_length=200,
+                description="Any string of yours: calling again with the same key returns "
+                "the first call's task instead of starting (and paying for) another",
+            ),
+        ] = None,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, Task]:
         """Start an image edit and wait up to wait_seconds for it. Returns the task; when it
@@ -155,7 +163,10 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
             raise ToolError(_validation_message(exc)) from None
         try:
             task = await holder.get().edit_image(
-                request, wait_seconds=wait_seconds, on_progress=progress(ctx) if ctx else None
+                request,
+                wait_seconds=wait_seconds,
+                on_progress=progress(ctx) if ctx else None,
+                key=f"mcp:{idempotency_key}" if idempotency_key else None,
             )
         except RetouchError as exc:
             raise ToolError(exc.message) from None

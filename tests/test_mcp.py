@@ -81,6 +81,20 @@ async def test_in_memory_round_trip(settings: Settings) -> None:
         await full_round_trip(client, str(DATA / "chelsea.png"))
 
 
+async def test_a_retried_edit_with_its_idempotency_key_starts_no_second_task(
+    settings: Settings,
+) -> None:
+    async with Client(build_server(settings)) as client:
+        edit = {"images": [data_uri(sample("coffee.png"))], "function": "lineart"}
+        first = await client.call_tool("edit_image", {**edit, "idempotency_key": "agent-7"})
+        again = await client.call_tool("edit_image", {**edit, "idempotency_key": "agent-7"})
+        other = await client.call_tool("edit_image", edit)
+        listed = await client.call_tool("list_tasks", {"limit": 10})
+    assert first.structured_content["id"] == again.structured_content["id"]
+    assert other.structured_content["id"] != first.structured_content["id"]
+    assert len(listed.structured_content["tasks"]) == 2
+
+
 async def test_legacy_protocol_and_errors(settings: Settings) -> None:
     server = build_server(settings, allow_local_paths=False)
     async with Client(server, mode="legacy") as client:
