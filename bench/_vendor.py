@@ -18,53 +18,30 @@ protocol: the prompt is just a prompt to the vendor).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import subprocess
 import sys
-import threading
 from typing import Any
 
-from bench._common import ROOT
+from bench._child import ChildProcess, serve
 
 KEY = "sk-bench-dashscope"
 _DUR = re.compile(r"\bdur=([0-9.]+)")
 
 
-class VendorProcess:
-    def __init__(self, **attrs: Any) -> None:
-        self.attrs = attrs
-        self.proc: subprocess.Popen[str] | None = None
-        self.base_url = ""
-        self._lock = threading.Lock()
+class VendorProcess(ChildProcess):
+    module = "bench._vendor"
 
-    def start(self) -> VendorProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench._vendor", json.dumps(self.attrs)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=str(ROOT),
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the fake vendor process did not start")
-        self.base_url = json.loads(line)["base_url"]
-        return self
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__()
+        self.attrs = attrs
+
+    def options(self) -> dict[str, Any]:
+        return self.attrs
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def _ask(self, message: dict[str, Any]) -> Any:
-        assert self.proc is not None and self.proc.stdin and self.proc.stdout
-        with self._lock:
-            self.proc.stdin.write(json.dumps(message) + "\n")
-            self.proc.stdin.flush()
-            return json.loads(self.proc.stdout.readline())
+    def base_url(self) -> str:
+        return str(self.info.get("base_url", ""))
 
     def get(self, *names: str) -> dict[str, Any]:
         return self._ask({"op": "get", "names": list(names)})
@@ -78,24 +55,6 @@ class VendorProcess:
 
     def tasks(self) -> list[dict[str, Any]]:
         return self._ask({"op": "tasks"})
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(Exception):
-            self._ask({"op": "stop"})
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> VendorProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def dashscope_toml(name: str, base_url: str, **values: Any) -> str:
@@ -127,44 +86,41 @@ def _child(attrs: dict[str, Any]) -> None:
     for key, value in attrs.items():
         setattr(fake, key, value)
     fake.start()
-    print(json.dumps({"base_url": fake.base_url}), flush=True)
-    for line in sys.stdin:
-        msg = json.loads(line)
-        op = msg["op"]
-        if op == "get":
-            answer: Any = {n: getattr(fake, n) for n in msg["names"]}
-        elif op == "set":
-            for key, value in msg["values"].items():
-                setattr(fake, key, value)
-            answer = True
-        elif op == "tasks":
-            with fake._lock:
-                tasks = list(fake.tasks.values())
-                queries = dict(fake.queries)
-            answer = [
-                {
-                    "task_id": t.task_id,
-                    "prompt": t.prompt,
-                    "submitted": t.submitted,
-                    "task_seconds": t.task_seconds,
-                    "queries": queries.get(t.task_id, 0),
-                    "ended": t.ended,
-                    "status": (t.final or {}).get("task_status", t.status),
-                }
-                for t in tasks
-            ]
-        elif op == "statuses":
-            counts: dict[str, dict[str, int]] = {}
-            for rec in fake.requests:
-                by_route = counts.setdefault(rec.route, {})
-                by_route[str(rec.status)] = by_route.get(str(rec.status), 0) + 1
-            answer = counts
-        elif op == "stop":
-            print("true", flush=True)
-            break
-        else:
-            answer = {"error": f"unknown op {op}"}
-        print(json.dumps(answer, default=str), flush=True)
+
+    def get(msg: dict[str, Any]) -> Any:
+        return {n: getattr(fake, n) for n in msg["names"]}
+
+    def set_(msg: dict[str, Any]) -> Any:
+        for key, value in msg["values"].items():
+            setattr(fake, key, value)
+        return True
+
+    def tasks(msg: dict[str, Any]) -> Any:
+        with fake._lock:
+            known = list(fake.tasks.values())
+            queries = dict(fake.queries)
+        return [
+            {
+                "task_id": t.task_id,
+                "prompt": t.prompt,
+                "submitted": t.submitted,
+                "task_seconds": t.task_seconds,
+                "queries": queries.get(t.task_id, 0),
+                "ended": t.ended,
+                "status": (t.final or {}).get("task_status", t.status),
+            }
+            for t in known
+        ]
+
+    def statuses(msg: dict[str, Any]) -> Any:
+        counts: dict[str, dict[str, int]] = {}
+        for rec in fake.requests:
+            by_route = counts.setdefault(rec.route, {})
+            by_route[str(rec.status)] = by_route.get(str(rec.status), 0) + 1
+        return counts
+
+    ops = {"get": get, "set": set_, "tasks": tasks, "statuses": statuses}
+    serve({"base_url": fake.base_url}, ops)
     fake.stop()
 
 

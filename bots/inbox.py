@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 from telegram import Message, Update
@@ -85,15 +85,13 @@ class InboxApplication(Application):  # type: ignore[type-arg]
 
 
 async def open_inbox(
-    app: Application,  # type: ignore[type-arg]
+    app: InboxApplication,
     db: aiosqlite.Connection,
     holds: Callable[[Update], bool] = lambda update: False,
 ) -> int:
     """Start recording, and queue again what a previous process left unhandled. ``holds``
     tells an update its handler keeps waiting (handled later, by ``release``)."""
-    queue = app.update_queue
-    if not isinstance(queue, InboxQueue) or not isinstance(app, InboxApplication):
-        return 0
+    queue = cast(InboxQueue, app.update_queue)
     app.holds = holds
 
     async def record(update: Update) -> None:

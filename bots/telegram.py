@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator
+from typing import cast
 from urllib.parse import urlparse
 
 from telegram import BotCommand, Message, Update
@@ -125,6 +126,7 @@ def register(app: Application) -> None:
 
 async def _post_init(app: Application) -> None:
     rt: Runtime = app.bot_data[KEY]
+    inbox = cast(InboxApplication, app)  # build_application's class
     rt.editor = Editor(rt.settings, allow_local_paths=False, run_worker=rt.run_worker)
     await rt.editor.start()
     rt.db = await chats.connect(rt.settings.store.path)
@@ -142,8 +144,7 @@ async def _post_init(app: Application) -> None:
                     parts[0],
                     "Sorry — something went wrong on my side with that album. Please try again.",
                 )
-        if isinstance(app, InboxApplication):
-            await app.release(parts)
+        await inbox.release(parts)
 
     rt.albums = AlbumCollector(rt.settings.telegram.album_debounce_s, album, app.create_task)
     rt.tracker = Tracker(rt, app.bot, scan_interval=rt.scan_interval)
@@ -151,7 +152,7 @@ async def _post_init(app: Application) -> None:
     with contextlib.suppress(TelegramError):
         await app.bot.set_my_commands([BotCommand(c, d) for c, d in COMMANDS])
     await open_inbox(
-        app,
+        inbox,
         rt.db,
         holds=lambda update: bool(
             update.effective_message and rt.albums.holds(update.effective_message)

@@ -328,13 +328,9 @@ async def test_concurrent_tasks_limit(fake: FakeBotAPI, bot_settings: BotSetting
 # ---- durability ----------------------------------------------------------------------------
 
 
-async def test_an_update_telegram_forgot_before_the_bot_handled_it_is_handled_at_start(
-    fake: FakeBotAPI, bot_settings: BotSettings
-) -> None:
-    # A bot process fetched this photo, its next poll confirmed it (Telegram forgets it),
-    # and the process died before the handler ran: the inbox still has it.
-    settings = bot_settings()
-    fake.user_sends_photo(USER, USER, png((50, 40)), "/adjust grayscale")
+async def received_then_died(fake: FakeBotAPI, settings: Settings) -> None:
+    """What a bot process leaves when it dies after its next poll confirmed the queued
+    updates (Telegram forgets them) but before their handlers ran: them, in the inbox."""
     async with httpx.AsyncClient() as client:
         url = f"{fake.api_base_url}{fake.token}/getUpdates"
         updates = (await client.post(url, data={"timeout": 0})).json()["result"]
@@ -343,6 +339,16 @@ async def test_an_update_telegram_forgot_before_the_bot_handled_it_is_handled_at
     for update in updates:
         await chats.record_update(db, update["update_id"], json.dumps(update))
     await db.close()
+
+
+async def test_an_update_telegram_forgot_before_the_bot_handled_it_is_handled_at_start(
+    fake: FakeBotAPI, bot_settings: BotSettings
+) -> None:
+    # A bot process fetched this photo, its next poll confirmed it (Telegram forgets it),
+    # and the process died before the handler ran: the inbox still has it.
+    settings = bot_settings()
+    fake.user_sends_photo(USER, USER, png((50, 40)), "/adjust grayscale")
+    await received_then_died(fake, settings)
 
     async with bot(settings) as app:
         await fake.wait_for("sendPhoto")
@@ -369,14 +375,7 @@ async def test_an_album_in_flight_at_a_crash_is_gathered_again_from_the_inbox(
         # The album's parts were fetched and confirmed; the process died while it waited
         # for the rest of the album (parts stay unhandled in the inbox until then).
         fake.user_sends_album(USER, USER, [jpeg((200, 150)), jpeg((160, 160))], caption="mix")
-        async with httpx.AsyncClient() as client:
-            url = f"{fake.api_base_url}{fake.token}/getUpdates"
-            updates = (await client.post(url, data={"timeout": 0})).json()["result"]
-            await client.post(url, data={"offset": updates[-1]["update_id"] + 1, "timeout": 0})
-        db = await chats.connect(settings.store.path)
-        for update in updates:
-            await chats.record_update(db, update["update_id"], json.dumps(update))
-        await db.close()
+        await received_then_died(fake, settings)
 
         async with bot(settings) as app:
             await fake.wait_for("sendPhoto", timeout=15)

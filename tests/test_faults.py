@@ -36,7 +36,7 @@ from tests.fakes.http import Fault, Recorded, fake_meta, make_png
 from tests.fakes.nebula import FakeNebula
 from tests.fakes.openai import FakeOpenAI
 from tools import worker
-from tools.models import EditRequest, TaskStatus
+from tools.models import EditRequest, Task, TaskStatus
 from tools.service import Editor
 
 TASKS = {"wanx": 330, "qwen": 70, "openai": 50, "nebula": 50}  # 500 in all
@@ -400,6 +400,19 @@ async def test_500_tasks_under_injected_faults(
     assert injected > 0.15 * figures.requests
 
 
+async def colorize_at(fake: FakeDashScope, make_settings: MakeSettings, extra: str = "") -> Task:
+    """One wanx colorization through an Editor on the fake, waited for."""
+    settings = make_settings(
+        f'[vendors.ds]\nkind = "dashscope"\napi_key = "{fake.api_key}"\n'
+        f'base_url = "{fake.base_url}"\npoll_interval_s = 0.02\n{extra}'
+    )
+    async with Editor(settings) as editor:
+        request = EditRequest(
+            images=[data_uri(png((512, 512)))], function="colorization", vendor="ds"
+        )
+        return await editor.edit_image(request, wait_seconds=30)
+
+
 async def test_a_retry_after_of_a_day_is_capped(
     make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -407,17 +420,7 @@ async def test_a_retry_after_of_a_day_is_capped(
     with FakeDashScope() as fake:
         fake.inject("create", ds_fake.rate_limited(retry_after=86400))
         fake.inject("task", ds_fake.rate_limited(retry_after=86400))
-        settings = make_settings(
-            f'[vendors.ds]\nkind = "dashscope"\napi_key = "{fake.api_key}"\n'
-            f'base_url = "{fake.base_url}"\npoll_interval_s = 0.02\n'
-        )
-        async with Editor(settings) as editor:
-            task = await editor.edit_image(
-                EditRequest(
-                    images=[data_uri(png((512, 512)))], function="colorization", vendor="ds"
-                ),
-                wait_seconds=30,
-            )
+        task = await colorize_at(fake, make_settings)
     assert task.status == TaskStatus.succeeded, task.error
     assert len(fake.requests_to("create")) == 2 and fake.submissions == 1
 
@@ -444,16 +447,6 @@ async def test_a_task_query_throttled_past_max_retries_is_asked_again_not_failed
     monkeypatch.setattr(worker, "BACKOFF_BASE_S", 0.01)
     with FakeDashScope() as fake:
         fake.inject("task", *[ds_fake.rate_limited() for _ in range(6)])
-        settings = make_settings(
-            f'[vendors.ds]\nkind = "dashscope"\napi_key = "{fake.api_key}"\n'
-            f'base_url = "{fake.base_url}"\npoll_interval_s = 0.02\nmax_retries = 2\n'
-        )
-        async with Editor(settings) as editor:
-            task = await editor.edit_image(
-                EditRequest(
-                    images=[data_uri(png((512, 512)))], function="colorization", vendor="ds"
-                ),
-                wait_seconds=30,
-            )
+        task = await colorize_at(fake, make_settings, "max_retries = 2\n")
     assert task.status == TaskStatus.succeeded, task.error
     assert len(fake.requests_to("task")) >= 7 and fake.submissions == 1

@@ -75,13 +75,12 @@ async def test_expired_lease_is_reclaimed_and_old_holder_cannot_write(tmp_path: 
     await store.close()
 
 
-async def test_cleanup_forgets_old_tasks_and_their_files(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
+async def succeeded_task(store: Store) -> tuple[str, media.InputImage, Path]:
+    """A task that succeeded with one 10×10 result: its id, the result, the result's file."""
     task_id = await new_task(store)
     await store.claim("local", "w", capacity=1, lease_s=30)
     result = media.inspect(png((10, 10), (1, 2, 3)), media.MediaPolicy())
     sha = await store.put_blob(result)
-    path = store.blob_path(sha, result.mime_type)
     item = ResultImage(
         index=0,
         uri=f"retouch://tasks/{task_id}/0",
@@ -92,6 +91,12 @@ async def test_cleanup_forgets_old_tasks_and_their_files(tmp_path: Path) -> None
         bytes=len(result.data),
     )
     await store.finish(task_id, "w", TaskStatus.succeeded, results=[item])
+    return task_id, result, store.blob_path(sha, result.mime_type)
+
+
+async def test_cleanup_forgets_old_tasks_and_their_files(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    task_id, _, path = await succeeded_task(store)
     assert await store.result_path(task_id, 0) == path
     assert await store.cleanup(retention_days=1) == 0  # still within retention
     await store.db.execute("UPDATE tasks SET finished_at = 1 WHERE id = ?", (task_id,))
@@ -106,21 +111,8 @@ async def test_a_file_cut_short_is_reported_lost_and_healed_by_the_next_put(
     # Blob files are not fsynced (the database commits with synchronous=NORMAL): after a
     # power cut a file may be shorter than recorded. It is refused, never served damaged.
     store = await open_store(tmp_path)
-    task_id = await new_task(store)
-    await store.claim("local", "w", capacity=1, lease_s=30)
-    result = media.inspect(png((10, 10), (1, 2, 3)), media.MediaPolicy())
-    sha = await store.put_blob(result)
-    item = ResultImage(
-        index=0,
-        uri=f"retouch://tasks/{task_id}/0",
-        sha256=sha,
-        mime_type=result.mime_type,
-        width=10,
-        height=10,
-        bytes=len(result.data),
-    )
-    await store.finish(task_id, "w", TaskStatus.succeeded, results=[item])
-    path = store.blob_path(sha, result.mime_type)
+    task_id, result, path = await succeeded_task(store)
+    sha = path.stem
     path.write_bytes(result.data[:20])
     with pytest.raises(NotFound, match="damaged"):
         await store.result_path(task_id, 0)

@@ -16,6 +16,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
@@ -82,7 +83,7 @@ class Worker:
         self.query_limits = {n: RateLimiter(v.settings.query_rps) for n, v in vendors.items()}
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        self._vendor_of: dict[str, str] = {}  # running task → its vendor
+        self._held: Counter[str] = Counter()  # running tasks by vendor
         self._full: set[str] = set()  # vendors whose last claim filled every slot
 
     # ---- life cycle ----------------------------------------------------------------------
@@ -102,7 +103,7 @@ class Worker:
                 await task
         await self.store.release(self.worker_id)
         self.running.clear()
-        self._vendor_of.clear()
+        self._held.clear()
 
     @property
     def worker_id(self) -> str:
@@ -127,9 +128,8 @@ class Worker:
                     self.running[record.id] = asyncio.create_task(
                         self._run(record), name=f"retouch-task-{record.id}"
                     )
-                    self._vendor_of[record.id] = name
-                held = sum(1 for v in self._vendor_of.values() if v == name)
-                if held >= vendor.settings.max_concurrent:
+                self._held[name] += len(claimed)
+                if self._held[name] >= vendor.settings.max_concurrent:
                     self._full.add(name)  # tasks may be waiting: claim again as one ends
                 else:
                     self._full.discard(name)
@@ -161,9 +161,9 @@ class Worker:
             )
         finally:
             self.running.pop(record.id, None)
-            vendor = self._vendor_of.pop(record.id, None)
+            self._held[record.vendor] -= 1
             self.on_change(record.id, True)
-            if vendor in self._full:  # else new tasks wake us themselves (or idle_poll_s)
+            if record.vendor in self._full:  # else new tasks wake us themselves (or idle_poll_s)
                 self.wake()
 
     # ---- one task ------------------------------------------------------------------------
