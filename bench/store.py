@@ -1,4 +1,4 @@
-"""Store: task creations, claims, status updates and finishes per second through tools/store.py.
+"""Store: task creations, claims, status updates and finishes per second through tools/store/.
 
 ``Store.open`` on a fresh SQLite file (WAL, synchronous=NORMAL, as Retouch runs it), then:
 create N tasks (``create_task``, one input blob), claim them (``claim``, 32 at a time), make

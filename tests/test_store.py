@@ -10,9 +10,9 @@ import pytest
 from tests.conftest import png
 from tools import media
 from tools.errors import NotFound
-from tools.migrations import MIGRATIONS
 from tools.models import ResultImage, TaskStatus
 from tools.store import Store
+from tools.store.migrations import CORE as MIGRATIONS
 
 
 async def open_store(tmp_path: Path) -> Store:

@@ -1,4 +1,4 @@
-"""Data access for the Telegram bot's tables (``m003_telegram`` in tools/migrations.py).
+"""Data access for the Telegram bot's tables (``m003_telegram`` in tools/store/migrations.py).
 
     tg_tasks     one row per task a chat asked for: where to answer (chat, request message,
                  status message) and the delivery state of its results:
@@ -25,7 +25,7 @@ from typing import Any
 
 import aiosqlite
 
-from tools.migrations import migrate
+from tools.store.migrations import CORE, migrate
 
 PENDING, SENDING, DELIVERED, FAILED = "pending", "sending", "delivered", "failed"
 
@@ -79,7 +79,7 @@ async def connect(path: Path | str) -> aiosqlite.Connection:
     await db.execute("PRAGMA synchronous=NORMAL")
     await db.execute("PRAGMA foreign_keys=ON")
     await db.execute("PRAGMA busy_timeout=30000")
-    await migrate(db)
+    await migrate(db, CORE)
     return db
 
 

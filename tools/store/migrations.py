@@ -1,34 +1,46 @@
-"""The SQLite schema, as small numbered steps applied in order and recorded in a table.
+"""Schemas as small numbered steps, applied in order and recorded in ``_migrations``.
 
-Add a step by appending a function decorated with ``@migration``; never edit one that has
-shipped. Each step runs in the same transaction as its record in ``_migrations``.
+Each subsystem keeps its own set (the core's tasks and blobs here; the Telegram bot's in
+``bots/migrations.py``); all sets record their steps in the one ``_migrations`` table, by
+name, so a step moved from one set to another keeps its name and never runs twice. Add a
+step by appending a function decorated with the set's ``step``; never edit one that has
+shipped. Each step runs in the same transaction as its record.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import aiosqlite
 
 Step = Callable[[aiosqlite.Connection], Awaitable[None]]
-MIGRATIONS: list[Step] = []
 
 
-def migration(fn: Step) -> Step:
-    MIGRATIONS.append(fn)
-    return fn
+class Migrations:
+    """One subsystem's ordered steps."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.steps: list[Step] = []
+
+    def step(self, fn: Step) -> Step:
+        self.steps.append(fn)
+        return fn
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps)
 
 
-async def migrate(db: aiosqlite.Connection) -> list[str]:
-    """Apply the steps not yet applied; return their names."""
+async def migrate(db: aiosqlite.Connection, migrations: Migrations) -> list[str]:
+    """Apply the steps of ``migrations`` not yet applied; return their names."""
     await db.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)"
     )
     await db.commit()
     applied = {row[0] for row in await db.execute_fetchall("SELECT name FROM _migrations")}
     done = []
-    for step in MIGRATIONS:
+    for step in migrations:
         if step.__name__ in applied:
             continue
         try:
@@ -49,6 +61,11 @@ async def migrate(db: aiosqlite.Connection) -> list[str]:
             await db.rollback()
             raise
     return done
+
+
+#: The core's set: tasks, blobs, idempotency keys.
+CORE = Migrations("core")
+migration = CORE.step
 
 
 @migration

@@ -26,8 +26,8 @@ import aiosqlite
 
 from tools.errors import NotFound
 from tools.media import InputImage
-from tools.migrations import migrate
 from tools.models import ErrorInfo, ImageFailure, ResultImage, Task, TaskStatus
+from tools.store.migrations import CORE, migrate
 
 EXTENSIONS = {
     "image/png": "png",
@@ -158,7 +158,7 @@ class Store:
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA foreign_keys=ON")
         await db.execute("PRAGMA busy_timeout=30000")
-        await migrate(db)
+        await migrate(db, CORE)
         return cls(db, files)
 
     async def close(self) -> None:
