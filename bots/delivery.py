@@ -51,6 +51,7 @@ from bots.retry import retry_after_seconds
 from bots.state import Runtime
 from tools import chats
 from tools.errors import NotFound
+from tools.media import EXTENSIONS
 from tools.models import ResultImage, Task, TaskStatus
 
 log = logging.getLogger("retouch.bot.delivery")
@@ -59,14 +60,6 @@ log = logging.getLogger("retouch.bot.delivery")
 DELIVERY_SLOTS = 30
 
 PHOTO_MIMES = frozenset({"image/jpeg", "image/png", "image/webp"})
-EXTENSIONS = {
-    "image/jpeg": "jpg",
-    "image/png": "png",
-    "image/webp": "webp",
-    "image/gif": "gif",
-    "image/bmp": "bmp",
-    "image/tiff": "tif",
-}
 MAX_DELIVERY_ATTEMPTS = 6
 PROGRESS_MIN_INTERVAL_S = 0.5
 

@@ -36,6 +36,15 @@ FORMATS = {
 #: The only Pillow plugins ever asked to parse untrusted bytes (no EPS/Ghostscript, PSD...);
 #: the JPEG plugin opens MPO files itself.
 OPEN_FORMATS = tuple(f for f in FORMATS if f != "MPO")
+#: MIME type → file name extension, for stored files and files sent to users.
+EXTENSIONS = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/webp": "webp",
+    "image/bmp": "bmp",
+    "image/tiff": "tif",
+    "image/gif": "gif",
+}
 RESULT_URI = re.compile(r"^retouch://tasks/([0-9a-f]{32})/(\d{1,3})$")
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]

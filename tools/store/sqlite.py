@@ -25,18 +25,10 @@ from typing import Any
 import aiosqlite
 
 from tools.errors import NotFound
-from tools.media import InputImage
+from tools.media import EXTENSIONS, InputImage
 from tools.models import ErrorInfo, ImageFailure, ResultImage, Task, TaskStatus
 from tools.store.migrations import CORE, migrate
 
-EXTENSIONS = {
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/webp": "webp",
-    "image/bmp": "bmp",
-    "image/tiff": "tif",
-    "image/gif": "gif",
-}
 #: How long a blob stored but not yet linked to a task is protected from clean-up.
 ORPHAN_GRACE_S = 3600.0
 JSON_FIELDS = {"request", "results", "failures", "error", "notes"}
