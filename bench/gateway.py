@@ -145,7 +145,7 @@ async def dashscope_case(fake: VendorProcess) -> Any:
     from tools import media
     from tools.vendors.base import Finished, Job
     from tools.vendors.dashscope import DashScopeSettings, DashScopeVendor
-    from tools.worker import _fetch_result
+    from tools.worker import fetch_result
 
     images = Images((512, 512))
 
@@ -181,7 +181,7 @@ async def dashscope_case(fake: VendorProcess) -> Any:
                 outcome = await vendor.poll(pending.vendor_task_id)  # type: ignore[union-attr]
                 if isinstance(outcome, Finished):
                     break
-            stored = await _fetch_result(outcome.images[0], http, "dashscope")
+            stored = await fetch_result(outcome.images[0], http, "dashscope")
             assert stored.width == 512
 
         yield arguments, raw
