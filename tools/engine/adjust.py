@@ -17,7 +17,7 @@ from PIL import Image
 
 from tools.engine._adjust_ops import APPLY, Canvas, fmt, too_large
 from tools.engine.imageops import MAX_SIDE, engine_op, normalize
-from tools.engine.types import EngineOutput
+from tools.engine.output import EngineOutput
 from tools.errors import InvalidParameter
 
 GRAMMAR = """\

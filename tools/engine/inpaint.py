@@ -26,7 +26,7 @@ from tools.engine.imageops import (
     normalize,
     to_array,
 )
-from tools.engine.types import EngineOutput
+from tools.engine.output import EngineOutput
 from tools.errors import InvalidParameter
 
 Method = Literal["telea", "ns", "fsr", "fsr_best"]

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from tools.engine.imageops import engine_op, from_array, normalize, split_alpha, to_array
-from tools.engine.types import EngineOutput
+from tools.engine.output import EngineOutput
 from tools.errors import InvalidParameter
 
 METHODS = {

@@ -31,8 +31,8 @@ from tools.engine.imageops import (
     to_array,
     to_bgr,
 )
-from tools.engine.styles import STYLES
-from tools.engine.types import EngineOutput
+from tools.engine.output import EngineOutput
+from tools.engine.style_names import STYLES
 from tools.errors import InvalidParameter
 
 WORK_MAX_PIXELS: dict[str, int] = {
