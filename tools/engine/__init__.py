@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tools.engine.adjust import Adjustment, adjust, parse_adjustments
-    from tools.engine.imageops import fit_mask, from_bgr, to_bgr
     from tools.engine.inpaint import inpaint
     from tools.engine.lineart import lineart
+    from tools.engine.masks import fit_mask
     from tools.engine.output import EngineOutput
+    from tools.engine.pixels import from_bgr, to_bgr
     from tools.engine.style_names import STYLES
     from tools.engine.stylize import style_from_prompt, stylize, stylize_masked
     from tools.engine.textmask import detect_text_mask, remove_text, tesseract_available
@@ -30,10 +31,11 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "adjust": ["Adjustment", "adjust", "parse_adjustments"],
-    "imageops": ["fit_mask", "from_bgr", "to_bgr"],
     "inpaint": ["inpaint"],
     "lineart": ["lineart"],
+    "masks": ["fit_mask"],
     "output": ["EngineOutput"],
+    "pixels": ["from_bgr", "to_bgr"],
     "style_names": ["STYLES"],
     "stylize": ["style_from_prompt", "stylize", "stylize_masked"],
     "textmask": ["detect_text_mask", "remove_text", "tesseract_available"],

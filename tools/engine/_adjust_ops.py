@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tools.engine.imageops import MAX_PIXELS, MAX_SIDE, from_array, to_array
+from tools.engine.checks import MAX_PIXELS, MAX_SIDE
+from tools.engine.pixels import from_array, to_array
 from tools.engine.resample import resize_into
 from tools.errors import InvalidParameter
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from tools.engine._adjust_ops import APPLY, Canvas, fmt, too_large
-from tools.engine.imageops import MAX_SIDE, engine_op, normalize
+from tools.engine.checks import MAX_SIDE, engine_op, normalize
 from tools.engine.output import EngineOutput
 from tools.errors import InvalidParameter
 

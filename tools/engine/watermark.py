@@ -11,7 +11,7 @@ import re
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from tools.engine.imageops import engine_op, normalize
+from tools.engine.checks import engine_op, normalize
 from tools.engine.output import EngineOutput
 from tools.errors import InvalidParameter
 
