@@ -33,10 +33,11 @@ from typing import Literal
 
 from PIL import Image
 
-from tools.engine.imageops import MAX_PIXELS, MAX_SIDE, engine_op, normalize, split_alpha
+from tools.engine.checks import MAX_PIXELS, MAX_SIDE, engine_op, normalize
+from tools.engine.output import EngineOutput
+from tools.engine.pixels import split_alpha
 from tools.engine.resample import Method as ResampleMethod
 from tools.engine.resample import resize_into
-from tools.engine.types import EngineOutput
 from tools.errors import EngineError, InvalidParameter, Unsupported
 
 Method = Literal["auto", "esrgan", "lanczos", "cubic"]
