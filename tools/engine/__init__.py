@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from tools.engine.stylize import style_from_prompt, stylize, stylize_masked
     from tools.engine.textmask import detect_text_mask, remove_text, tesseract_available
     from tools.engine.types import EngineOutput
-    from tools.engine.upscale import esrgan_available, upscale
+    from tools.engine.upscale import esrgan_available, esrgan_problem, upscale
     from tools.engine.watermark import stamp
 
 _HOMES = {
@@ -37,7 +37,7 @@ _HOMES = {
     "stylize": ["style_from_prompt", "stylize", "stylize_masked"],
     "textmask": ["detect_text_mask", "remove_text", "tesseract_available"],
     "types": ["EngineOutput"],
-    "upscale": ["esrgan_available", "upscale"],
+    "upscale": ["esrgan_available", "esrgan_problem", "upscale"],
     "watermark": ["stamp"],
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
@@ -49,6 +49,7 @@ __all__ = [
     "adjust",
     "detect_text_mask",
     "esrgan_available",
+    "esrgan_problem",
     "fit_mask",
     "from_bgr",
     "inpaint",
