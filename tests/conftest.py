@@ -1,4 +1,7 @@
-"""Shared fixtures: settings in a temporary folder, an Editor on them, sample photos."""
+"""Shared fixtures: settings in a temporary folder, an Editor on them, sample photos.
+
+The optional parts some tests need (``@needs("esrgan")``) are in :mod:`tests.optional`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from PIL import Image
 
 from tools.config import Settings, load_settings
 from tools.service import Editor
+
+pytest_plugins = ["tests.optional"]
 
 DATA = Path(__file__).parent / "data"
 
