@@ -86,6 +86,7 @@ def esrgan_available() -> bool:
 
 
 def _problem() -> str:
+    """The reason for not using Real-ESRGAN, also when esrgan_available() was overridden."""
     return esrgan_problem() or "it cannot run here"
 
 
