@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from tools.engine.style_names import STYLES
     from tools.engine.stylize import style_from_prompt, stylize, stylize_masked
     from tools.engine.textmask import detect_text_mask, remove_text, tesseract_available
-    from tools.engine.upscale import esrgan_available, upscale
+    from tools.engine.upscale import esrgan_available, esrgan_problem, upscale
     from tools.engine.watermark import stamp
 
 _HOMES = {
@@ -39,7 +39,7 @@ _HOMES = {
     "style_names": ["STYLES"],
     "stylize": ["style_from_prompt", "stylize", "stylize_masked"],
     "textmask": ["detect_text_mask", "remove_text", "tesseract_available"],
-    "upscale": ["esrgan_available", "upscale"],
+    "upscale": ["esrgan_available", "esrgan_problem", "upscale"],
     "watermark": ["stamp"],
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
@@ -51,6 +51,7 @@ __all__ = [
     "adjust",
     "detect_text_mask",
     "esrgan_available",
+    "esrgan_problem",
     "fit_mask",
     "from_bgr",
     "inpaint",
