@@ -300,7 +300,7 @@ def test_load_raises_only_typed_errors_and_never_leaves_public_space(tmp_path: P
         for allow in (False, True)
     ]
 
-    async def lookup(task_id: str, index: int) -> Path:
+    async def lookup(task_id: str, index: int) -> bytes:
         raise NotFound("no such result")
 
     with LoopThread() as loop:

@@ -11,15 +11,28 @@ from tests.conftest import png
 from tools import media
 from tools.errors import NotFound
 from tools.models import ResultImage, TaskStatus
-from tools.store import Store
+from tools.store import FileBlobStore, blob_key
 from tools.store.migrations import CORE as MIGRATIONS
+from tools.store.sqlite import SQLiteStore
 
 
-async def open_store(tmp_path: Path) -> Store:
-    return await Store.open(tmp_path / "t.db", tmp_path / "files")
+async def open_store(tmp_path: Path) -> SQLiteStore:
+    return await SQLiteStore.open(tmp_path / "t.db", tmp_path / "files")
 
 
-async def new_task(store: Store, vendor: str = "local") -> str:
+def files(store: SQLiteStore) -> FileBlobStore:
+    assert isinstance(store.blobs, FileBlobStore)
+    return store.blobs
+
+
+async def result_path(store: SQLiteStore, task_id: str, index: int) -> Path:
+    """The file of a task's result, once the store has read it back whole."""
+    await store.read_result(task_id, index)
+    [result] = [r for r in (await store.get(task_id)).results if r["index"] == index]
+    return files(store).path(blob_key(result["sha256"], result["mime_type"]))
+
+
+async def new_task(store: SQLiteStore, vendor: str = "local") -> str:
     sha = await store.put_blob(media.inspect(png(), media.MediaPolicy()))
     record = await store.create_task(
         function="adjust",
@@ -75,7 +88,7 @@ async def test_expired_lease_is_reclaimed_and_old_holder_cannot_write(tmp_path: 
     await store.close()
 
 
-async def succeeded_task(store: Store) -> tuple[str, media.InputImage, Path]:
+async def succeeded_task(store: SQLiteStore) -> tuple[str, media.InputImage, Path]:
     """A task that succeeded with one 10×10 result: its id, the result, the result's file."""
     task_id = await new_task(store)
     await store.claim("local", "w", capacity=1, lease_s=30)
@@ -91,13 +104,13 @@ async def succeeded_task(store: Store) -> tuple[str, media.InputImage, Path]:
         bytes=len(result.data),
     )
     await store.finish(task_id, "w", TaskStatus.succeeded, results=[item])
-    return task_id, result, store.blob_path(sha, result.mime_type)
+    return task_id, result, files(store).path(blob_key(sha, result.mime_type))
 
 
 async def test_cleanup_forgets_old_tasks_and_their_files(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     task_id, _, path = await succeeded_task(store)
-    assert await store.result_path(task_id, 0) == path
+    assert await result_path(store, task_id, 0) == path
     assert await store.cleanup(retention_days=1) == 0  # still within retention
     await store.db.execute("UPDATE tasks SET finished_at = 1 WHERE id = ?", (task_id,))
     assert await store.cleanup(retention_days=1) == 2  # input and result
@@ -115,10 +128,10 @@ async def test_a_file_cut_short_is_reported_lost_and_healed_by_the_next_put(
     sha = path.stem
     path.write_bytes(result.data[:20])
     with pytest.raises(NotFound, match="damaged"):
-        await store.result_path(task_id, 0)
+        await result_path(store, task_id, 0)
     with pytest.raises(NotFound, match="damaged"):
         await store.read_blob(sha)
     assert await store.put_blob(result) == sha  # the same image stored again mends it
-    assert await store.result_path(task_id, 0) == path
+    assert await result_path(store, task_id, 0) == path
     assert (await store.read_blob(sha)).data == result.data
     await store.close()

@@ -39,7 +39,7 @@ from tools.errors import (
 )
 from tools.limits import RateLimiter, backoff
 from tools.models import Expand, ImageFailure, ResultImage, TaskStatus
-from tools.store import Store, TaskRecord
+from tools.store import Store, TaskRecord, blob_key
 from tools.vendors.base import Finished, Job, Outcome, OutputImage, Pending, Vendor
 
 log = logging.getLogger("retouch.worker")
@@ -414,7 +414,7 @@ async def finish_task(
                 width=stored.width,
                 height=stored.height,
                 bytes=len(stored.data),
-                path=str(store.blob_path(sha, stored.mime_type)),
+                path=store.blobs.local_file(blob_key(sha, stored.mime_type)),
                 vendor_url=image.url,
             )
         )
