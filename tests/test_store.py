@@ -1,8 +1,9 @@
-"""The SQLite store: migrations, leases, exactly-once ends, clean-up."""
+"""The SQLite store with files on disk: migrations, WAL, the files themselves.
+
+What every backend must do is in tests/contract/."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -54,37 +55,6 @@ async def test_migrations_apply_once(tmp_path: Path) -> None:
     assert [r[0] for r in rows] == [m.__name__ for m in MIGRATIONS]
     mode = await store.db.execute_fetchall("PRAGMA journal_mode")
     assert mode[0][0] == "wal"
-    await store.close()
-
-
-async def test_claim_respects_capacity_and_leases(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
-    ids = [await new_task(store) for _ in range(3)]
-    first = await store.claim("local", "w1", capacity=2, lease_s=30)
-    assert [t.id for t in first] == ids[:2]  # oldest first
-    assert await store.claim("local", "w2", capacity=2, lease_s=30) == []
-    await store.release("w1")  # a clean stop hands them back at once
-    again = await store.claim("local", "w2", capacity=2, lease_s=30)
-    assert [t.id for t in again] == ids[:2]
-    assert all(t.attempts == 2 for t in again)
-    await store.close()
-
-
-async def test_expired_lease_is_reclaimed_and_old_holder_cannot_write(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
-    task_id = await new_task(store)
-    await store.claim("local", "dead", capacity=1, lease_s=30)
-    await store.db.execute(
-        "UPDATE tasks SET lease_until = ? WHERE id = ?", (time.time() - 1, task_id)
-    )
-    taken = await store.claim("local", "alive", capacity=1, lease_s=30)
-    assert [t.id for t in taken] == [task_id]
-    assert not await store.update(task_id, "dead", progress="zombie")
-    assert await store.update(task_id, "alive", progress="working")
-    assert not await store.finish(task_id, "dead", TaskStatus.failed)
-    assert await store.finish(task_id, "alive", TaskStatus.succeeded)
-    assert not await store.finish(task_id, "alive", TaskStatus.failed)  # only once
-    assert (await store.get(task_id)).status == "succeeded"
     await store.close()
 
 
