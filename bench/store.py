@@ -34,7 +34,7 @@ from bench._common import (
 async def one_round(tasks: int, updates: int) -> dict[str, float]:
     from tools.media import InputImage
     from tools.models import ResultImage, TaskStatus
-    from tools.store import Store
+    from tools.store.sqlite import SQLiteStore as Store
 
     folder = workdir("store")
     store = await Store.open(folder / "retouch.db", folder / "results")

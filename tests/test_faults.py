@@ -38,6 +38,7 @@ from tests.fakes.openai import FakeOpenAI
 from tools import limits
 from tools.models import EditRequest, Task, TaskStatus
 from tools.service import Editor
+from tools.store import blob_key
 
 TASKS = {"wanx": 330, "qwen": 70, "openai": 50, "nebula": 50}  # 500 in all
 FAULT_RATE = 0.23  # of the requests to the routes that fail: ~20 % of all requests
@@ -325,7 +326,9 @@ async def test_500_tasks_under_injected_faults(
         elapsed = time.monotonic() - started
         tasks = [await editor.check_task(i) for i in ids]
         files_ok = [
-            hashlib.sha256(editor.store.blob_path(r.sha256, r.mime_type).read_bytes()).hexdigest()
+            hashlib.sha256(
+                editor.store.blobs.path(blob_key(r.sha256, r.mime_type)).read_bytes()
+            ).hexdigest()
             == r.sha256
             for t in tasks
             for r in t.results

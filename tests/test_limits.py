@@ -26,7 +26,7 @@ from tools import media
 from tools.errors import EngineError, ImageError, InvalidParameter
 from tools.models import EditRequest, ImageFailure, ResultImage, TaskStatus
 from tools.service import Editor
-from tools.store import Store
+from tools.store.sqlite import SQLiteStore as Store
 from tools.vendors.base import Job, OutputImage
 from tools.vendors.local import LocalSettings, LocalVendor
 from tools.worker import fetch_result
@@ -250,7 +250,7 @@ async def test_retention_forgets_old_tasks_but_keeps_shared_and_unfinished_files
     with pytest.raises(Exception, match="no task"):
         await store.get(old)
     assert (await store.get(recent)).status == "succeeded"
-    assert (await store.result_path(recent, 0)).is_file()
+    assert (await store.read_result(recent, 0))[0]
     for sha in [*await store.task_blobs(recent, "input"), pending]:
         assert (await store.read_blob(sha)).data
     await store.close()
@@ -315,7 +315,7 @@ async def test_cleanup_does_not_delete_an_image_about_to_be_linked(tmp_path: Pat
         results=[result],
         failures=[ImageFailure(index=1, code="x", message="y")],
     )
-    assert (await store.result_path(record.id, 0)).is_file()
+    assert (await store.read_result(record.id, 0))[0]
     await store.close()
 
 
@@ -336,7 +336,7 @@ async def test_cleanup_removes_temp_files_a_crash_left(tmp_path: Path) -> None:
 
 WRITER = """
 import asyncio, sys, time
-from tools.store import Store
+from tools.store.sqlite import SQLiteStore as Store
 from tools.models import TaskStatus
 
 async def main(db, files, name, count):

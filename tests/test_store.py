@@ -1,8 +1,9 @@
-"""The SQLite store: migrations, leases, exactly-once ends, clean-up."""
+"""The SQLite store with files on disk: migrations, WAL, the files themselves.
+
+What every backend must do is in tests/contract/."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -11,15 +12,28 @@ from tests.conftest import png
 from tools import media
 from tools.errors import NotFound
 from tools.models import ResultImage, TaskStatus
-from tools.store import Store
+from tools.store import FileBlobStore, blob_key
 from tools.store.migrations import CORE as MIGRATIONS
+from tools.store.sqlite import SQLiteStore
 
 
-async def open_store(tmp_path: Path) -> Store:
-    return await Store.open(tmp_path / "t.db", tmp_path / "files")
+async def open_store(tmp_path: Path) -> SQLiteStore:
+    return await SQLiteStore.open(tmp_path / "t.db", tmp_path / "files")
 
 
-async def new_task(store: Store, vendor: str = "local") -> str:
+def files(store: SQLiteStore) -> FileBlobStore:
+    assert isinstance(store.blobs, FileBlobStore)
+    return store.blobs
+
+
+async def result_path(store: SQLiteStore, task_id: str, index: int) -> Path:
+    """The file of a task's result, once the store has read it back whole."""
+    await store.read_result(task_id, index)
+    [result] = [r for r in (await store.get(task_id)).results if r["index"] == index]
+    return files(store).path(blob_key(result["sha256"], result["mime_type"]))
+
+
+async def new_task(store: SQLiteStore, vendor: str = "local") -> str:
     sha = await store.put_blob(media.inspect(png(), media.MediaPolicy()))
     record = await store.create_task(
         function="adjust",
@@ -44,38 +58,7 @@ async def test_migrations_apply_once(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_claim_respects_capacity_and_leases(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
-    ids = [await new_task(store) for _ in range(3)]
-    first = await store.claim("local", "w1", capacity=2, lease_s=30)
-    assert [t.id for t in first] == ids[:2]  # oldest first
-    assert await store.claim("local", "w2", capacity=2, lease_s=30) == []
-    await store.release("w1")  # a clean stop hands them back at once
-    again = await store.claim("local", "w2", capacity=2, lease_s=30)
-    assert [t.id for t in again] == ids[:2]
-    assert all(t.attempts == 2 for t in again)
-    await store.close()
-
-
-async def test_expired_lease_is_reclaimed_and_old_holder_cannot_write(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
-    task_id = await new_task(store)
-    await store.claim("local", "dead", capacity=1, lease_s=30)
-    await store.db.execute(
-        "UPDATE tasks SET lease_until = ? WHERE id = ?", (time.time() - 1, task_id)
-    )
-    taken = await store.claim("local", "alive", capacity=1, lease_s=30)
-    assert [t.id for t in taken] == [task_id]
-    assert not await store.update(task_id, "dead", progress="zombie")
-    assert await store.update(task_id, "alive", progress="working")
-    assert not await store.finish(task_id, "dead", TaskStatus.failed)
-    assert await store.finish(task_id, "alive", TaskStatus.succeeded)
-    assert not await store.finish(task_id, "alive", TaskStatus.failed)  # only once
-    assert (await store.get(task_id)).status == "succeeded"
-    await store.close()
-
-
-async def succeeded_task(store: Store) -> tuple[str, media.InputImage, Path]:
+async def succeeded_task(store: SQLiteStore) -> tuple[str, media.InputImage, Path]:
     """A task that succeeded with one 10×10 result: its id, the result, the result's file."""
     task_id = await new_task(store)
     await store.claim("local", "w", capacity=1, lease_s=30)
@@ -91,13 +74,13 @@ async def succeeded_task(store: Store) -> tuple[str, media.InputImage, Path]:
         bytes=len(result.data),
     )
     await store.finish(task_id, "w", TaskStatus.succeeded, results=[item])
-    return task_id, result, store.blob_path(sha, result.mime_type)
+    return task_id, result, files(store).path(blob_key(sha, result.mime_type))
 
 
 async def test_cleanup_forgets_old_tasks_and_their_files(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     task_id, _, path = await succeeded_task(store)
-    assert await store.result_path(task_id, 0) == path
+    assert await result_path(store, task_id, 0) == path
     assert await store.cleanup(retention_days=1) == 0  # still within retention
     await store.db.execute("UPDATE tasks SET finished_at = 1 WHERE id = ?", (task_id,))
     assert await store.cleanup(retention_days=1) == 2  # input and result
@@ -115,10 +98,10 @@ async def test_a_file_cut_short_is_reported_lost_and_healed_by_the_next_put(
     sha = path.stem
     path.write_bytes(result.data[:20])
     with pytest.raises(NotFound, match="damaged"):
-        await store.result_path(task_id, 0)
+        await result_path(store, task_id, 0)
     with pytest.raises(NotFound, match="damaged"):
         await store.read_blob(sha)
     assert await store.put_blob(result) == sha  # the same image stored again mends it
-    assert await store.result_path(task_id, 0) == path
+    assert await result_path(store, task_id, 0) == path
     assert (await store.read_blob(sha)).data == result.data
     await store.close()

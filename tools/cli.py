@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from tools.config import load_settings
 from tools.errors import RetouchError
+from tools.media import EXTENSIONS
 from tools.models import EditRequest, Task
 from tools.service import Editor
 
@@ -119,9 +119,9 @@ async def edit(editor: Editor, args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for result in task.results:
-        src = Path(result.path or "")
-        dest = out / f"{task.id[:8]}-{result.index}{src.suffix}"
-        shutil.copyfile(src, dest)
+        data, mime = await editor.result(task.id, result.index, task)
+        dest = out / f"{task.id[:8]}-{result.index}.{EXTENSIONS.get(mime, 'bin')}"
+        await asyncio.to_thread(dest.write_bytes, data)
         print(dest)
     if args.json:
         print(json.dumps(task.model_dump(mode="json"), indent=2))
@@ -132,7 +132,7 @@ async def edit(editor: Editor, args: argparse.Namespace) -> int:
 
 def describe(task: Task) -> str:
     lines = [f"task {task.id}: {task.status.value} — {task.function} with {task.vendor}"]
-    lines += [f"  result {r.index}: {r.path} ({r.width}×{r.height})" for r in task.results]
+    lines += [f"  result {r.index}: {r.uri} ({r.width}×{r.height})" for r in task.results]
     lines += [f"  image {f.index} failed: {f.message} [{f.code}]" for f in task.failures]
     if task.error:
         lines.append(f"  error [{task.error.code}]: {task.error.message}")

@@ -49,7 +49,7 @@ RESULT_URI = re.compile(r"^retouch://tasks/([0-9a-f]{32})/(\d{1,3})$")
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-ResultLookup = Callable[[str, int], Awaitable[Path]]
+ResultLookup = Callable[[str, int], Awaitable[bytes]]  # (task id, index) → the result's bytes
 
 # Pillow's own bomb guard is a warning up to 2× its limit; we check sizes ourselves first.
 Image.MAX_IMAGE_PIXELS = None
@@ -255,8 +255,7 @@ async def _read_result(uri: str, results: ResultLookup | None, label: str) -> by
         raise InvalidParameter(f"{label}: a result URI looks like retouch://tasks/<task id>/<n>")
     if results is None:
         raise NotFound(f"{label}: earlier results are not available here")
-    path = await results(match.group(1), int(match.group(2)))
-    return await asyncio.to_thread(path.read_bytes)
+    return await results(match.group(1), int(match.group(2)))
 
 
 # ---- SSRF-safe download --------------------------------------------------------------------

@@ -114,7 +114,6 @@ class ResultImage(BaseModel):
     width: int
     height: int
     bytes: int
-    path: str | None = Field(None, description="Where the file is on the server's disk.")
     vendor_url: str | None = Field(None, description="The vendor's own URL (it expires).")
 
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ from tools.config import Settings, vendor_class
 from tools.errors import InvalidParameter, NotFound, RetouchError, Unsupported
 from tools.models import EditRequest, FunctionInfo, Task, TaskStatus
 from tools.notifier import Notifier
-from tools.store import Store
+from tools.store import Store, open_store
 from tools.vendors.base import Vendor
 from tools.worker import Intake, Worker
 
@@ -62,7 +61,7 @@ class Editor:
 
     async def start(self) -> Editor:
         cfg = self.settings
-        self.store = await Store.open(cfg.store.path, cfg.store.results_dir)
+        self.store = await open_store(cfg.store)
         self.intake = Intake(self.store, self.notifier)
         # User downloads never follow the environment's proxies or redirects on their own.
         self.fetcher = httpx.AsyncClient(trust_env=False, follow_redirects=False)
@@ -224,8 +223,7 @@ class Editor:
         if not media.RESULT_URI.match(f"retouch://tasks/{task_id}/{index}"):
             raise NotFound("no such result")
         known = [r.model_dump() for r in task.results] if task and task.id == task_id else None
-        path, mime = await self.store.result_file(task_id, index, known)
-        return await asyncio.to_thread(path.read_bytes), mime
+        return await self.store.read_result(task_id, index, known)
 
     async def vendor_callback(
         self, vendor_name: str, body: bytes, headers: Mapping[str, str]
@@ -292,10 +290,10 @@ class Editor:
 
     async def _load(self, source: str, label: str) -> media.InputImage:
         async with self._downloads:
-            return await media.load(source, self.policy, self.fetcher, self._result_path, label)
+            return await media.load(source, self.policy, self.fetcher, self._result_bytes, label)
 
-    async def _result_path(self, task_id: str, index: int) -> Path:
-        return await self.store.result_path(task_id, index)
+    async def _result_bytes(self, task_id: str, index: int) -> bytes:
+        return (await self.store.read_result(task_id, index))[0]
 
 
 def _recordable(request: EditRequest) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from tests.fakes.http import Recorded, make_png
 from tests.test_mcp import ROOT, env
 from tools.models import EditRequest, TaskStatus
 from tools.service import Editor
+from tools.store import blob_key
 
 KILLS = int(os.environ.get("RETOUCH_CHAOS_KILLS", "12"))
 SEED = int(os.environ.get("RETOUCH_CHAOS_SEED", "5"))
@@ -187,7 +188,9 @@ async def test_killed_workers_lose_and_duplicate_nothing(
         elapsed = time.monotonic() - started
         tasks = [await queue.check_task(i) for i in ids]
         on_disk = [
-            hashlib.sha256(queue.store.blob_path(r.sha256, r.mime_type).read_bytes()).hexdigest()
+            hashlib.sha256(
+                queue.store.blobs.path(blob_key(r.sha256, r.mime_type)).read_bytes()
+            ).hexdigest()
             == r.sha256
             for t in tasks
             for r in t.results

@@ -1,149 +1,51 @@
-"""The task store (SQLite through aiosqlite, WAL) and the image files on disk.
-
-Images, inputs and results alike, are content-addressed: ``<results_dir>/<aa>/<sha256>.<ext>``,
-written once, atomically. Tasks are claimed with a lease, so a second backend (PostgreSQL,
-several processes on several machines) can implement the same calls.
+"""The SQLite backend of the store (through aiosqlite, WAL): one database file, any number
+of processes on one machine. Blobs' bytes are in the store's ``BlobStore`` (files on disk
+by default), their rows here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import os
 import sqlite3
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from tools.errors import NotFound
-from tools.media import EXTENSIONS, InputImage
-from tools.models import ErrorInfo, ImageFailure, ResultImage, Task, TaskStatus
+from tools.media import InputImage
+from tools.models import ImageFailure, ResultImage, TaskStatus
+from tools.store.base import JSON_FIELDS, ORPHAN_GRACE_S, WRITABLE, Store, TaskRecord, new_task_id
+from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, FileBlobStore, blob_key
 from tools.store.migrations import CORE, migrate
-
-#: How long a blob stored but not yet linked to a task is protected from clean-up.
-ORPHAN_GRACE_S = 3600.0
-JSON_FIELDS = {"request", "results", "failures", "error", "notes"}
-WRITABLE = {
-    "status",
-    "vendor",
-    "progress",
-    "vendor_task_id",
-    "submit_started_at",
-    "next_poll_at",
-    "polls",
-    "notes",
-    "started_at",
-    "attempts",
-}
-
-
-@dataclass
-class TaskRecord:
-    """A task row, with the fields only the worker needs."""
-
-    seq: int
-    id: str
-    status: str
-    function: str
-    vendor: str
-    prompt: str
-    n: int
-    request: dict[str, Any]
-    owner: str | None
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-    attempts: int
-    lease_owner: str | None
-    lease_until: float
-    submit_started_at: float | None
-    vendor_task_id: str | None
-    next_poll_at: float | None
-    polls: int
-    progress: str | None
-    results: list[dict[str, Any]]
-    failures: list[dict[str, Any]]
-    error: dict[str, Any] | None
-    notes: list[str]
-    billed_images: int
-    cost: float | None
-    currency: str | None
-    cancel_requested: int
-    idempotency_key: str | None = None
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> TaskRecord:
-        data = dict(row)
-        for name in JSON_FIELDS:
-            if data[name] is not None:
-                data[name] = json.loads(data[name])
-        return cls(**data)
-
-    @property
-    def finished(self) -> bool:
-        return TaskStatus(self.status).finished
-
-    def public(self) -> Task:
-        def ts(value: float | None) -> datetime | None:
-            return datetime.fromtimestamp(value, UTC) if value else None
-
-        return Task(
-            id=self.id,
-            status=TaskStatus(self.status),
-            function=self.function,
-            vendor=self.vendor,
-            prompt=self.prompt,
-            n=self.n,
-            input_count=len(self.request.get("images", [])) or 1,
-            created_at=ts(self.created_at),  # type: ignore[arg-type]
-            updated_at=ts(self.updated_at),  # type: ignore[arg-type]
-            started_at=ts(self.started_at),
-            finished_at=ts(self.finished_at),
-            progress=self.progress,
-            attempts=self.attempts,
-            vendor_task_id=self.vendor_task_id,
-            results=[ResultImage(**r) for r in self.results],
-            failures=[ImageFailure(**f) for f in self.failures],
-            error=ErrorInfo(**self.error) if self.error else None,
-            notes=self.notes,
-            billed_images=self.billed_images,
-            cost=self.cost,
-            currency=self.currency,
-        )
-
 
 COLUMNS = [f.name for f in fields(TaskRecord)]
 
 
-def new_task_id() -> str:
-    return uuid.uuid4().hex
+class SQLiteStore(Store):
+    """One SQLite database, and the blob store holding its images' bytes."""
 
-
-class Store:
-    """One SQLite database plus its directory of image files."""
-
-    def __init__(self, db: aiosqlite.Connection, files: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, blobs: BlobStore) -> None:
         self.db = db
-        self.files = files
+        self.blobs = blobs
         self._write = asyncio.Lock()
         self._unlinked: dict[str, float] = {}  # sha256 → when put_blob stored it
 
     @classmethod
-    async def open(cls, path: Path | str, files: Path | str) -> Store:
-        path, files = Path(path), Path(files)
+    async def open(cls, path: Path | str, blobs: BlobStore | Path | str) -> SQLiteStore:
+        """The database at ``path``, made and migrated if need be, with its images in
+        ``blobs`` (a blob store, or the folder of a ``FileBlobStore``)."""
+        path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
-        files.mkdir(parents=True, exist_ok=True)
+        if not isinstance(blobs, BlobStore):
+            blobs = FileBlobStore(blobs)
         db = await aiosqlite.connect(str(path), timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         await db.execute("PRAGMA journal_mode=WAL")
@@ -151,10 +53,11 @@ class Store:
         await db.execute("PRAGMA foreign_keys=ON")
         await db.execute("PRAGMA busy_timeout=30000")
         await migrate(db, CORE)
-        return cls(db, files)
+        return cls(db, blobs)
 
     async def close(self) -> None:
         await self.db.close()
+        await self.blobs.close()
 
     # ---- transactions ------------------------------------------------------------------
 
@@ -182,24 +85,20 @@ class Store:
 
     # ---- blobs -------------------------------------------------------------------------
 
-    def blob_path(self, sha256: str, mime_type: str) -> Path:
-        return self.files / sha256[:2] / f"{sha256}.{EXTENSIONS.get(mime_type, 'bin')}"
-
     async def put_blob(self, image: InputImage) -> str:
-        """Store an image once. Until a task links it (``create_task``, ``finish``),
-        clean-up in this process leaves it alone (for up to ORPHAN_GRACE_S)."""
         sha = hashlib.sha256(image.data).hexdigest()
         self._unlinked[sha] = time.time()
-        path = self.blob_path(sha, image.mime_type)
+        key = blob_key(sha, image.mime_type)
+        whole = await self.blobs.size(key) == len(image.data)  # a cut-short one is put again
         row = self.execute(
             "INSERT OR IGNORE INTO blobs (sha256, mime_type, bytes, width, height, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (sha, image.mime_type, len(image.data), image.width, image.height, time.time()),
         )
-        if _holds(path, len(image.data)):
+        if whole:
             await row
-        else:  # the row and the file at once (the grace above keeps the pair from clean-up)
-            await asyncio.gather(row, asyncio.to_thread(_write_atomic, path, image.data))
+        else:  # the row and the bytes at once (the grace above keeps the pair from clean-up)
+            await asyncio.gather(row, self.blobs.put(key, image.data))
         return sha
 
     def _linked(self, shas: Iterable[str | None]) -> None:
@@ -211,20 +110,15 @@ class Store:
         if not rows:
             raise NotFound(f"image {sha256[:12]}… is not in the store")
         row = rows[0]
-        path = self.blob_path(sha256, row["mime_type"])
         try:
-            data = await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:
-            raise NotFound(f"image {sha256[:12]}… is missing from {self.files}") from None
-        if len(data) != row["bytes"]:
-            raise NotFound(f"image {sha256[:12]}… is damaged on disk (cut short)")
+            data = await self.blobs.get(blob_key(sha256, row["mime_type"]), row["bytes"])
+        except BlobDamaged:
+            raise NotFound(f"image {sha256[:12]}… is damaged on disk (cut short)") from None
+        except BlobMissing:
+            raise NotFound(f"image {sha256[:12]}… is missing from the store") from None
         return InputImage(data, row["mime_type"], row["width"], row["height"])
 
-    async def task_blobs(self, task_id: str, role: str) -> list[str]:
-        return (await self.task_images(task_id, role)).get(role, [])
-
     async def task_images(self, task_id: str, role: str | None = None) -> dict[str, list[str]]:
-        """A task's images by role ("input", "mask", "result"), in order; one query."""
         rows = await self.db.execute_fetchall(
             "SELECT role, sha256 FROM task_blobs WHERE task_id = ? AND role = COALESCE(?, role)"
             " ORDER BY role, idx",
@@ -465,34 +359,26 @@ class Store:
         )
         return TaskRecord.from_row(rows[0]) if rows else None
 
-    async def result_path(self, task_id: str, index: int) -> Path:
-        return (await self.result_file(task_id, index))[0]
-
-    async def result_file(
+    async def read_result(
         self, task_id: str, index: int, results: list[dict[str, Any]] | None = None
-    ) -> tuple[Path, str]:
-        """Where a task's result ``index`` is stored, and its MIME type (``results``: the
-        task's, when the caller has just read them)."""
+    ) -> tuple[bytes, str]:
         if results is None:
             results = (await self.get(task_id)).results
         for result in results:
             if result["index"] == index:
-                path = self.blob_path(result["sha256"], result["mime_type"])
+                key = blob_key(result["sha256"], result["mime_type"])
                 try:
-                    size = path.stat().st_size
-                except FileNotFoundError:
+                    data = await self.blobs.get(key, result["bytes"])
+                except BlobDamaged:
+                    raise NotFound(f"result {index} of task {task_id} is damaged on disk") from None
+                except BlobMissing:
                     raise NotFound(f"result {index} of task {task_id} was cleaned up") from None
-                if size != result["bytes"]:
-                    raise NotFound(f"result {index} of task {task_id} is damaged on disk")
-                return path, result["mime_type"]
+                return data, result["mime_type"]
         raise NotFound(f"task {task_id} has no result {index}")
 
     # ---- clean-up ----------------------------------------------------------------------
 
     async def cleanup(self, retention_days: float, max_bytes: int | None = None) -> int:
-        """Forget finished tasks past retention, then the oldest finished ones while the
-        stored files exceed ``max_bytes``; delete files no task refers to, and temp files
-        left by a crash. Returns how many files were deleted."""
         cutoff = time.time() - retention_days * 86400
         await self.execute(
             "DELETE FROM task_blobs WHERE task_id IN (SELECT id FROM tasks"
@@ -505,20 +391,10 @@ class Store:
         removed, _ = await self._delete_orphans()
         if max_bytes is not None:
             removed += await self._evict(max_bytes)
-        return removed + await asyncio.to_thread(self._delete_stale_temp_files)
-
-    def _delete_stale_temp_files(self) -> int:
-        """Temp files a process killed while writing a blob left behind."""
-        stale, count = time.time() - ORPHAN_GRACE_S, 0
-        for tmp in self.files.glob("*/*.tmp"):
-            with contextlib.suppress(OSError):
-                if tmp.stat().st_mtime < stale:
-                    tmp.unlink()
-                    count += 1
-        return count
+        return removed + await self.blobs.sweep(ORPHAN_GRACE_S)
 
     async def _delete_orphans(self, task_shas: list[str] | None = None) -> tuple[int, int]:
-        """Delete blobs no task refers to, and their files (only ``task_shas`` if given);
+        """Delete blobs no task refers to, rows and bytes (only ``task_shas`` if given);
         returns how many and their bytes.
 
         A blob this process stored but has not linked yet is kept: it is an input or a
@@ -543,7 +419,7 @@ class Store:
         for sha, mime, _ in rows:
             again = await self.db.execute_fetchall("SELECT 1 FROM blobs WHERE sha256 = ?", (sha,))
             if not again:  # not stored anew meanwhile
-                self.blob_path(sha, mime).unlink(missing_ok=True)
+                await self.blobs.delete(blob_key(sha, mime))
         return len(rows), sum(int(r[2]) for r in rows)
 
     async def _evict(self, max_bytes: int) -> int:
@@ -569,23 +445,3 @@ class Store:
             count, freed = await self._delete_orphans(list(dict.fromkeys(shas)))
             removed, total = removed + count, total - freed
         return removed
-
-
-def _holds(path: Path, size: int) -> bool:
-    """The file is there, whole (a missing or cut-short one is written again)."""
-    try:
-        return path.stat().st_size == size
-    except FileNotFoundError:
-        return False
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Unique per call: two tasks storing the same image at once must not share a temp file.
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    # No fsync: the database commits with synchronous=NORMAL, so a power cut can take back
-    # its latest transactions anyway; a file cut short by one is caught by its recorded size
-    # when read (read_blob, result_file) and reported as lost, never served damaged.
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)

@@ -99,7 +99,6 @@ class Intake:
                     width=stored.width,
                     height=stored.height,
                     bytes=len(stored.data),
-                    path=str(store.blob_path(sha, stored.mime_type)),
                     vendor_url=image.url,
                 )
             )

@@ -1,0 +1,261 @@
+"""The store's contract: what every backend (SQLite today) does, and the task record.
+
+A task is queued, then claimed by a worker with a lease it renews while it works; a worker
+whose process died loses its tasks when the lease runs out, and every write a worker makes
+requires the lease still held. A task ends once (``finish``). Images are blobs: a row here
+(size, type, dimensions), the bytes in the store's ``BlobStore``, linked to the tasks that use
+them so that clean-up keeps them while any task does. ``tests/contract/`` checks all of it
+on every backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tools.media import InputImage
+from tools.models import ErrorInfo, ImageFailure, ResultImage, Task, TaskStatus
+from tools.store.blobs import BlobStore
+
+#: How long a blob stored but not yet linked to a task is protected from clean-up.
+ORPHAN_GRACE_S = 3600.0
+#: The fields kept as JSON (text in SQLite).
+JSON_FIELDS = {"request", "results", "failures", "error", "notes"}
+#: The fields ``Store.update`` may change.
+WRITABLE = {
+    "status",
+    "vendor",
+    "progress",
+    "vendor_task_id",
+    "submit_started_at",
+    "next_poll_at",
+    "polls",
+    "notes",
+    "started_at",
+    "attempts",
+}
+
+
+@dataclass
+class TaskRecord:
+    """A task as stored, with the fields only the worker needs."""
+
+    seq: int
+    id: str
+    status: str
+    function: str
+    vendor: str
+    prompt: str
+    n: int
+    request: dict[str, Any]
+    owner: str | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    lease_owner: str | None
+    lease_until: float
+    submit_started_at: float | None
+    vendor_task_id: str | None
+    next_poll_at: float | None
+    polls: int
+    progress: str | None
+    results: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    error: dict[str, Any] | None
+    notes: list[str]
+    billed_images: int
+    cost: float | None
+    currency: str | None
+    cancel_requested: int
+    idempotency_key: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> TaskRecord:
+        """From a database row (anything ``dict`` takes) with its JSON fields as text."""
+        data = dict(row)
+        for name in JSON_FIELDS:
+            if isinstance(data[name], str):
+                data[name] = json.loads(data[name])
+        return cls(**data)
+
+    @property
+    def finished(self) -> bool:
+        return TaskStatus(self.status).finished
+
+    def public(self) -> Task:
+        def ts(value: float | None) -> datetime | None:
+            return datetime.fromtimestamp(value, UTC) if value else None
+
+        return Task(
+            id=self.id,
+            status=TaskStatus(self.status),
+            function=self.function,
+            vendor=self.vendor,
+            prompt=self.prompt,
+            n=self.n,
+            input_count=len(self.request.get("images", [])) or 1,
+            created_at=ts(self.created_at),  # type: ignore[arg-type]
+            updated_at=ts(self.updated_at),  # type: ignore[arg-type]
+            started_at=ts(self.started_at),
+            finished_at=ts(self.finished_at),
+            progress=self.progress,
+            attempts=self.attempts,
+            vendor_task_id=self.vendor_task_id,
+            results=[ResultImage(**r) for r in self.results],
+            failures=[ImageFailure(**f) for f in self.failures],
+            error=ErrorInfo(**self.error) if self.error else None,
+            notes=self.notes,
+            billed_images=self.billed_images,
+            cost=self.cost,
+            currency=self.currency,
+        )
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Store(abc.ABC):
+    """Tasks with leases, and the rows of the blobs they use (bytes in ``blobs``)."""
+
+    blobs: BlobStore
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # ---- blobs -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_blob(self, image: InputImage) -> str:
+        """Store an image once (its row and its bytes); return its sha256. Until a task links
+        it (``create_task``, ``finish``), clean-up leaves it alone for ORPHAN_GRACE_S."""
+
+    @abc.abstractmethod
+    async def read_blob(self, sha256: str) -> InputImage:
+        """A stored image, whole; NotFound if it is gone or damaged."""
+
+    @abc.abstractmethod
+    async def task_images(self, task_id: str, role: str | None = None) -> dict[str, list[str]]:
+        """A task's images by role ("input", "mask", "result"), each list in order."""
+
+    async def task_blobs(self, task_id: str, role: str) -> list[str]:
+        return (await self.task_images(task_id, role)).get(role, [])
+
+    @abc.abstractmethod
+    async def read_result(
+        self, task_id: str, index: int, results: list[dict[str, Any]] | None = None
+    ) -> tuple[bytes, str]:
+        """A task's result ``index``: its bytes and MIME type; NotFound if there is no such
+        result or it was cleaned up or damaged. ``results``: the task's, when the caller
+        has just read them."""
+
+    # ---- tasks -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_task(
+        self,
+        *,
+        function: str,
+        vendor: str,
+        prompt: str,
+        n: int,
+        request: dict[str, Any],
+        inputs: list[str],
+        mask: str | None,
+        owner: str | None = None,
+        notes: list[str] | None = None,
+        key: str | None = None,
+    ) -> TaskRecord:
+        """A new queued task using stored blobs; with ``key``, the task already made with
+        that key if any (then nothing is created)."""
+
+    @abc.abstractmethod
+    async def find_by_key(self, key: str) -> TaskRecord | None: ...
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> TaskRecord:
+        """The task; NotFound if there is none."""
+
+    @abc.abstractmethod
+    async def list(
+        self, *, owner: str | None = None, limit: int = 20, unfinished: bool = False
+    ) -> list[TaskRecord]:
+        """The newest tasks first, of ``owner`` if given, only queued or running ones if
+        ``unfinished``."""
+
+    @abc.abstractmethod
+    async def count_active(self, owner: str) -> int:
+        """How many of the owner's tasks are queued or running."""
+
+    @abc.abstractmethod
+    async def count_since(self, owner: str, since: float) -> int:
+        """How many tasks the owner created at or after ``since``."""
+
+    @abc.abstractmethod
+    async def find_by_vendor_task(self, vendor: str, vendor_task_id: str) -> TaskRecord | None: ...
+
+    # ---- the worker's calls ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim(
+        self, vendor: str, worker: str, *, capacity: int, lease_s: float
+    ) -> list[TaskRecord]:
+        """Take up to ``capacity`` minus the vendor's live tasks (running, lease held by
+        anyone): queued ones, or running ones whose lease ran out (their process died).
+        Oldest first; each claim counts an attempt."""
+
+    @abc.abstractmethod
+    async def renew(self, worker: str, task_ids: list[str], lease_s: float) -> None:
+        """Extend the leases this worker holds to ``lease_s`` from now."""
+
+    @abc.abstractmethod
+    async def release(self, worker: str, task_ids: list[str] | None = None) -> None:
+        """Hand tasks back at once (a clean stop): another process may take them now."""
+
+    @abc.abstractmethod
+    async def update(self, task_id: str, worker: str, **values: Any) -> bool:
+        """Change a running task this worker holds (only fields in WRITABLE, else
+        ValueError); False if it lost the lease."""
+
+    @abc.abstractmethod
+    async def finish(
+        self,
+        task_id: str,
+        worker: str | None,
+        status: TaskStatus,
+        *,
+        results: list[ResultImage] = (),  # type: ignore[assignment]
+        failures: list[ImageFailure] = (),  # type: ignore[assignment]
+        error: dict[str, Any] | None = None,
+        notes: list[str] | None = None,
+        billed_images: int = 0,
+        cost: float | None = None,
+        currency: str | None = None,
+        unless_canceled: bool = False,
+    ) -> bool:
+        """Record a task's end, once, linking its results' blobs; False if it had ended.
+        With ``worker`` the lease must still be held; with ``unless_canceled``, not if a
+        cancel has been asked for meanwhile."""
+
+    @abc.abstractmethod
+    async def reroute(self, task_id: str, worker: str, vendor: str, note: str) -> bool:
+        """Queue a held task again for another vendor (a fallback), from the start."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, task_id: str) -> TaskRecord:
+        """Mark an unfinished task for cancelling (the worker holding it ends it); return
+        it. NotFound if there is none."""
+
+    # ---- clean-up ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def cleanup(self, retention_days: float, max_bytes: int | None = None) -> int:
+        """Forget finished tasks past retention, then the oldest finished ones while the
+        stored blobs exceed ``max_bytes``; delete blobs no task refers to, and what writes
+        cut off by a crash left. Returns how many blobs and leftovers were deleted."""
