@@ -15,11 +15,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.owners import set_owner
 from tools.config import Settings
 from tools.errors import ConfigError, RetouchError
 from tools.service import Editor
 
 OPEN_PATHS = ("/health", "/callbacks/")
+#: The user that ``mcp.auth_token`` names.
+DEFAULT_USER = "default"
 
 
 def is_loopback(host: str) -> bool:
@@ -49,6 +52,7 @@ class BearerAuth:
                 )
                 await response(scope, receive, send)
                 return
+            set_owner(scope, DEFAULT_USER)
         await self.app(scope, receive, send)
 
 
