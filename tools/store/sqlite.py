@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -569,6 +569,36 @@ class Store:
             count, freed = await self._delete_orphans(list(dict.fromkeys(shas)))
             removed, total = removed + count, total - freed
         return removed
+
+    # ---- owner queries -----------------------------------------------------------------
+
+    async def active(self, owner: str) -> list[TaskRecord]:
+        """``owner``'s tasks still queued or running, newest first."""
+        rows = await self.db.execute_fetchall(
+            "SELECT * FROM tasks WHERE owner = ? AND status IN ('queued', 'running')"
+            " ORDER BY seq DESC",
+            (owner,),
+        )
+        return [TaskRecord.from_row(r) for r in rows]
+
+    async def usage(self, owner: str, since: float) -> tuple[int, float | None]:
+        """How many tasks ``owner`` created at or after ``since``, and when the first was."""
+        rows = await self.db.execute_fetchall(
+            "SELECT COUNT(*), MIN(created_at) FROM tasks WHERE owner = ? AND created_at >= ?",
+            (owner, since),
+        )
+        count, oldest = rows[0]
+        return int(count), oldest
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        """The tasks among ``task_ids`` that exist, in no particular order."""
+        if not task_ids:
+            return []
+        marks = ",".join("?" * len(task_ids))
+        rows = await self.db.execute_fetchall(
+            f"SELECT * FROM tasks WHERE id IN ({marks})", tuple(task_ids)
+        )
+        return [TaskRecord.from_row(r) for r in rows]
 
 
 def _holds(path: Path, size: int) -> bool:
