@@ -22,7 +22,7 @@ from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from bots.state import Runtime, runtime
 from tools import chats
-from tools.config import TelegramSettings
+from bots.settings import TelegramSettings
 
 log = logging.getLogger("retouch.bot.access")
 
