@@ -22,7 +22,8 @@ $(VENV)/.dev: $(VENV)/.run
 	$(PIP) install -e ".[dev]"
 	touch $@
 
-## run: set up and start the MCP server on the embedded defaults (HTTP, 127.0.0.1:8765)
+## run: set up and start the MCP server on the embedded defaults (HTTP, 127.0.0.1:8765);
+##      data in ~/.local/share/retouch (next to ./config.toml when there is one)
 run: $(VENV)/.run
 	$(BIN)/retouch-mcp --transport http
 

@@ -64,8 +64,8 @@ async def one_edit() -> None:
     cfg = settings(workdir("context"), '[vendors.local]\nkind = "local"\nesrgan = "off"\n')
     source = photo(1024)
     server = build_server(cfg)
-    async with Client(server) as client:
-        await janitor_settled(server.holder.editor)  # type: ignore[attr-defined]
+    async with server.settings.lifespan(server) as editor, Client(server) as client:
+        await janitor_settled(editor)  # the Editor the client's session shares
         done = await client.call_tool(
             "edit_image",
             {

@@ -145,7 +145,7 @@ async def dashscope_case(fake: VendorProcess) -> Any:
     from tools import media
     from tools.vendors.base import Finished, Job
     from tools.vendors.dashscope import DashScopeSettings, DashScopeVendor
-    from tools.worker import _fetch_result
+    from tools.worker import fetch_result
 
     images = Images((512, 512))
 
@@ -181,7 +181,7 @@ async def dashscope_case(fake: VendorProcess) -> Any:
                 outcome = await vendor.poll(pending.vendor_task_id)  # type: ignore[union-attr]
                 if isinstance(outcome, Finished):
                     break
-            stored = await _fetch_result(outcome.images[0], http, "dashscope")
+            stored = await fetch_result(outcome.images[0], http, "dashscope")
             assert stored.width == 512
 
         yield arguments, raw
@@ -200,7 +200,7 @@ async def measure_e2e(
     cfg = settings(workdir("gateway"), toml)
     out: dict[int, dict[str, float]] = {}
     server = build_server(cfg)
-    async with Client(server) as client:
+    async with server.settings.lifespan(server) as editor, Client(server) as client:
         checks: list[float] = []  # the SDK client's own output-schema check (jsonschema)
         validate = client.session.validate_tool_result
 
@@ -212,7 +212,7 @@ async def measure_e2e(
                 checks.append(time.perf_counter() - start)
 
         client.session.validate_tool_result = timed_validate  # type: ignore[method-assign]
-        await janitor_settled(server.holder.editor)  # type: ignore[attr-defined]
+        await janitor_settled(editor)  # the Editor the client's session shares
 
         async def edit() -> None:
             result = await client.call_tool("edit_image", arguments())

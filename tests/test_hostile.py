@@ -851,15 +851,15 @@ async def test_a_forged_callback_cannot_make_retouch_fetch_private_urls() -> Non
     # Result URLs of an outcome that did not come from the vendor's own answer (a completion
     # callback, which nothing authenticates) are fetched like user URLs.
     from tools.vendors.base import OutputImage
-    from tools.worker import _fetch_result
+    from tools.worker import fetch_result
 
     requests: list[httpx.Request] = []
     policy = media.MediaPolicy(resolver=stub_resolver)
     async with httpx.AsyncClient(transport=image_transport(requests)) as client:
         for url in ("http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:8765/mcp"):
             with pytest.raises(UnsafeURL):
-                await _fetch_result(OutputImage(url=url), client, "softsugar", policy)
-        ok = await _fetch_result(OutputImage(url="http://public.test/r.png"), client, "x", policy)
+                await fetch_result(OutputImage(url=url), client, "softsugar", policy)
+        ok = await fetch_result(OutputImage(url="http://public.test/r.png"), client, "x", policy)
     assert ok.width == 64 and [r.url.host for r in requests] == [PUBLIC_IP]
 
 

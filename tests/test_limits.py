@@ -29,7 +29,7 @@ from tools.service import Editor
 from tools.store import Store
 from tools.vendors.base import Job, OutputImage
 from tools.vendors.local import LocalSettings, LocalVendor
-from tools.worker import _fetch_result
+from tools.worker import fetch_result
 
 # ---- downloads ---------------------------------------------------------------------------
 
@@ -115,7 +115,7 @@ async def test_vendor_results_are_capped_too() -> None:
     # A vendor answering a 30000×30000 image (in 100 bytes) is refused before decoding.
     bomb = png_bomb(30_000, 30_000)
     with pytest.raises(ImageError, match="decompression bombs"):
-        await _fetch_result(OutputImage(data=bomb), None, "vendor")  # type: ignore[arg-type]
+        await fetch_result(OutputImage(data=bomb), None, "vendor")  # type: ignore[arg-type]
 
 
 # ---- local-engine time -------------------------------------------------------------------

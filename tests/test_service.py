@@ -140,7 +140,6 @@ async def test_a_cancel_asked_while_the_vendor_worked_wins_over_its_results(
     settings: Settings, cancel: bool
 ) -> None:
     from tools.vendors.base import Finished, OutputImage
-    from tools.worker import finish_task
 
     async with Editor(settings, run_worker=False) as editor:
         task = await editor.edit_image(EditRequest(images=[data_uri(png())], function="lineart"))
@@ -148,15 +147,8 @@ async def test_a_cancel_asked_while_the_vendor_worked_wins_over_its_results(
         if cancel:
             await editor.store.request_cancel(task.id)
         outcome = Finished(images=[OutputImage(data=png((20, 20)))])
-        ended = await finish_task(
-            editor.store,
-            record,
-            editor.vendors["local"],
-            outcome,
-            [],
-            editor.http,
-            editor._stamp,
-            worker="w",
+        ended = await editor.intake.take(
+            record, editor.vendors["local"], outcome, client=editor.http, worker="w", notes=[]
         )
         done = await editor.check_task(task.id)
     assert ended

@@ -112,6 +112,7 @@ async def edit(editor: Editor, args: argparse.Namespace) -> int:
 
     task = await editor.edit_image(request)
     print(f"task {task.id} queued with {task.vendor}", file=sys.stderr)
+    print(f"retouch: {editor.settings.store.where()}", file=sys.stderr)
     task = await editor.check_task(task.id, args.timeout, on_progress=show)
     if tty:
         print(file=sys.stderr)

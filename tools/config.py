@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
 
+import platformdirs
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -51,11 +52,25 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def user_data_dir() -> Path:
+    """The platform's directory for Retouch's data (``~/.local/share/retouch`` on Linux)."""
+    return platformdirs.user_data_path("retouch", appauthor=False)
+
+
 class StoreSettings(Section):
+    dir: Path | None = Field(
+        None,
+        description="data directory: relative path and results_dir are in it; unset: the "
+        "config file's directory, or the platform's user data directory without one",
+    )
     path: Path = Path("retouch.db")
     results_dir: Path = Path("results")
     retention_days: float = Field(7, ge=0)
     max_results_mb: int | None = Field(None, ge=1, description="evict oldest results past this")
+
+    def where(self) -> str:
+        """Where the data goes, for a start-up message."""
+        return f"database {self.path}, images in {self.results_dir}"
 
 
 class RoutingSettings(Section):
@@ -262,11 +277,17 @@ def load_settings(
     except ValidationError as exc:
         raise ConfigError(_explain(exc, source)) from None
     settings._source = source
-    if file is not None:
-        base = file.resolve().parent
-        for attr in ("path", "results_dir"):
-            value = getattr(settings.store, attr)
-            if not value.is_absolute():
-                setattr(settings.store, attr, base / value)
+    # Relative store paths: a config file's are next to it (dir too); without one, in the
+    # user data directory, and a relative dir from the environment is in the working dir.
+    store = settings.store
+    base = file.resolve().parent if file is not None else None
+    if store.dir is None:
+        store.dir = base or user_data_dir()
+    elif not store.dir.is_absolute():
+        store.dir = (base or Path.cwd()) / store.dir
+    for attr in ("path", "results_dir"):
+        value = getattr(store, attr)
+        if not value.is_absolute():
+            setattr(store, attr, store.dir / value)
     settings.vendor_settings()  # validate vendor tables now, not on first use
     return settings

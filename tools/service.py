@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,10 @@ from tools import catalog, media
 from tools.config import Settings, vendor_class
 from tools.errors import InvalidParameter, NotFound, RetouchError, Unsupported
 from tools.models import EditRequest, FunctionInfo, Task, TaskStatus
+from tools.notifier import Notifier
 from tools.store import Store
 from tools.vendors.base import Vendor
-from tools.worker import Worker, finish_task
+from tools.worker import Intake, Worker
 
 Progress = Callable[[Task], Awaitable[None]]
 
@@ -51,10 +51,10 @@ class Editor:
         )
         self.run_worker = run_worker
         self.store: Store
+        self.intake: Intake
         self.vendors: dict[str, Vendor] = {}
         self.worker: Worker | None = None
-        self._changed: dict[str, asyncio.Event] = {}
-        self._progress_watchers: Counter[str] = Counter()  # task → callers showing progress
+        self.notifier = Notifier()
         self._downloads = asyncio.Semaphore(settings.media.max_concurrent_downloads)
         self._janitor: asyncio.Task[None] | None = None
 
@@ -63,6 +63,7 @@ class Editor:
     async def start(self) -> Editor:
         cfg = self.settings
         self.store = await Store.open(cfg.store.path, cfg.store.results_dir)
+        self.intake = Intake(self.store, self.notifier)
         # User downloads never follow the environment's proxies or redirects on their own.
         self.fetcher = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self.http = httpx.AsyncClient(
@@ -76,7 +77,7 @@ class Editor:
         if self.run_worker:
             await asyncio.gather(*(v.warm_up() for v in self.vendors.values()))
             self.worker = Worker(
-                self.store, self.vendors, cfg, self.http, self._stamp, self._notify
+                self.store, self.vendors, cfg, self.http, self.intake, self.notifier
             )
             await self.worker.start()
             self._janitor = asyncio.create_task(self._clean_periodically())
@@ -192,27 +193,17 @@ class Editor:
         record = await self.store.get(task_id)
         deadline = time.monotonic() + min(max(wait_seconds, 0), 3600)
         seen = record.progress
-        if on_progress:
-            self._progress_watchers[task_id] += 1
-        try:
+        with self.notifier.watching(task_id) if on_progress else contextlib.nullcontext():
             while not record.finished and time.monotonic() < deadline:
-                event = self._changed.setdefault(task_id, asyncio.Event())
                 # Woken by this process's worker; the timeout covers a task that another
                 # process runs.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(0.5, deadline - time.monotonic())):
-                        await event.wait()
-                event.clear()
+                await self.notifier.wait(task_id, min(0.5, deadline - time.monotonic()))
                 record = await self.store.get(task_id)
                 if on_progress and record.progress != seen and not record.finished:
                     seen = record.progress
                     await on_progress(record.public())
-        finally:
-            if on_progress:
-                self._progress_watchers[task_id] -= 1
-                if self._progress_watchers[task_id] <= 0:
-                    del self._progress_watchers[task_id]
-        self._changed.pop(task_id, None) if record.finished else None
+        if record.finished:
+            self.notifier.forget(task_id)
         return record.public()
 
     async def cancel_task(self, task_id: str) -> Task:
@@ -221,7 +212,7 @@ class Editor:
             task_id, None, TaskStatus.canceled
         ):
             record = await self.store.get(task_id)
-        self._notify(task_id)
+        self.notifier.changed(task_id)
         return record.public()
 
     async def list_tasks(self, *, owner: str | None = None, limit: int = 20) -> list[Task]:
@@ -245,23 +236,8 @@ class Editor:
         record = await self.store.find_by_vendor_task(vendor_name, vendor_task_id)
         if record is None:
             raise NotFound(f"no task for {vendor_name} task {vendor_task_id!r}")
-        if not record.finished:
-            if isinstance(outcome, RetouchError):
-                await self.store.finish(record.id, None, TaskStatus.failed, error=outcome.to_dict())
-            else:
-                await finish_task(
-                    self.store,
-                    record,
-                    vendor,
-                    outcome,
-                    list(record.notes),
-                    self.fetcher,
-                    self._stamp,
-                    worker=None,
-                    # Anyone can post a callback: its result URLs are fetched like user URLs.
-                    policy=self.policy,
-                )
-            self._notify(record.id)
+        # Anyone can post a callback: its result URLs are fetched like user URLs.
+        await self.intake.take(record, vendor, outcome, client=self.fetcher, policy=self.policy)
         return record.id
 
     # ---- helpers -------------------------------------------------------------------------
@@ -320,24 +296,6 @@ class Editor:
 
     async def _result_path(self, task_id: str, index: int) -> Path:
         return await self.store.result_path(task_id, index)
-
-    async def _stamp(self, image: media.InputImage, text: str) -> media.InputImage:
-        from tools.engine.watermark import stamp
-
-        def run() -> media.InputImage:
-            out = stamp(image.to_pil(), text).image
-            return media.encode(out, "JPEG" if image.format == "jpeg" else "PNG")
-
-        return await asyncio.to_thread(run)
-
-    def _notify(self, task_id: str, ended: bool = True) -> None:
-        """Wake the callers waiting for this task: at its end, or on any change for those
-        that report progress (a progress update alone is not worth a read for the rest)."""
-        if not ended and not self._progress_watchers.get(task_id):
-            return
-        event = self._changed.get(task_id)
-        if event is not None:
-            event.set()
 
     # ---- what front ends ask about their users' tasks and the vendors ---------------------
 

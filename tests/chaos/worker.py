@@ -14,7 +14,7 @@ import asyncio
 import logging
 import sys
 
-from tools import worker
+from tools import limits
 from tools.config import load_settings
 from tools.service import Editor
 
@@ -29,9 +29,9 @@ async def run(config: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tests.chaos.worker")
     parser.add_argument("--config", required=True)
-    parser.add_argument("--backoff-base", type=float, default=worker.BACKOFF_BASE_S)
+    parser.add_argument("--backoff-base", type=float, default=limits.BACKOFF_BASE_S)
     args = parser.parse_args(argv)
-    worker.BACKOFF_BASE_S = args.backoff_base
+    limits.BACKOFF_BASE_S = args.backoff_base
     logging.basicConfig(
         level=logging.WARNING,
         stream=sys.stderr,

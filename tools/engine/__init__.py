@@ -18,26 +18,28 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tools.engine.adjust import Adjustment, adjust, parse_adjustments
-    from tools.engine.imageops import fit_mask, from_bgr, to_bgr
     from tools.engine.inpaint import inpaint
     from tools.engine.lineart import lineart
-    from tools.engine.styles import STYLES
+    from tools.engine.masks import fit_mask
+    from tools.engine.output import EngineOutput
+    from tools.engine.pixels import from_bgr, to_bgr
+    from tools.engine.style_names import STYLES
     from tools.engine.stylize import style_from_prompt, stylize, stylize_masked
     from tools.engine.textmask import detect_text_mask, remove_text, tesseract_available
-    from tools.engine.types import EngineOutput
-    from tools.engine.upscale import esrgan_available, upscale
+    from tools.engine.upscale import esrgan_available, esrgan_problem, upscale
     from tools.engine.watermark import stamp
 
 _HOMES = {
     "adjust": ["Adjustment", "adjust", "parse_adjustments"],
-    "imageops": ["fit_mask", "from_bgr", "to_bgr"],
     "inpaint": ["inpaint"],
     "lineart": ["lineart"],
-    "styles": ["STYLES"],
+    "masks": ["fit_mask"],
+    "output": ["EngineOutput"],
+    "pixels": ["from_bgr", "to_bgr"],
+    "style_names": ["STYLES"],
     "stylize": ["style_from_prompt", "stylize", "stylize_masked"],
     "textmask": ["detect_text_mask", "remove_text", "tesseract_available"],
-    "types": ["EngineOutput"],
-    "upscale": ["esrgan_available", "upscale"],
+    "upscale": ["esrgan_available", "esrgan_problem", "upscale"],
     "watermark": ["stamp"],
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
@@ -49,6 +51,7 @@ __all__ = [
     "adjust",
     "detect_text_mask",
     "esrgan_available",
+    "esrgan_problem",
     "fit_mask",
     "from_bgr",
     "inpaint",

@@ -17,16 +17,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tools.engine.imageops import (
-    engine_op,
-    from_array,
-    grow_box,
-    mask_array,
-    mask_bbox,
-    normalize,
-    to_array,
-)
-from tools.engine.types import EngineOutput
+from tools.engine.checks import engine_op, normalize
+from tools.engine.masks import grow_box, mask_array, mask_bbox
+from tools.engine.output import EngineOutput
+from tools.engine.pixels import from_array, to_array
 from tools.errors import InvalidParameter
 
 Method = Literal["telea", "ns", "fsr", "fsr_best"]

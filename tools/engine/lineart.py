@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tools.engine.imageops import engine_op, from_array, normalize, split_alpha, to_array
-from tools.engine.types import EngineOutput
+from tools.engine.checks import engine_op, normalize
+from tools.engine.output import EngineOutput
+from tools.engine.pixels import from_array, split_alpha, to_array
 from tools.errors import InvalidParameter
 
 METHODS = {

@@ -18,21 +18,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tools.engine.imageops import (
-    blend,
-    engine_op,
-    feather,
-    from_array,
-    grow_box,
-    mask_array,
-    mask_bbox,
-    normalize,
-    split_alpha,
-    to_array,
-    to_bgr,
-)
-from tools.engine.styles import STYLES
-from tools.engine.types import EngineOutput
+from tools.engine.checks import engine_op, normalize
+from tools.engine.masks import blend, feather, grow_box, mask_array, mask_bbox
+from tools.engine.output import EngineOutput
+from tools.engine.pixels import from_array, split_alpha, to_array, to_bgr
+from tools.engine.style_names import STYLES
 from tools.errors import InvalidParameter
 
 WORK_MAX_PIXELS: dict[str, int] = {

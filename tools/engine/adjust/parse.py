@@ -1,155 +1,15 @@
-"""Basic adjustments from a short instruction list: rotate, flip, crop, resize, tones, blur...
+"""Words to adjustments: ``"rotate 90; crop 10 10 200 200; resize 50%; brightness 1.2"``.
 
-``parse_adjustments("rotate 90; crop 10 10 200 200; resize 50%; brightness 1.2")`` turns
-words into :class:`Adjustment` values and :func:`adjust` applies them in order.
-
-How each one is applied lives in :mod:`tools.engine._adjust_ops`.
+The parser is forgiving about phrasing ("turn it left", "black and white", "+20% contrast")
+and strict about meaning: anything it cannot read is refused with the grammar.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from PIL import Image
-
-from tools.engine._adjust_ops import APPLY, Canvas, fmt, too_large
-from tools.engine.imageops import MAX_SIDE, engine_op, normalize
-from tools.engine.types import EngineOutput
-from tools.errors import InvalidParameter
-
-GRAMMAR = """\
-Adjustments are separated by ';', ',', 'and', 'then' or new lines, for example:
-  rotate 90 | rotate -45 | rotate left | rotate right   (degrees; positive = clockwise)
-  flip horizontal | mirror | flip vertical
-  crop 10 10 200 200   (left top right bottom, in pixels) | crop 200x200+10+10 | crop 50%
-  resize 512x512 | resize 50% | scale 2x | width 800 | height 600   (width/height keep the aspect)
-  brightness 1.2 | contrast 0.8 | saturation 1.5   (factor, 1 = unchanged; also +20% or -20%)
-  grayscale | invert | blur 2   (radius in px) | sharpen   (or sharpen 2)
-Example: "rotate 90; crop 10 10 200 200; resize 50%; brightness 1.2; sharpen\""""
-
-_FACTOR_MAX = 10.0
-_BLUR_MAX = 250.0
-_SHARPEN_MAX = 20.0
-
-# op -> number of arguments it takes (None: checked by the op's own rule)
-_OPS: dict[str, int | None] = {
-    "rotate": 1,
-    "flip": 1,
-    "crop": 4,
-    "crop_center": 3,
-    "resize": 2,
-    "scale": 1,
-    "fit": 1,
-    "brightness": 1,
-    "contrast": 1,
-    "saturation": 1,
-    "grayscale": 0,
-    "invert": 0,
-    "blur": 1,
-    "sharpen": 1,
-}
-# positions of the arguments that are words rather than numbers
-_TEXT_ARGS: dict[str, tuple[int, ...]] = {"flip": (0,), "crop_center": (2,)}
-
-
-def _bad(message: str) -> InvalidParameter:
-    return InvalidParameter(f"{message}\n{GRAMMAR}")
-
-
-@dataclass(frozen=True)
-class Adjustment:
-    """One adjustment: an operation name and its arguments.
-
-    ``rotate (degrees clockwise)``, ``flip ("horizontal"|"vertical")``,
-    ``crop (left, top, right, bottom)``, ``crop_center (width, height, "px"|"%")``,
-    ``resize (width, height)`` (0 = keep the aspect), ``scale (factor)``,
-    ``fit (longest side)``, ``brightness/contrast/saturation (factor)``,
-    ``grayscale ()``, ``invert ()``, ``blur (radius px)``, ``sharpen (amount)``.
-    """
-
-    op: str
-    args: tuple[float | int | str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.op not in _OPS:
-            raise _bad(f"unknown adjustment {self.op!r}")
-        if len(self.args) != _OPS[self.op]:
-            raise _bad(f"{self.op} takes {_OPS[self.op]} argument(s), got {self.args!r}")
-        for i, arg in enumerate(self.args):
-            if i in _TEXT_ARGS.get(self.op, ()):
-                if not isinstance(arg, str):
-                    raise _bad(f"{self.op}: argument {i + 1} must be text, got {arg!r}")
-            elif (
-                isinstance(arg, bool) or not isinstance(arg, int | float) or not math.isfinite(arg)
-            ):
-                raise _bad(f"{self.op}: arguments must be finite numbers, got {self.args!r}")
-        check = getattr(self, f"_check_{self.op}", None)
-        if check:
-            check()
-
-    def __str__(self) -> str:
-        return " ".join([self.op, *(fmt(a) for a in self.args)])
-
-    def _check_flip(self) -> None:
-        if self.args[0] not in ("horizontal", "vertical"):
-            raise _bad(f"flip must be horizontal or vertical, got {self.args[0]!r}")
-
-    def _check_crop(self) -> None:
-        left, top, right, bottom = self.args
-        if not all(isinstance(v, int) for v in self.args) or not (
-            0 <= left < right and 0 <= top < bottom  # type: ignore[operator]
-        ):
-            raise _bad(
-                f"crop box {self.args!r} is not a box: it is left top right bottom in whole "
-                "pixels, with 0 ≤ left < right and 0 ≤ top < bottom"
-            )
-
-    def _check_crop_center(self) -> None:
-        w, h, unit = self.args
-        if unit not in ("px", "%") or not (w > 0 and h > 0):  # type: ignore[operator]
-            raise _bad(f"crop size {self.args!r} must be positive, in px or %")
-        if unit == "%" and (w > 100 or h > 100):  # type: ignore[operator]
-            raise _bad(f"crop to {fmt(w)}% × {fmt(h)}%: a crop keeps at most 100%")
-
-    def _check_resize(self) -> None:
-        w, h = self.args
-        if w < 0 or h < 0 or (w == 0 and h == 0):  # type: ignore[operator]
-            raise _bad(f"resize to {fmt(w)}×{fmt(h)}: sizes must be positive")
-        if w > MAX_SIDE or h > MAX_SIDE:  # type: ignore[operator]
-            raise too_large(int(w), int(h))
-
-    def _check_scale(self) -> None:
-        if not 0 < self.args[0] <= 64:  # type: ignore[operator]
-            raise _bad(f"scale factor {fmt(self.args[0])} must be above 0 (and at most 64)")
-
-    def _check_fit(self) -> None:
-        if not 1 <= self.args[0] <= MAX_SIDE:  # type: ignore[operator]
-            raise too_large(int(self.args[0]), int(self.args[0]))
-
-    def _check_factor(self) -> None:
-        if not 0 <= self.args[0] <= _FACTOR_MAX:  # type: ignore[operator]
-            raise _bad(
-                f"{self.op} factor {fmt(self.args[0])} must be between 0 and {_FACTOR_MAX:g} "
-                "(1 = unchanged)"
-            )
-
-    _check_brightness = _check_contrast = _check_saturation = _check_factor
-
-    def _check_blur(self) -> None:
-        if not 0 <= self.args[0] <= _BLUR_MAX:  # type: ignore[operator]
-            raise _bad(f"blur radius {fmt(self.args[0])} must be between 0 and {_BLUR_MAX:g}")
-
-    def _check_sharpen(self) -> None:
-        if not 0 <= self.args[0] <= _SHARPEN_MAX:  # type: ignore[operator]
-            raise _bad(f"sharpen amount {fmt(self.args[0])} must be between 0 and {_SHARPEN_MAX:g}")
-
-
-# ---------------------------------------------------------------------------------------
-# Parsing
-
+from tools.engine.adjust.grammar import Adjustment, bad
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _PHRASES = [
@@ -170,7 +30,7 @@ def parse_adjustments(text: str) -> list[Adjustment]:
     Raises ``InvalidParameter`` (with the grammar and examples) for anything it cannot read.
     """
     if not isinstance(text, str) or not text.strip():
-        raise _bad("no adjustments given")
+        raise bad("no adjustments given")
     lowered = text.lower()
     for pattern, replacement in _PHRASES:
         lowered = pattern.sub(replacement, lowered)
@@ -180,21 +40,21 @@ def parse_adjustments(text: str) -> list[Adjustment]:
         if clause:
             result.append(_parse_clause(clause, raw.strip()))
     if not result:
-        raise _bad("no adjustments given")
+        raise bad("no adjustments given")
     return result
 
 
 def _parse_clause(clause: str, original: str) -> Adjustment:
     words = [w for w in re.split(r"[\s,]+", clause) if w and w not in _FILLER]
     if not words:
-        raise _bad(f"cannot read the adjustment {original!r}")
+        raise bad(f"cannot read the adjustment {original!r}")
     verb, rest = words[0], words[1:]
     parser = _VERBS.get(verb)
     if parser is None:
-        raise _bad(f"unknown adjustment {original!r}")
+        raise bad(f"unknown adjustment {original!r}")
     adjustment = parser(verb, rest)
     if adjustment is None:
-        raise _bad(f"cannot read the adjustment {original!r}")
+        raise bad(f"cannot read the adjustment {original!r}")
     return adjustment
 
 
@@ -427,21 +287,3 @@ _VERBS = {
     **dict.fromkeys(("blur", "gaussian", "soften", "smooth"), _parse_blur),
     **dict.fromkeys(("sharpen", "sharper", "sharpness"), _parse_sharpen),
 }
-
-
-@engine_op("adjust")
-def adjust(image: Image.Image, adjustments: list[Adjustment] | str) -> EngineOutput:
-    """Apply adjustments in order (a string is parsed with :func:`parse_adjustments`)."""
-    if isinstance(adjustments, str):
-        adjustments = parse_adjustments(adjustments)
-    if not adjustments:
-        raise _bad("no adjustments given")
-    for adjustment in adjustments:
-        if not isinstance(adjustment, Adjustment):
-            raise _bad(f"expected Adjustment values, got {type(adjustment).__name__}")
-    canvas = Canvas(normalize(image))
-    notes = [APPLY[a.op](canvas, *a.args) for a in adjustments]
-    out = canvas.pil
-    if out is image:
-        out = image.copy()
-    return EngineOutput(out, notes)

