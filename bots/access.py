@@ -1,9 +1,9 @@
 """Who may use the bot, and how much.
 
 Closed by default: only ``telegram.allowed_user_ids`` (in private chats and in any group, by
-the sender's id), or everyone with ``telegram.public = true``. The :func:`gate` runs before
-every other handler (group -1) and stops refused updates there, so no handler — command,
-message or inline button — can be reached around it.
+the sender's id), or everyone with ``telegram.public = true``. :func:`gate` runs before every
+other handler (group -1) and stops refused updates there, so no handler — command, message or
+inline button — can be reached around it.
 """
 
 from __future__ import annotations

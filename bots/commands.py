@@ -91,12 +91,13 @@ async def cmd_vendor(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     message = update.effective_message
     assert message is not None and update.effective_user is not None
     settings = await storage.get_user(rt.db, update.effective_user.id)
+    vendors = rt.editor.vendor_kinds()
     args = context.args or []
     if args:
         name = args[0]
         if name.lower() in ("auto", "automatic"):
             settings.vendor = None
-        elif name in (vendors := rt.editor.vendor_kinds()):
+        elif name in vendors:
             settings.vendor = name
         else:
             await say(message, f"No vendor {name!r} here; choose: {', '.join(vendors)} or auto.")
