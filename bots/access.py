@@ -14,15 +14,14 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from telegram import Update
 from telegram.constants import ChatType
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
-from bots.state import Runtime, runtime
-from tools import chats
-from tools.config import TelegramSettings
+from bots.settings import TelegramSettings
+from tools.service import Editor
 
 log = logging.getLogger("retouch.bot.access")
 
@@ -45,22 +44,27 @@ def refusal(user_id: int) -> str:
     )
 
 
-async def gate(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Group -1: let allowed users through; answer and stop everyone else."""
-    if not isinstance(update, Update):
+def gate(
+    settings: TelegramSettings,
+) -> Callable[[object, ContextTypes.DEFAULT_TYPE], Awaitable[None]]:
+    """The group -1 handler: let allowed users through; answer and stop everyone else."""
+
+    async def check(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not isinstance(update, Update):
+            raise ApplicationHandlerStop
+        user = update.effective_user
+        if user is not None and allowed(settings, user.id):
+            return
+        if user is None or user.is_bot:
+            raise ApplicationHandlerStop  # channel posts, other bots: nothing to answer
+        log.info("refused update from user %s", user.id)
+        if update.callback_query is not None:
+            await update.callback_query.answer(refusal(user.id)[:200], show_alert=True)
+        elif update.effective_message is not None and _addressed_to_bot(update):
+            await update.effective_message.reply_text(refusal(user.id))
         raise ApplicationHandlerStop
-    rt = runtime(context)
-    user = update.effective_user
-    if user is not None and allowed(rt.settings.telegram, user.id):
-        return
-    if user is None or user.is_bot:
-        raise ApplicationHandlerStop  # channel posts, other bots: nothing to answer
-    log.info("refused update from user %s", user.id)
-    if update.callback_query is not None:
-        await update.callback_query.answer(refusal(user.id)[:200], show_alert=True)
-    elif update.effective_message is not None and _addressed_to_bot(update):
-        await update.effective_message.reply_text(refusal(user.id))
-    raise ApplicationHandlerStop
+
+    return check
 
 
 def _addressed_to_bot(update: Update) -> bool:
@@ -79,15 +83,16 @@ def _addressed_to_bot(update: Update) -> bool:
 
 
 class Limits:
-    """Per-user fairness: concurrent tasks and edits per hour.
+    """Per-user fairness: concurrent tasks and edits per hour, counted by the Editor.
 
     :meth:`slot` checks and reserves under a lock per user, counting edits still being set
     up (images downloading) as well as stored tasks, so two photos sent at once cannot both
     slip past the last free slot — and no one waits for another's download to be answered.
     """
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(self, editor: Editor, settings: TelegramSettings) -> None:
+        self.editor = editor
+        self.settings = settings
         self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._starting: dict[int, int] = defaultdict(int)
 
@@ -106,20 +111,18 @@ class Limits:
 
     async def refusal(self, user_id: int, starting: int = 0) -> str | None:
         """None when the user may start one more edit now; else a friendly reason."""
-        cfg = self.rt.settings.telegram
-        store = self.rt.editor.store
+        cfg = self.settings
         who = owner(user_id)
-        active = await store.count_active(who) + starting
+        active = len(await self.editor.active_tasks(who)) + starting
         if active >= cfg.max_concurrent_per_user:
             return (
                 f"You already have {active} edit{'s' if active != 1 else ''} running "
                 f"(the limit is {cfg.max_concurrent_per_user}). Send it again when one has "
                 "finished — or /cancel one."
             )
-        since = time.time() - 3600
-        recent = await store.count_since(who, since) + starting
+        recent, oldest = await self.editor.usage(who, time.time() - 3600)
+        recent += starting
         if recent >= cfg.edits_per_hour:
-            oldest = await chats.oldest_task_since(self.rt.db, who, since)
             minutes = math.ceil((oldest + 3600 - time.time()) / 60) if oldest else 60
             minutes = max(minutes, 1)
             return (
@@ -128,3 +131,12 @@ class Limits:
                 f"minute{'s' if minutes != 1 else ''}."
             )
         return None
+
+    async def summary(self, user_id: int) -> str:
+        """The user's use of the last hour against the limits (for /status)."""
+        cfg = self.settings
+        recent, _ = await self.editor.usage(owner(user_id), time.time() - 3600)
+        return (
+            f"Edits in the last hour: {recent} of {cfg.edits_per_hour}; at once: up to "
+            f"{cfg.max_concurrent_per_user}."
+        )

@@ -10,7 +10,7 @@ which is before the next poll can confirm it; the Application marks it handled w
 handlers have run; at start-up the updates left unhandled are queued again. An update seen
 twice (replayed, and fetched again because its confirmation never reached Telegram) is
 handled once, and a request message that already started a task starts no other
-(``handlers.start_edit``).
+(``edits.start_edit``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import aiosqlite
 from telegram import Message, Update
 from telegram.ext import Application
 
-from tools import chats
+from bots import storage
 
 log = logging.getLogger("retouch.bot.inbox")
 
@@ -63,7 +63,7 @@ class InboxApplication(Application):  # type: ignore[type-arg]
             await super().process_update(update)
             return
         uid = update.update_id
-        if uid in self._in_hand or await chats.update_done(db, uid):
+        if uid in self._in_hand or await storage.update_done(db, uid):
             return  # being handled, or handled already
         self._in_hand.add(uid)
         try:
@@ -72,7 +72,7 @@ class InboxApplication(Application):  # type: ignore[type-arg]
             if message is not None and self.holds(update):
                 self._held[(message.chat_id, message.message_id)] = uid
             else:
-                await chats.mark_update_done(db, uid)
+                await storage.mark_update_done(db, uid)
         finally:
             self._in_hand.discard(uid)
 
@@ -81,7 +81,7 @@ class InboxApplication(Application):  # type: ignore[type-arg]
         for message in messages:
             uid = self._held.pop((message.chat_id, message.message_id), None)
             if uid is not None and self.inbox_db is not None:
-                await chats.mark_update_done(self.inbox_db, uid)
+                await storage.mark_update_done(self.inbox_db, uid)
 
 
 async def open_inbox(
@@ -95,12 +95,12 @@ async def open_inbox(
     app.holds = holds
 
     async def record(update: Update) -> None:
-        await chats.record_update(db, update.update_id, json.dumps(update.to_dict()))
+        await storage.record_update(db, update.update_id, json.dumps(update.to_dict()))
 
     queue.record = record
     app.inbox_db = db
-    await chats.forget_handled_updates(db, KEEP_HANDLED_S)
-    left = await chats.open_updates(db)
+    await storage.forget_handled_updates(db, KEEP_HANDLED_S)
+    left = await storage.open_updates(db)
     for _, body in left:
         update = Update.de_json(json.loads(body), app.bot)
         if update is not None:

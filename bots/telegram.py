@@ -1,4 +1,5 @@
-"""The Application: built from settings, handlers registered, Editor and tracker attached.
+"""The Application: built from settings (handlers and parts wired by ``bots/app.py``), run
+by polling or by webhook, with the bot token kept out of every log line.
 
     app = build_application(settings)          # token, base_url, base_file_url from settings
     app.run_polling()                          # post_init starts the Editor and the tracker
@@ -15,46 +16,18 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator
-from typing import cast
 from urllib.parse import urlparse
 
-from telegram import BotCommand, Message, Update
-from telegram.error import TelegramError
-from telegram.ext import (
-    Application,
-    ApplicationBuilder,
-    CallbackQueryHandler,
-    CommandHandler,
-    MessageHandler,
-    TypeHandler,
-    filters,
-)
+from telegram import Update
+from telegram.ext import Application, ApplicationBuilder
 
-from bots import handlers
-from bots.access import Limits, gate
-from bots.albums import AlbumCollector
-from bots.captions import FUNCTION_COMMANDS
-from bots.delivery import Tracker
-from bots.inbox import InboxApplication, InboxQueue, open_inbox
+from bots.app import Lifecycle, register
+from bots.inbox import InboxApplication, InboxQueue
 from bots.retry import RetryingLimiter
-from bots.state import KEY, Runtime
-from tools import chats
 from tools.config import Settings
 from tools.errors import ConfigError
-from tools.service import Editor
 
 log = logging.getLogger("retouch.bot")
-
-COMMANDS = [
-    ("start", "Start and see how it works"),
-    ("help", "Examples of what to send"),
-    ("functions", "What I can do here"),
-    ("vendor", "Choose who runs your edits"),
-    ("settings", "Results per edit, seed, photos or files"),
-    ("status", "Your running edits and limits"),
-    ("cancel", "Cancel your running edits"),
-    ("history", "Your last edits, to send again"),
-]
 
 
 def build_application(
@@ -71,8 +44,7 @@ def build_application(
         raise ConfigError("telegram.token is empty: set it in config.toml or TELEGRAM_BOT_TOKEN")
     protect_token(token)
     quiet_http_logs()
-    rt = Runtime(settings, run_worker=run_worker)
-    rt.scan_interval = scan_interval
+    life = Lifecycle(settings, run_worker=run_worker, scan_interval=scan_interval)
     app = (
         ApplicationBuilder()
         .application_class(InboxApplication)
@@ -82,99 +54,13 @@ def build_application(
         .base_file_url(tg.file_base_url)
         .rate_limiter(RetryingLimiter())
         .concurrent_updates(True)
-        .post_init(_post_init)
-        .post_stop(_post_stop)
-        .post_shutdown(_post_shutdown)
+        .post_init(life.post_init)
+        .post_stop(life.post_stop)
+        .post_shutdown(life.post_shutdown)
         .build()
     )
-    app.bot_data[KEY] = rt
-    register(app)
+    register(app, tg)
     return app
-
-
-def register(app: Application) -> None:
-    new = filters.UpdateType.MESSAGE
-    app.add_handler(TypeHandler(Update, gate), group=-1)  # the allow-list guards everything
-    for name, callback in [
-        ("start", handlers.cmd_start),
-        ("help", handlers.cmd_help),
-        ("functions", handlers.cmd_functions),
-        ("vendor", handlers.cmd_vendor),
-        ("settings", handlers.cmd_settings),
-        ("status", handlers.cmd_status),
-        ("cancel", handlers.cmd_cancel),
-        ("history", handlers.cmd_history),
-    ]:
-        app.add_handler(CommandHandler(name, callback, filters=new))
-    app.add_handler(
-        CommandHandler(list(FUNCTION_COMMANDS), handlers.on_function_command, filters=new)
-    )
-    app.add_handler(MessageHandler(new & (filters.PHOTO | filters.Document.ALL), handlers.on_media))
-    app.add_handler(
-        MessageHandler(
-            new & filters.TEXT & filters.REPLY & ~filters.COMMAND, handlers.on_reply_text
-        )
-    )
-    app.add_handler(MessageHandler(new & filters.COMMAND, handlers.on_unknown_command))
-    app.add_handler(MessageHandler(new & filters.TEXT, handlers.on_text))
-    app.add_handler(CallbackQueryHandler(handlers.on_button))
-    app.add_error_handler(handlers.on_error)
-
-
-# ---- life cycle ----------------------------------------------------------------------------
-
-
-async def _post_init(app: Application) -> None:
-    rt: Runtime = app.bot_data[KEY]
-    inbox = cast(InboxApplication, app)  # build_application's class
-    rt.editor = Editor(rt.settings, allow_local_paths=False, run_worker=rt.run_worker)
-    await rt.editor.start()
-    rt.db = await chats.connect(rt.settings.store.path)
-    rt.functions = {f.name: f for f in rt.editor.list_functions() if f.vendors}
-    rt.bot_username = app.bot.username
-    rt.limits = Limits(rt)
-
-    async def album(parts: list[Message]) -> None:
-        try:
-            await handlers.on_album(rt, app.bot, parts)
-        except Exception:
-            log.exception("handling an album failed")
-            with contextlib.suppress(Exception):
-                await handlers.say(
-                    parts[0],
-                    "Sorry — something went wrong on my side with that album. Please try again.",
-                )
-        await inbox.release(parts)
-
-    rt.albums = AlbumCollector(rt.settings.telegram.album_debounce_s, album, app.create_task)
-    rt.tracker = Tracker(rt, app.bot, scan_interval=rt.scan_interval)
-    await rt.tracker.start()
-    with contextlib.suppress(TelegramError):
-        await app.bot.set_my_commands([BotCommand(c, d) for c, d in COMMANDS])
-    await open_inbox(
-        inbox,
-        rt.db,
-        holds=lambda update: bool(
-            update.effective_message and rt.albums.holds(update.effective_message)
-        ),
-    )
-    log.info("bot @%s ready: functions %s", rt.bot_username, ", ".join(rt.functions))
-
-
-async def _post_stop(app: Application) -> None:
-    rt: Runtime = app.bot_data[KEY]
-    if hasattr(rt, "albums"):
-        rt.albums.close()
-    if hasattr(rt, "tracker"):
-        await rt.tracker.stop()
-
-
-async def _post_shutdown(app: Application) -> None:
-    rt: Runtime = app.bot_data[KEY]
-    if hasattr(rt, "db"):
-        await rt.db.close()
-    if hasattr(rt, "editor") and hasattr(rt.editor, "store"):
-        await rt.editor.close()
 
 
 @contextlib.asynccontextmanager

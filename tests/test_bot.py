@@ -15,12 +15,12 @@ from PIL import Image
 from telegram.ext import Application
 
 from bots import captions
+from bots import storage as chats
 from bots.state import Runtime, runtime
 from bots.telegram import build_application, running
 from tests.conftest import MakeSettings, decode, png, sample
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.telegram import Call, FakeBotAPI
-from tools import chats
 from tools.config import Settings
 from tools.service import Editor
 

@@ -2,16 +2,19 @@
 
 Precedence, highest first: explicit overrides (command-line flags), ``RETOUCH_*`` environment
 variables (``__`` nests: ``RETOUCH_VENDORS__DASHSCOPE__API_KEY``), the TOML file, defaults.
-The vendors' own conventional variables (``DASHSCOPE_API_KEY``, ``OPENAI_API_KEY``,
-``TELEGRAM_BOT_TOKEN``) fill a key that is still empty. Vendor tables are validated by their
-kind's own settings class, so a typo in ``[vendors.x]`` is an error naming that key.
+The vendors' own conventional variables (``DASHSCOPE_API_KEY``, ``OPENAI_API_KEY``) fill a
+key that is still empty. Vendor tables are validated by their kind's own settings class, so a
+typo in ``[vendors.x]`` is an error naming that key. A front end declares its own section
+(``[name]``) through the ``retouch.settings`` entry-point group; see :func:`settings_class`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import tomllib
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +26,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -103,18 +107,6 @@ class MCPSettings(Section):
     preview_px: int = Field(512, ge=64, le=2048)
 
 
-class TelegramSettings(Section):
-    token: SecretStr = SecretStr("")
-    api_base_url: str = "https://api.telegram.org/bot"
-    file_base_url: str = "https://api.telegram.org/file/bot"
-    allowed_user_ids: list[int] = Field(default_factory=list)
-    public: bool = False
-    max_concurrent_per_user: int = Field(2, ge=1)
-    edits_per_hour: int = Field(30, ge=1)
-    album_debounce_s: float = Field(1.0, ge=0)
-    webhook_url: str = ""
-
-
 class VendorSettings(BaseModel):
     """Keys every vendor instance takes; a kind's adapter extends this with its own."""
 
@@ -146,7 +138,6 @@ class Settings(BaseSettings):
     media: MediaSettings = Field(default_factory=MediaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     mcp: MCPSettings = Field(default_factory=MCPSettings)
-    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     vendors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     log_level: str = "INFO"
 
@@ -232,6 +223,22 @@ def _explain(exc: ValidationError, source: str, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
+#: The entry-point group through which a front end adds its section to the settings.
+SECTIONS = "retouch.settings"
+
+
+@functools.cache
+def settings_class() -> type[Settings]:
+    """``Settings`` plus a field for each section a front end declares in the
+    ``retouch.settings`` entry-point group (``name = "module:Class"``), so its table is
+    validated, overridden from the environment and refused when misspelt like the core's."""
+    fields: dict[str, Any] = {}
+    for point in entry_points(group=SECTIONS):
+        section = point.load()
+        fields[point.name] = (section, Field(default_factory=section))
+    return create_model("Settings", __base__=Settings, __module__=__name__, **fields)
+
+
 def find_config(path: str | Path | None = None) -> Path | None:
     """The config file to read: ``path``, else ``RETOUCH_CONFIG``, else ./config.toml."""
     if path:
@@ -266,12 +273,10 @@ def load_settings(
             node = node.setdefault(part, {})
         node[leaf] = value
     try:
-        settings = Settings(**data)
+        settings = settings_class()(**data)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, source)) from None
     settings._source = source
-    if not settings.telegram.token.get_secret_value() and os.environ.get("TELEGRAM_BOT_TOKEN"):
-        settings.telegram.token = SecretStr(os.environ["TELEGRAM_BOT_TOKEN"])
     # Relative store paths: a config file's are next to it (dir too); without one, in the
     # user data directory, and a relative dir from the environment is in the working dir.
     store = settings.store

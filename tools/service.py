@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -294,6 +294,29 @@ class Editor:
 
     async def _result_bytes(self, task_id: str, index: int) -> bytes:
         return (await self.store.read_result(task_id, index))[0]
+
+    # ---- what front ends ask about their users' tasks and the vendors ---------------------
+
+    def vendor_kinds(self) -> dict[str, str]:
+        """The enabled vendors: name → kind."""
+        return {name: vendor.kind for name, vendor in self.vendors.items()}
+
+    def vendor_functions(self, vendor: str) -> list[str]:
+        """The catalogue functions an enabled vendor runs, in the vendor's own order."""
+        return list(self._vendor(vendor).capabilities)
+
+    async def active_tasks(self, owner: str) -> list[Task]:
+        """``owner``'s tasks still queued or running, newest first."""
+        return [r.public() for r in await self.store.active(owner)]
+
+    async def usage(self, owner: str, since: float) -> tuple[int, float | None]:
+        """How many tasks ``owner`` started since ``since`` (Unix time), and when the first
+        of them was started (None: none was)."""
+        return await self.store.usage(owner, since)
+
+    async def tasks(self, task_ids: Sequence[str]) -> list[Task]:
+        """The tasks among ``task_ids`` still stored, in no particular order."""
+        return [r.public() for r in await self.store.get_many(task_ids)]
 
 
 def _recordable(request: EditRequest) -> dict[str, Any]:

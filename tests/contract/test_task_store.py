@@ -259,9 +259,12 @@ async def test_get_list_and_counts(store: Store) -> None:
     assert [t.id for t in await store.list(owner="me", limit=2)] == mine[:0:-1]
     await store.finish(mine[0], None, TaskStatus.canceled)
     assert [t.id for t in await store.list(owner="me", unfinished=True)] == mine[:0:-1]
-    assert await store.count_active("me") == 2
-    assert await store.count_since("me", since) == 3
-    assert await store.count_since("me", time.time() + 60) == 0
+    assert [t.id for t in await store.active("me")] == mine[:0:-1]
+    count, oldest = await store.usage("me", since)
+    assert count == 3 and oldest is not None and oldest >= since
+    assert await store.usage("me", time.time() + 60) == (0, None)
+    assert {t.id for t in await store.get_many([mine[1], theirs, "0" * 32])} == {mine[1], theirs}
+    assert await store.get_many([]) == []
     record = await store.get(theirs)
     assert (record.owner, record.status, record.function) == ("them", "queued", "adjust")
 

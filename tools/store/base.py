@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -190,12 +191,16 @@ class Store(abc.ABC):
         ``unfinished``."""
 
     @abc.abstractmethod
-    async def count_active(self, owner: str) -> int:
-        """How many of the owner's tasks are queued or running."""
+    async def active(self, owner: str) -> list[TaskRecord]:
+        """``owner``'s tasks still queued or running, newest first."""
 
     @abc.abstractmethod
-    async def count_since(self, owner: str, since: float) -> int:
-        """How many tasks the owner created at or after ``since``."""
+    async def usage(self, owner: str, since: float) -> tuple[int, float | None]:
+        """How many tasks ``owner`` created at or after ``since``, and when the first was."""
+
+    @abc.abstractmethod
+    async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        """The tasks among ``task_ids`` that exist, in no particular order."""
 
     @abc.abstractmethod
     async def find_by_vendor_task(self, vendor: str, vendor_task_id: str) -> TaskRecord | None: ...

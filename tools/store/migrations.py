@@ -1,10 +1,10 @@
 """Schemas as small numbered steps, applied in order and recorded in ``_migrations``.
 
-Each subsystem keeps its own set (the core's tasks and blobs here; the Telegram bot's in
-``bots/migrations.py``); all sets record their steps in the one ``_migrations`` table, by
-name, so a step moved from one set to another keeps its name and never runs twice. Add a
-step by appending a function decorated with the set's ``step``; never edit one that has
-shipped. Each step runs in the same transaction as its record.
+Each subsystem keeps its own set (the core's tasks and blobs here; a front end's tables in
+its own package); all sets record their steps in the one ``_migrations`` table, by name, so
+a step moved from one set to another keeps its name and never runs twice. Add a step by
+appending a function decorated with the set's ``step``; never edit one that has shipped.
+Each step runs in the same transaction as its record.
 """
 
 from __future__ import annotations
@@ -140,61 +140,6 @@ async def m002_blobs(db: aiosqlite.Connection) -> None:
 
 
 @migration
-async def m003_telegram(db: aiosqlite.Connection) -> None:
-    """The Telegram bot's state: chat ↔ task mapping with delivery state, sent result
-    messages (so a reply to a result edits it), and per-user settings."""
-    await db.execute(
-        """
-        CREATE TABLE tg_tasks (
-            task_id TEXT PRIMARY KEY REFERENCES tasks (id) ON DELETE CASCADE,
-            chat_id INTEGER NOT NULL,
-            user_id INTEGER NOT NULL,
-            request_message_id INTEGER,
-            status_message_id INTEGER,
-            status_text TEXT,
-            note TEXT,
-            delivery TEXT NOT NULL DEFAULT 'pending'
-                CHECK (delivery IN ('pending', 'sending', 'delivered', 'failed')),
-            sent_items INTEGER NOT NULL DEFAULT 0,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            next_attempt_at REAL NOT NULL DEFAULT 0,
-            last_error TEXT,
-            created_at REAL NOT NULL,
-            claimed_at REAL,
-            delivered_at REAL
-        )
-        """
-    )
-    await db.execute("CREATE INDEX tg_tasks_delivery ON tg_tasks (delivery, next_attempt_at)")
-    await db.execute("CREATE INDEX tg_tasks_user ON tg_tasks (user_id, created_at)")
-    await db.execute(
-        """
-        CREATE TABLE tg_messages (
-            chat_id INTEGER NOT NULL,
-            message_id INTEGER NOT NULL,
-            task_id TEXT NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
-            idx INTEGER NOT NULL,
-            file_id TEXT,
-            PRIMARY KEY (chat_id, message_id)
-        )
-        """
-    )
-    await db.execute("CREATE INDEX tg_messages_task ON tg_messages (task_id)")
-    await db.execute(
-        """
-        CREATE TABLE tg_users (
-            user_id INTEGER PRIMARY KEY,
-            vendor TEXT,
-            n INTEGER NOT NULL DEFAULT 1,
-            seed INTEGER,
-            originals INTEGER NOT NULL DEFAULT 0,
-            updated_at REAL NOT NULL
-        )
-        """
-    )
-
-
-@migration
 async def m004_link_results_in_the_database(db: aiosqlite.Connection) -> None:
     """A task's results are linked to their files (``task_blobs``, which protects them from
     clean-up) by the statement that records them: the end of a task is one statement, so
@@ -211,25 +156,6 @@ async def m004_link_results_in_the_database(db: aiosqlite.Connection) -> None:
         END
         """
     )
-
-
-@migration
-async def m005_telegram_inbox(db: aiosqlite.Connection) -> None:
-    """Every update the bot receives, kept until it has been handled: Telegram forgets an
-    update once the next poll confirms it, so a bot killed after that poll but before its
-    handler ran would otherwise lose the request."""
-    await db.execute(
-        """
-        CREATE TABLE tg_inbox (
-            update_id INTEGER PRIMARY KEY,
-            body TEXT NOT NULL,
-            received_at REAL NOT NULL,
-            done_at REAL
-        )
-        """
-    )
-    await db.execute("CREATE INDEX tg_inbox_open ON tg_inbox (done_at)")
-    await db.execute("CREATE INDEX tg_tasks_message ON tg_tasks (chat_id, request_message_id)")
 
 
 @migration

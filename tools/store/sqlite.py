@@ -10,7 +10,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -208,19 +208,6 @@ class SQLiteStore(Store):
             f"SELECT * FROM tasks {clause} ORDER BY seq DESC LIMIT ?", (*params, limit)
         )
         return [TaskRecord.from_row(r) for r in rows]
-
-    async def count_active(self, owner: str) -> int:
-        rows = await self.db.execute_fetchall(
-            "SELECT COUNT(*) FROM tasks WHERE owner = ? AND status IN ('queued', 'running')",
-            (owner,),
-        )
-        return int(rows[0][0])
-
-    async def count_since(self, owner: str, since: float) -> int:
-        rows = await self.db.execute_fetchall(
-            "SELECT COUNT(*) FROM tasks WHERE owner = ? AND created_at >= ?", (owner, since)
-        )
-        return int(rows[0][0])
 
     async def claim(
         self, vendor: str, worker: str, *, capacity: int, lease_s: float
@@ -445,3 +432,33 @@ class SQLiteStore(Store):
             count, freed = await self._delete_orphans(list(dict.fromkeys(shas)))
             removed, total = removed + count, total - freed
         return removed
+
+    # ---- owner queries -----------------------------------------------------------------
+
+    async def active(self, owner: str) -> list[TaskRecord]:
+        """``owner``'s tasks still queued or running, newest first."""
+        rows = await self.db.execute_fetchall(
+            "SELECT * FROM tasks WHERE owner = ? AND status IN ('queued', 'running')"
+            " ORDER BY seq DESC",
+            (owner,),
+        )
+        return [TaskRecord.from_row(r) for r in rows]
+
+    async def usage(self, owner: str, since: float) -> tuple[int, float | None]:
+        """How many tasks ``owner`` created at or after ``since``, and when the first was."""
+        rows = await self.db.execute_fetchall(
+            "SELECT COUNT(*), MIN(created_at) FROM tasks WHERE owner = ? AND created_at >= ?",
+            (owner, since),
+        )
+        count, oldest = rows[0]
+        return int(count), oldest
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        """The tasks among ``task_ids`` that exist, in no particular order."""
+        if not task_ids:
+            return []
+        marks = ",".join("?" * len(task_ids))
+        rows = await self.db.execute_fetchall(
+            f"SELECT * FROM tasks WHERE id IN ({marks})", tuple(task_ids)
+        )
+        return [TaskRecord.from_row(r) for r in rows]

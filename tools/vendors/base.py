@@ -1,6 +1,6 @@
 """The one interface every vendor adapter implements.
 
-An adapter knows its wire protocol and nothing else: no MCP, no Telegram, no store. The
+An adapter knows its wire protocol and nothing else: no MCP, no front end, no store. The
 worker (``tools/worker.py``) hands it a ``Job`` whose images are already loaded and checked,
 and drives it through ``submit`` → (``poll`` | callback) → ``Finished``. Adapters do not
 retry: they raise the right ``VendorError`` and the worker decides, from ``retryable`` and

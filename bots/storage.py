@@ -1,4 +1,4 @@
-"""Data access for the Telegram bot's tables (``m003_telegram`` in tools/store/migrations.py).
+"""The bot's own tables (created by ``bots/migrations.py``), one function per question.
 
     tg_tasks     one row per task a chat asked for: where to answer (chat, request message,
                  status message) and the delivery state of its results:
@@ -7,12 +7,14 @@
     tg_messages  every result message the bot sent → (task, result index), so a reply to a
                  result edits the stored original, not Telegram's recompressed copy.
     tg_users     per-user settings: vendor, n, seed, originals.
+    tg_inbox     every update received, until its handlers have run (``bots/inbox.py``).
 
 The bot opens its own connection (:func:`connect`) to the store's database file: SQLite's
 own locking (WAL, ``BEGIN IMMEDIATE``, busy timeout) then orders its writes with the
 Editor's, instead of interleaving statements on one shared connection. Every write here is a
 single statement, so each is atomic on its own. Rows go away with their task (``ON DELETE
-CASCADE``) when the store forgets tasks past retention.
+CASCADE``) when the store forgets tasks past retention. Nothing here reads the core's
+tables: what the bot needs to know about tasks it asks the Editor.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Any
 
 import aiosqlite
 
-from tools.store.migrations import CORE, migrate
+from bots.migrations import BOT
+from tools.store.migrations import migrate
 
 PENDING, SENDING, DELIVERED, FAILED = "pending", "sending", "delivered", "failed"
 
@@ -54,15 +57,6 @@ class ChatTask:
 
 
 @dataclass
-class PendingTask:
-    """A row waiting for delivery, with its task's current state."""
-
-    chat: ChatTask
-    status: str
-    progress: str | None
-
-
-@dataclass
 class UserSettings:
     user_id: int
     vendor: str | None = None
@@ -79,7 +73,7 @@ async def connect(path: Path | str) -> aiosqlite.Connection:
     await db.execute("PRAGMA synchronous=NORMAL")
     await db.execute("PRAGMA foreign_keys=ON")
     await db.execute("PRAGMA busy_timeout=30000")
-    await migrate(db, CORE)
+    await migrate(db, BOT)
     return db
 
 
@@ -128,17 +122,15 @@ async def set_status_text(db: aiosqlite.Connection, task_id: str, text: str) -> 
     await _one(db, "UPDATE tg_tasks SET status_text = ? WHERE task_id = ?", (text, task_id))
 
 
-async def pending(db: aiosqlite.Connection, *, limit: int = 500) -> list[PendingTask]:
-    """Rows still to deliver whose retry time has come, oldest first, with task state."""
+async def pending(db: aiosqlite.Connection, *, limit: int = 500) -> list[ChatTask]:
+    """Rows still to deliver whose retry time has come, oldest first."""
     rows = await _one(
         db,
-        "SELECT c.*, t.status AS task_status, t.progress AS task_progress"
-        " FROM tg_tasks c JOIN tasks t ON t.id = c.task_id"
-        " WHERE c.delivery = 'pending' AND c.next_attempt_at <= ?"
-        " ORDER BY c.created_at LIMIT ?",
+        "SELECT * FROM tg_tasks WHERE delivery = 'pending' AND next_attempt_at <= ?"
+        " ORDER BY created_at LIMIT ?",
         (time.time(), limit),
     )
-    return [PendingTask(ChatTask.from_row(r), r["task_status"], r["task_progress"]) for r in rows]
+    return [ChatTask.from_row(r) for r in rows]
 
 
 async def claim(db: aiosqlite.Connection, task_id: str) -> ChatTask | None:
@@ -204,28 +196,6 @@ async def recover_interrupted(db: aiosqlite.Connection) -> int:
         (),
     )
     return len(rows)
-
-
-async def active_for_user(db: aiosqlite.Connection, user_id: int) -> list[str]:
-    """Task ids of this user's rows not yet delivered (newest first)."""
-    rows = await _one(
-        db,
-        "SELECT c.task_id FROM tg_tasks c JOIN tasks t ON t.id = c.task_id"
-        " WHERE c.user_id = ? AND t.status IN ('queued', 'running')"
-        " ORDER BY c.created_at DESC",
-        (user_id,),
-    )
-    return [r[0] for r in rows]
-
-
-async def oldest_task_since(db: aiosqlite.Connection, owner: str, since: float) -> float | None:
-    """When the oldest of ``owner``'s tasks created after ``since`` was created."""
-    rows = await _one(
-        db,
-        "SELECT MIN(created_at) FROM tasks WHERE owner = ? AND created_at >= ?",
-        (owner, since),
-    )
-    return rows[0][0] if rows and rows[0][0] is not None else None
 
 
 # ---- sent result messages ------------------------------------------------------------------
