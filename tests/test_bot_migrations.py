@@ -12,8 +12,8 @@ from tests import test_bot as harness
 from tests.conftest import png
 from tests.fakes.telegram import FakeBotAPI
 from tests.test_bot import USER, BotSettings, bot, says, wait_delivered
-from tools.store import Store
 from tools.store.migrations import CORE
+from tools.store.sqlite import SQLiteStore as Store
 
 fake = harness.fake  # the bot harness's fixtures, shared
 bot_settings = harness.bot_settings
