@@ -98,10 +98,15 @@ class Capability:
 
 
 class Vendor(ABC):
-    """Base class of the adapters; one instance per configured vendor."""
+    """Base class of the adapters; one instance per configured vendor.
 
-    kind: ClassVar[str]
+    A kind is registered by its entry point (``tools/vendors/registry.py``), whose name is the
+    kind: the adapter does not repeat it.
+    """
+
     Settings: ClassVar[type[VendorSettings]] = VendorSettings
+    #: The vendor's conventional environment variable for an empty ``api_key``.
+    key_env: ClassVar[str | None] = None
     completion: ClassVar[Literal["sync", "poll", "callback"]] = "sync"
     #: True when submitting the same job twice cannot bill twice (safe to resubmit).
     idempotent_submit: ClassVar[bool] = False
@@ -113,6 +118,10 @@ class Vendor(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+    @property
+    def kind(self) -> str:
+        return self.settings.kind
 
     @property
     @abstractmethod

@@ -74,7 +74,6 @@ DEFAULT_PROMPTS = {
 
 
 class DashScopeSettings(VendorSettings):
-    kind: str = "dashscope"
     base_url: str = "https://dashscope.aliyuncs.com"
     model: str = Field("wanx2.1-imageedit", description="model of the wanx functions")
     edit_model: str = Field("qwen-image-edit-plus", description="model of `edit`")
@@ -144,7 +143,7 @@ def plus_series(model: str) -> bool:
 
 
 class DashScopeVendor(Vendor):
-    kind = "dashscope"
+    key_env: ClassVar[str | None] = "DASHSCOPE_API_KEY"
     Settings: ClassVar[type[VendorSettings]] = DashScopeSettings
     completion = "poll"
 

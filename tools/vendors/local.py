@@ -29,7 +29,6 @@ _ROOT = Path(__file__).resolve().parents[2]  # holds the ``tools`` package
 
 
 class LocalSettings(VendorSettings):
-    kind: str = "local"
     max_concurrent: int = Field(2, ge=1)
     submit_rps: float = Field(1000, gt=0)
     esrgan: Literal["auto", "off"] = "auto"
@@ -50,7 +49,6 @@ METHOD = F({"method"})
 
 
 class LocalVendor(Vendor):
-    kind = "local"
     Settings = LocalSettings
     completion = "sync"
     idempotent_submit = True  # nothing is billed; a rerun after a crash is harmless

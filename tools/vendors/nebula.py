@@ -80,7 +80,6 @@ class NebulaSettings(VendorSettings):
     (800 and 500 characters), which ai-nebula forwards to.
     """
 
-    kind: str = "nebula"
     base_url: str = "https://llm.ai-nebula.com"
     model: str = "qwen-image-edit-plus"
     min_side: int = Field(384, ge=1)
@@ -98,7 +97,6 @@ class NebulaSettings(VendorSettings):
 class NebulaVendor(Vendor):
     """ai-nebula's ``/v1/images/generations`` for qwen-image-edit-plus."""
 
-    kind: ClassVar[str] = "nebula"
     Settings: ClassVar[type[VendorSettings]] = NebulaSettings
     completion: ClassVar = "sync"
 

@@ -98,7 +98,6 @@ class OpenAISettings(VendorSettings):
     ``response_format`` is sent only when set (``url`` or ``b64_json``; dall-e-2 and DGrid).
     """
 
-    kind: str = "openai"
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-image-1"
     organization: str = ""
@@ -168,7 +167,7 @@ class OpenAISettings(VendorSettings):
 class OpenAIVendor(Vendor):
     """``/images/edits`` multipart protocol (OpenAI, DGrid)."""
 
-    kind: ClassVar[str] = "openai"
+    key_env: ClassVar[str | None] = "OPENAI_API_KEY"
     Settings: ClassVar[type[VendorSettings]] = OpenAISettings
     completion: ClassVar = "sync"
 

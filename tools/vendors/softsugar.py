@@ -78,7 +78,6 @@ class SoftSugarSettings(VendorSettings):
     URLs, so Retouch cannot shrink them: larger ones are refused.
     """
 
-    kind: str = "softsugar"
     base_url: str = "https://aigc.softsugar.com"
     app_id: str = ""
     app_key: SecretStr = SecretStr("")
@@ -95,7 +94,6 @@ class SoftSugarSettings(VendorSettings):
 class SoftSugarVendor(Vendor):
     """SoftSugar ``2dvh`` single image edit."""
 
-    kind: ClassVar[str] = "softsugar"
     Settings: ClassVar[type[VendorSettings]] = SoftSugarSettings
     completion: ClassVar = "callback"
 
