@@ -38,9 +38,8 @@ from tools.vendors.base import (
     OutputImage,
     json_body,
     redact,
-    retry_after,
-    transport_error,
 )
+from tools.vendors.classify import retry_after, transport_error
 
 #: Header that makes DashScope resolve ``oss://`` URLs in a request body.
 RESOLVE_HEADER = {"X-DashScope-OssResourceResolve": "enable"}

@@ -9,9 +9,7 @@ retry: they raise the right ``VendorError`` and the worker decides, from ``retry
 
 from __future__ import annotations
 
-import email.utils
 import re
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,13 +20,7 @@ import httpx
 
 from tools.catalog import FUNCTIONS, MaskRule, set_params
 from tools.config import VendorSettings
-from tools.errors import (
-    InvalidParameter,
-    Unsupported,
-    VendorError,
-    VendorFault,
-    VendorTimeout,
-)
+from tools.errors import InvalidParameter, Unsupported, VendorError, VendorFault
 from tools.media import InputImage
 from tools.models import EditRequest, Expand, ImageFailure
 
@@ -221,40 +213,6 @@ def redact(text: str, *secrets: str) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return _KEY_LIKE.sub(r"\1***", text)
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP date)."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    if "retry-after-ms" in lower:
-        try:
-            return max(0.0, float(lower["retry-after-ms"]) / 1000)
-        except ValueError:
-            pass
-    value = lower.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-def transport_error(exc: httpx.HTTPError, vendor: str, *, submitting: bool = False) -> VendorError:
-    """Classify a failure below HTTP (no usable answer arrived)."""
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-        return VendorFault(f"{vendor}: cannot connect ({type(exc).__name__})", vendor=vendor)
-    if isinstance(exc, httpx.TimeoutException):
-        # The request may have reached the vendor: resubmitting might bill twice.
-        return VendorTimeout(
-            f"{vendor}: no answer in time", vendor=vendor, maybe_submitted=submitting or None
-        )
-    return VendorFault(
-        f"{vendor}: connection failed ({type(exc).__name__})",
-        vendor=vendor,
-        maybe_submitted=submitting or None,
-    )
 
 
 def json_body(response: httpx.Response, vendor: str) -> Any:

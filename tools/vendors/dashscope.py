@@ -41,8 +41,8 @@ from tools.vendors.base import (
     Pending,
     Vendor,
     json_body,
-    transport_error,
 )
+from tools.vendors.classify import transport_error
 
 WANX_PATH = "/api/v1/services/aigc/image2image/image-synthesis"
 EDIT_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
