@@ -84,11 +84,11 @@ class Dialect:
     def class_of_code(self, code: str | None) -> type[VendorError] | None:
         if not code:
             return None
-        lowered = {k.lower(): v for k, v in self.codes.items()}
-        parts = code.lower().split(".")
-        for candidate in (code.lower(), *reversed(parts)):
-            if candidate in lowered:
-                return lowered[candidate]
+        known = {k.lower(): v for k, v in self.codes.items()}
+        code = code.lower()
+        for candidate in (code, *reversed(code.split("."))):
+            if candidate in known:
+                return known[candidate]
         return None
 
 
@@ -121,27 +121,24 @@ def classify(dialect: Dialect, answer: Answer, text: str, **details: Any) -> Ven
 def _row(d: Dialect, a: Answer) -> tuple[type[VendorError], bool]:
     """The table above, row by row: (the error class, whether a fault is transient)."""
     words = a.words.lower()
-    vendor_failed = a.status is not None and a.status >= 500
+    heard = a.status is None or a.status < 500  # rows 1, 3, 4: words count below a 5xx
     coded = d.class_of_code(a.code)
-    if not vendor_failed and _says(words, d.quota_words):
+    by_status = {**STATUSES, **d.statuses}.get(a.status) if a.status is not None else None
+    if heard and _says(words, d.quota_words):  # 1
         return QuotaError, False
-    if coded is not None:
+    if coded is not None:  # 2
         return coded, True
-    if not vendor_failed and _says(words, d.auth_words):
+    if heard and _says(words, d.auth_words):  # 3
         return AuthError, False
-    if not vendor_failed and _says(words, d.throttle_words):
+    if heard and _says(words, d.throttle_words):  # 4
         return Throttled, True
-    if a.status is not None:
-        by_status = {**STATUSES, **d.statuses}.get(a.status)
-        if by_status is None and vendor_failed:
-            by_status = VendorFault
-        if by_status is not None:
-            return by_status, True
-    if _says(words, d.moderation_words):
+    if by_status is not None or not heard:  # 5
+        return by_status or VendorFault, True
+    if _says(words, d.moderation_words):  # 6
         return ContentRejected, False
-    if a.status is None:
+    if a.status is None:  # 7, 8
         return (VendorFault if _says(words, d.fault_words) else d.failed), False
-    return d.refused, False
+    return d.refused, False  # 9
 
 
 def _says(words: str, table: Words) -> bool:
