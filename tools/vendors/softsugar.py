@@ -62,9 +62,9 @@ EDIT_PATH = "/api/2dvh/v1/material/single/image/edit"
 TOKEN_WORDS = tuple(
     ("token", w) for w in ("expired", "invalid", "illegal", "unauthorized", "过期", "失效")
 )
-#: SoftSugar documents no error codes but 0 (F1): its messages tell the errors apart, and its
-#: envelope may carry 401/403 with HTTP 200. A failed task whose message names the vendor's
-#: own trouble is a fault, any other a rejection of the input.
+#: SoftSugar's codes say little (0 is success, 3333 any request problem, F1): its messages
+#: tell the errors apart, and its envelope may carry 401/403 with HTTP 200. A failed task whose
+#: message names the vendor's own trouble is a fault, any other a rejection of the input.
 DIALECT = Dialect(
     codes={"401": AuthError, "403": AuthError},
     quota_words=("quota", "balance", "insufficient", "arrear", "余额", "额度", "欠费"),
@@ -408,7 +408,7 @@ class SoftSugarVendor(Vendor):
         what = "sign-in" if signing_in else "create"
         return classify(
             SIGN_IN_DIALECT if signing_in else DIALECT,
-            Answer(response.status_code, _text(code), message, response.headers),
+            Answer(response.status_code, _code_text(code), message, response.headers),
             f"{self.name}: {what} failed: {message[:500]}",
             vendor=self.name,
             request_id=response.headers.get("x-request-id") or _first(envelope, "requestId"),
@@ -481,7 +481,7 @@ def _token_rejected(response: httpx.Response, envelope: dict[str, Any]) -> bool:
     return any(all(w in message for w in words) for words in TOKEN_WORDS)
 
 
-def _text(code: Any) -> str | None:
+def _code_text(code: Any) -> str | None:
     return str(code) if code not in (None, "") else None
 
 
