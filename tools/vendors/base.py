@@ -1,10 +1,10 @@
 """The one interface every vendor adapter implements.
 
-An adapter knows its wire protocol and nothing else: no MCP, no Telegram, no store. The
-worker (``tools/worker.py``) hands it a ``Job`` whose images are already loaded and checked,
-and drives it through ``submit`` → (``poll`` | callback) → ``Finished``. Adapters do not
-retry: they raise the right ``VendorError`` and the worker decides, from ``retryable`` and
-``retry_after``, whether and when to try again.
+An adapter knows its wire protocol and nothing else: no front end, no store. The worker
+(``tools/worker.py``) hands it a ``Job`` whose images are already loaded and checked, and
+drives it through ``submit`` → (``poll`` | callback) → ``Finished``. Adapters do not retry:
+they raise the right ``VendorError`` (``classify.py`` maps error answers to one) and the
+worker decides, from ``retryable`` and ``retry_after``, whether and when to try again.
 """
 
 from __future__ import annotations
