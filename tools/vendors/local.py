@@ -89,7 +89,7 @@ class LocalVendor(Vendor):
 
     async def warm_up(self) -> None:
         # OpenCV and numpy take ~0.3 s to import: at the first edit, on the event loop, that
-        # held up every other request (Telegram acknowledgements: p95 0.6 → 1.0 s).
+        # held up every other request (the bot's acknowledgements: p95 0.6 → 1.0 s).
         await asyncio.to_thread(_load_engine)
 
     async def submit(self, job: Job) -> Finished:
