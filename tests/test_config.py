@@ -79,7 +79,8 @@ def test_unknown_kind_and_bad_toml(tmp_path: Path) -> None:
 def test_example_config_loads_and_documents_every_setting() -> None:
     import re
 
-    from tools.config import VENDOR_KINDS, Settings, vendor_class
+    from tools.config import Settings
+    from tools.vendors.registry import kinds, vendor_class
 
     example = Path(__file__).resolve().parent.parent / "config.example.toml"
     settings = load_settings(example)
@@ -91,7 +92,7 @@ def test_example_config_loads_and_documents_every_setting() -> None:
         sub = getattr(field.annotation, "model_fields", None)
         if sub:
             missing += [f"{name}.{k}" for k in sub if k not in documented]
-    for kind in VENDOR_KINDS:
+    for kind in kinds():
         missing += [
             f"{kind}.{k}" for k in vendor_class(kind).Settings.model_fields if k not in documented
         ]

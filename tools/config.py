@@ -11,7 +11,6 @@ typo in ``[vendors.x]`` is an error naming that key. A front end declares its ow
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import tomllib
 from importlib.metadata import entry_points
@@ -28,24 +27,14 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tools.errors import ConfigError
+from tools.vendors import registry
 
 MB = 1024 * 1024
-
-#: kind → "module:Class" of the vendor adapter (each module holds its own Settings class).
-VENDOR_KINDS: dict[str, str] = {
-    "local": "tools.vendors.local:LocalVendor",
-    "dashscope": "tools.vendors.dashscope:DashScopeVendor",
-    "openai": "tools.vendors.openai:OpenAIVendor",
-    "nebula": "tools.vendors.nebula:NebulaVendor",
-    "softsugar": "tools.vendors.softsugar:SoftSugarVendor",
-}
-
-#: Conventional environment variables honoured for a kind's empty ``api_key``.
-VENDOR_KEY_ENV = {"dashscope": "DASHSCOPE_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
 class Section(BaseModel):
@@ -127,6 +116,16 @@ class VendorSettings(BaseModel):
     price_per_image: float | None = Field(None, ge=0)
     currency: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _own_kind(cls, data: Any) -> Any:
+        """A kind's settings class knows its kind from the registry, so it need not repeat it."""
+        if isinstance(data, dict) and "kind" not in data:
+            kind = registry.kind_of(cls.__module__)
+            if kind is not None:
+                return {**data, "kind": kind}
+        return data
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -179,16 +178,16 @@ class Settings(BaseSettings):
             table = dict(table)
             kind = str(table.get("kind") or name)
             table["kind"] = kind
-            if kind not in VENDOR_KINDS:
+            if kind not in registry.kinds():
                 raise ConfigError(
                     f"{self.source}: vendors.{name}.kind: unknown kind {kind!r}; "
-                    f"known kinds: {', '.join(VENDOR_KINDS)}"
+                    f"known kinds: {', '.join(registry.kinds()) or 'none (is Retouch installed?)'}"
                 )
-            env_key = VENDOR_KEY_ENV.get(kind)
-            if env_key and not table.get("api_key") and os.environ.get(env_key):
-                table["api_key"] = os.environ[env_key]
+            cls = registry.vendor_class(kind)
+            if cls.key_env and not table.get("api_key") and os.environ.get(cls.key_env):
+                table["api_key"] = os.environ[cls.key_env]
             try:
-                out[name] = vendor_class(kind).Settings.model_validate(table)
+                out[name] = cls.Settings.model_validate(table)
             except ValidationError as exc:
                 raise ConfigError(_explain(exc, self.source, f"vendors.{name}")) from None
         return out
@@ -204,11 +203,6 @@ def _secret(key: str, value: Any) -> Any:
     if isinstance(value, str) and key.endswith(SECRET_KEYS):
         return SecretStr(value)
     return value
-
-
-def vendor_class(kind: str) -> Any:
-    module, _, attr = VENDOR_KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def _explain(exc: ValidationError, source: str, prefix: str = "") -> str:

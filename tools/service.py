@@ -17,12 +17,13 @@ from typing import Any
 import httpx
 
 from tools import catalog, media
-from tools.config import Settings, vendor_class
+from tools.config import Settings
 from tools.errors import InvalidParameter, NotFound, RetouchError, Unsupported
 from tools.models import EditRequest, FunctionInfo, Task, TaskStatus
 from tools.notifier import Notifier
 from tools.store import Store, open_store
 from tools.vendors.base import Vendor
+from tools.vendors.registry import kinds_that_can, vendor_class
 from tools.worker import Intake, Worker
 
 Progress = Callable[[Task], Awaitable[None]]
@@ -262,7 +263,7 @@ class Editor:
                 + "; ".join(r.message for r in refusals),
                 function=request.function,
             )
-        able = _kinds_that_can(request.function)
+        able = kinds_that_can(request.function)
         raise Unsupported(
             f"no enabled vendor can run {request.function}"
             + (
@@ -333,18 +334,3 @@ def _recordable(request: EditRequest) -> dict[str, Any]:
         s if s.startswith(("http://", "https://")) else None for s in request.images
     ]
     return data
-
-
-def _kinds_that_can(function: str) -> list[str]:
-    from tools.config import VENDOR_KINDS
-
-    kinds = []
-    for kind in VENDOR_KINDS:
-        try:
-            cls = vendor_class(kind)
-            probe = cls(kind, cls.Settings(kind=kind), None)
-            if function in probe.capabilities:
-                kinds.append(kind)
-        except Exception:
-            continue
-    return kinds

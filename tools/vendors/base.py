@@ -1,17 +1,15 @@
 """The one interface every vendor adapter implements.
 
-An adapter knows its wire protocol and nothing else: no MCP, no front end, no store. The
-worker (``tools/worker.py``) hands it a ``Job`` whose images are already loaded and checked,
-and drives it through ``submit`` → (``poll`` | callback) → ``Finished``. Adapters do not
-retry: they raise the right ``VendorError`` and the worker decides, from ``retryable`` and
-``retry_after``, whether and when to try again.
+An adapter knows its wire protocol and nothing else: no front end, no store. The worker
+(``tools/worker/``) hands it a ``Job`` whose images are already loaded and checked, and
+drives it through ``submit`` → (``poll`` | callback) → ``Finished``. Adapters do not retry:
+they raise the right ``VendorError`` (``classify.py`` maps error answers to one) and the
+worker decides, from ``retryable`` and ``retry_after``, whether and when to try again.
 """
 
 from __future__ import annotations
 
-import email.utils
 import re
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,13 +20,7 @@ import httpx
 
 from tools.catalog import FUNCTIONS, MaskRule, set_params
 from tools.config import VendorSettings
-from tools.errors import (
-    InvalidParameter,
-    Unsupported,
-    VendorError,
-    VendorFault,
-    VendorTimeout,
-)
+from tools.errors import InvalidParameter, Unsupported, VendorError, VendorFault
 from tools.media import InputImage
 from tools.models import EditRequest, Expand, ImageFailure
 
@@ -98,10 +90,15 @@ class Capability:
 
 
 class Vendor(ABC):
-    """Base class of the adapters; one instance per configured vendor."""
+    """Base class of the adapters; one instance per configured vendor.
 
-    kind: ClassVar[str]
+    A kind is registered by its entry point (``tools/vendors/registry.py``), whose name is the
+    kind: the adapter does not repeat it.
+    """
+
     Settings: ClassVar[type[VendorSettings]] = VendorSettings
+    #: The vendor's conventional environment variable for an empty ``api_key``.
+    key_env: ClassVar[str | None] = None
     completion: ClassVar[Literal["sync", "poll", "callback"]] = "sync"
     #: True when submitting the same job twice cannot bill twice (safe to resubmit).
     idempotent_submit: ClassVar[bool] = False
@@ -113,6 +110,10 @@ class Vendor(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+    @property
+    def kind(self) -> str:
+        return self.settings.kind
 
     @property
     @abstractmethod
@@ -212,40 +213,6 @@ def redact(text: str, *secrets: str) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return _KEY_LIKE.sub(r"\1***", text)
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP date)."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    if "retry-after-ms" in lower:
-        try:
-            return max(0.0, float(lower["retry-after-ms"]) / 1000)
-        except ValueError:
-            pass
-    value = lower.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-def transport_error(exc: httpx.HTTPError, vendor: str, *, submitting: bool = False) -> VendorError:
-    """Classify a failure below HTTP (no usable answer arrived)."""
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-        return VendorFault(f"{vendor}: cannot connect ({type(exc).__name__})", vendor=vendor)
-    if isinstance(exc, httpx.TimeoutException):
-        # The request may have reached the vendor: resubmitting might bill twice.
-        return VendorTimeout(
-            f"{vendor}: no answer in time", vendor=vendor, maybe_submitted=submitting or None
-        )
-    return VendorFault(
-        f"{vendor}: connection failed ({type(exc).__name__})",
-        vendor=vendor,
-        maybe_submitted=submitting or None,
-    )
 
 
 def json_body(response: httpx.Response, vendor: str) -> Any:

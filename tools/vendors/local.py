@@ -29,7 +29,6 @@ _ROOT = Path(__file__).resolve().parents[2]  # holds the ``tools`` package
 
 
 class LocalSettings(VendorSettings):
-    kind: str = "local"
     max_concurrent: int = Field(2, ge=1)
     submit_rps: float = Field(1000, gt=0)
     esrgan: Literal["auto", "off"] = "auto"
@@ -50,7 +49,6 @@ METHOD = F({"method"})
 
 
 class LocalVendor(Vendor):
-    kind = "local"
     Settings = LocalSettings
     completion = "sync"
     idempotent_submit = True  # nothing is billed; a rerun after a crash is harmless
@@ -91,7 +89,7 @@ class LocalVendor(Vendor):
 
     async def warm_up(self) -> None:
         # OpenCV and numpy take ~0.3 s to import: at the first edit, on the event loop, that
-        # held up every other request (the chat bot's acknowledgements: p95 0.6 → 1.0 s).
+        # held up every other request (the bot's acknowledgements: p95 0.6 → 1.0 s).
         await asyncio.to_thread(_load_engine)
 
     async def submit(self, job: Job) -> Finished:

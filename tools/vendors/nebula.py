@@ -20,17 +20,7 @@ import httpx
 from pydantic import Field
 
 from tools.config import MB, VendorSettings
-from tools.errors import (
-    AuthError,
-    ConfigError,
-    ContentRejected,
-    InvalidParameter,
-    QuotaError,
-    Throttled,
-    VendorError,
-    VendorFault,
-    VendorRejected,
-)
+from tools.errors import ConfigError, InvalidParameter, VendorError, VendorFault
 from tools.media import fit
 from tools.models import EditRequest, ImageFailure
 from tools.vendors.base import (
@@ -41,34 +31,35 @@ from tools.vendors.base import (
     Vendor,
     json_body,
     redact,
-    retry_after,
-    transport_error,
 )
+from tools.vendors.classify import Answer, Dialect, classify, transport_error
 
 #: Result URLs last "approx. 24 hours" (S2).
 URL_LIFETIME = timedelta(hours=24)
 
-#: Words in ``msg`` / metadata that mean the content moderation refused (DashScope codes).
-MODERATION_WORDS = (
-    "datainspectionfailed",
-    "data_inspection_failed",
-    "ipinfringementsuspect",
-    "inappropriate content",
-    "content moderation",
-    "green net",
-    "sensitive",
-)
-#: Words that mean money or a non-renewing quota is exhausted (never retried).
-QUOTA_WORDS = (
-    "balance",
-    "arrearage",
-    "insufficient quota",
-    "insufficient_quota",
-    "free allocated quota",
-    "billing",
-    "余额",
-    "欠费",
-    "额度不足",
+#: The envelope's ``code`` is an HTTP status; its ``msg`` and metadata (DashScope's own body,
+#: passed through) tell moderation and exhausted money apart from other refusals.
+DIALECT = Dialect(
+    quota_words=(
+        "balance",
+        "arrearage",
+        "insufficient quota",
+        "insufficient_quota",
+        "free allocated quota",
+        "billing",
+        "余额",
+        "欠费",
+        "额度不足",
+    ),
+    moderation_words=(
+        "datainspectionfailed",
+        "data_inspection_failed",
+        "ipinfringementsuspect",
+        "inappropriate content",
+        "content moderation",
+        "green net",
+        "sensitive",
+    ),
 )
 
 
@@ -80,7 +71,6 @@ class NebulaSettings(VendorSettings):
     (800 and 500 characters), which ai-nebula forwards to.
     """
 
-    kind: str = "nebula"
     base_url: str = "https://llm.ai-nebula.com"
     model: str = "qwen-image-edit-plus"
     min_side: int = Field(384, ge=1)
@@ -98,7 +88,6 @@ class NebulaSettings(VendorSettings):
 class NebulaVendor(Vendor):
     """ai-nebula's ``/v1/images/generations`` for qwen-image-edit-plus."""
 
-    kind: ClassVar[str] = "nebula"
     Settings: ClassVar[type[VendorSettings]] = NebulaSettings
     completion: ClassVar = "sync"
 
@@ -265,43 +254,26 @@ class NebulaVendor(Vendor):
         return Finished(images=images, failures=failures, billed_images=billed)
 
     def _error(self, response: httpx.Response, envelope: dict[str, Any]) -> VendorError:
+        """An envelope whose ``code`` is not 200 (or an HTTP error without one)."""
         status = response.status_code
         code = _int(envelope.get("code"))
         if code is None or code == 200:
             code = status if status >= 400 else None
         data = envelope.get("data")
         metadata = data.get("metadata") if isinstance(data, dict) else None
-        msg = str(envelope.get("msg") or envelope.get("message") or "")
-        msg = self._redact(msg) or f"HTTP {status}"
-        extra = json.dumps(metadata, ensure_ascii=False) if metadata else ""
-        vendor_code = _vendor_code(metadata) or (str(code) if code is not None else None)
-        words = f"{msg} {extra}".lower()
         kw: dict[str, Any] = {
             "vendor": self.name,
-            "vendor_code": vendor_code,
+            "vendor_code": _vendor_code(metadata) or (str(code) if code is not None else None),
             "request_id": _request_id(response, metadata),
             "status": status,
         }
-        text = f"{self.name}: {msg[:500]}"
         if code is None:
             return VendorFault(f"{self.name}: malformed answer (no code)", **kw)
-        if code == 400:
-            if any(w in words for w in MODERATION_WORDS):
-                return ContentRejected(text, **kw)
-            return VendorRejected(text, **kw)
-        if code == 401:
-            return AuthError(text, **kw)
-        if code == 403:
-            if any(w in words for w in QUOTA_WORDS) or "quota" in words:
-                return QuotaError(text, **kw)
-            return AuthError(text, **kw)
-        if code == 429:
-            if any(w in words for w in QUOTA_WORDS):
-                return QuotaError(text, **kw)
-            return Throttled(text, retry_after=retry_after(response.headers), **kw)
-        if code >= 500:
-            return VendorFault(text, **kw)
-        return VendorRejected(text, **kw)
+        msg = str(envelope.get("msg") or envelope.get("message") or "")
+        msg = self._redact(msg) or f"HTTP {status}"
+        extra = json.dumps(metadata, ensure_ascii=False) if metadata else ""
+        answer = Answer(code, words=f"{msg} {extra}", headers=response.headers)
+        return classify(DIALECT, answer, f"{self.name}: {msg[:500]}", **kw)
 
     def _redact(self, text: str) -> str:
         return redact(text, self.settings.api_key.get_secret_value())

@@ -29,17 +29,13 @@ from pydantic import Field, field_validator, model_validator
 
 from tools.config import MB, VendorSettings
 from tools.errors import (
-    AuthError,
     ConfigError,
     ContentRejected,
     InvalidParameter,
     QuotaError,
-    Throttled,
     Unsupported,
     VendorError,
     VendorFault,
-    VendorRejected,
-    VendorTimeout,
 )
 from tools.media import InputImage, encode, fit, fit_mask
 from tools.models import EditRequest
@@ -51,9 +47,8 @@ from tools.vendors.base import (
     Vendor,
     json_body,
     redact,
-    retry_after,
-    transport_error,
 )
+from tools.vendors.classify import Answer, Dialect, classify, transport_error
 
 #: How long an OpenAI result URL stays valid (dall-e-2 ``response_format=url``).
 URL_LIFETIME = timedelta(minutes=60)
@@ -71,6 +66,19 @@ OPTIONS = frozenset(
     {"quality", "background", "output_format", "output_compression", "input_fidelity"}
 )
 GPT_IMAGE_ONLY = frozenset({"background", "output_format", "output_compression", "input_fidelity"})
+
+#: What OpenAI means by its codes and words (vendors.md §4, O4): 429 is throttling or an
+#: exhausted quota, told apart by the code and the message, not by the status.
+DIALECT = Dialect(
+    codes={
+        "insufficient_quota": QuotaError,
+        "billing_hard_limit_reached": QuotaError,
+        "moderation_blocked": ContentRejected,
+        "content_policy_violation": ContentRejected,
+    },
+    quota_words=("exceeded your current quota", "billing", "insufficient_quota", "balance"),
+    moderation_words=("safety system",),
+)
 
 
 def model_family(model: str) -> str:
@@ -98,7 +106,6 @@ class OpenAISettings(VendorSettings):
     ``response_format`` is sent only when set (``url`` or ``b64_json``; dall-e-2 and DGrid).
     """
 
-    kind: str = "openai"
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-image-1"
     organization: str = ""
@@ -168,7 +175,7 @@ class OpenAISettings(VendorSettings):
 class OpenAIVendor(Vendor):
     """``/images/edits`` multipart protocol (OpenAI, DGrid)."""
 
-    kind: ClassVar[str] = "openai"
+    key_env: ClassVar[str | None] = "OPENAI_API_KEY"
     Settings: ClassVar[type[VendorSettings]] = OpenAISettings
     completion: ClassVar = "sync"
 
@@ -433,8 +440,8 @@ class OpenAIVendor(Vendor):
     # ---- errors ----------------------------------------------------------------------------
 
     def _error(self, response: httpx.Response) -> VendorError:
+        """``{"error": {"message", "type", "code"}}``, classified by the shared table."""
         status = response.status_code
-        request_id = response.headers.get("x-request-id")
         try:
             body = response.json()
         except ValueError:
@@ -442,41 +449,15 @@ class OpenAIVendor(Vendor):
         err = body.get("error") if isinstance(body, dict) else None
         if not isinstance(err, dict):
             err = {}
-        raw_code = err.get("code")
-        code = str(raw_code) if raw_code not in (None, "") else None
-        etype = str(err.get("type") or "")
+        code = str(err.get("code") or err.get("type") or "") or None
         message = self._redact(str(err.get("message") or "")) or f"HTTP {status}"
-        text = f"{self.name}: {message[:500]}"
-        kw: dict[str, Any] = {
-            "vendor": self.name,
-            "vendor_code": code or (etype or None),
-            "request_id": request_id,
-            "status": status,
-        }
-        lowered = message.lower()
-        quota_words = ("exceeded your current quota", "billing", "insufficient_quota", "balance")
-        if status == 401:
-            return AuthError(text, **kw)
-        if status == 403:
-            if any(w in lowered for w in quota_words) or code == "insufficient_quota":
-                return QuotaError(text, **kw)
-            return AuthError(text, **kw)
-        if status == 429:
-            if code in ("insufficient_quota", "billing_hard_limit_reached") or any(
-                w in lowered for w in quota_words
-            ):
-                return QuotaError(text, **kw)
-            return Throttled(text, retry_after=retry_after(response.headers), **kw)
-        if status in (400, 422) and (
-            code in ("moderation_blocked", "content_policy_violation") or "safety system" in lowered
-        ):
-            return ContentRejected(text, **kw)
-        if status == 408:
-            return VendorTimeout(text, **kw)
-        if status == 409 or status >= 500:
-            transient = response.headers.get("x-should-retry", "").lower() != "false"
-            return VendorFault(text, transient=transient, **kw)
-        return VendorRejected(text, **kw)
+        return classify(
+            DIALECT,
+            Answer(status, code, message, response.headers),
+            f"{self.name}: {message[:500]}",
+            vendor=self.name,
+            request_id=response.headers.get("x-request-id"),
+        )
 
     def _redact(self, text: str) -> str:
         return redact(text, self.settings.api_key.get_secret_value())

@@ -23,6 +23,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -33,10 +34,7 @@ from tools.config import MB, VendorSettings
 from tools.errors import (
     AuthError,
     ConfigError,
-    ContentRejected,
     InvalidParameter,
-    QuotaError,
-    Throttled,
     Unsupported,
     VendorError,
     VendorFault,
@@ -52,14 +50,33 @@ from tools.vendors.base import (
     Vendor,
     json_body,
     redact,
-    retry_after,
-    transport_error,
 )
+from tools.vendors.classify import Answer, Dialect, classify, transport_error
 
 #: Results are stored 7 days (S0).
 RESULT_LIFETIME = timedelta(days=7)
 TOKEN_PATH = "/api/uc/v1/access/api/token"
 EDIT_PATH = "/api/2dvh/v1/material/single/image/edit"
+
+#: Words of a refused or expired access token.
+TOKEN_WORDS = tuple(
+    ("token", w) for w in ("expired", "invalid", "illegal", "unauthorized", "过期", "失效")
+)
+#: SoftSugar's codes say little (0 is success, 3333 any request problem, F1): its messages
+#: tell the errors apart, and its envelope may carry 401/403 with HTTP 200. A failed task whose
+#: message names the vendor's own trouble is a fault, any other a rejection of the input.
+DIALECT = Dialect(
+    codes={"401": AuthError, "403": AuthError},
+    quota_words=("quota", "balance", "insufficient", "arrear", "余额", "额度", "欠费"),
+    auth_words=TOKEN_WORDS,
+    throttle_words=("too many", "rate limit", "频繁"),
+    moderation_words=("moderation", "sensitive", "inappropriate", "违规", "敏感", "审核"),
+    fault_words=("internal", "system error", "timeout", "timed out"),
+    failed=VendorRejected,
+)
+#: At sign-in every refusal means the credentials or the clock are wrong (bad sign, unknown
+#: appId, skewed timestamp): fix the settings.
+SIGN_IN_DIALECT = replace(DIALECT, refused=AuthError)
 
 
 class SoftSugarSettings(VendorSettings):
@@ -78,7 +95,6 @@ class SoftSugarSettings(VendorSettings):
     URLs, so Retouch cannot shrink them: larger ones are refused.
     """
 
-    kind: str = "softsugar"
     base_url: str = "https://aigc.softsugar.com"
     app_id: str = ""
     app_key: SecretStr = SecretStr("")
@@ -95,7 +111,6 @@ class SoftSugarSettings(VendorSettings):
 class SoftSugarVendor(Vendor):
     """SoftSugar ``2dvh`` single image edit."""
 
-    kind: ClassVar[str] = "softsugar"
     Settings: ClassVar[type[VendorSettings]] = SoftSugarSettings
     completion: ClassVar = "callback"
 
@@ -373,58 +388,31 @@ class SoftSugarVendor(Vendor):
 
     def _failure(self, message: str, code: Any, status: str, task_id: str) -> VendorError:
         message = self._redact(message)
-        kw: dict[str, Any] = {
-            "vendor": self.name,
-            "vendor_code": str(code) if code not in (None, "") else (status or None),
-            "vendor_task_id": task_id,
-        }
-        text = f"{self.name}: task {task_id} failed: {message[:500]}"
-        lowered = message.lower()
-        if _moderation(message):
-            return ContentRejected(text, **kw)
-        if _quota(message):
-            return QuotaError(text, **kw)
-        if any(w in lowered for w in ("internal", "system error", "timeout", "timed out")):
-            return VendorFault(text, transient=False, **kw)
-        return VendorRejected(text, **kw)
+        vendor_code = str(code) if code not in (None, "") else (status or None)
+        return classify(
+            DIALECT,
+            Answer(None, vendor_code, message),
+            f"{self.name}: task {task_id} failed: {message[:500]}",
+            vendor=self.name,
+            vendor_task_id=task_id,
+        )
 
     # ---- errors ----------------------------------------------------------------------------
 
     def _error(
         self, response: httpx.Response, envelope: dict[str, Any], *, signing_in: bool = False
     ) -> VendorError:
-        status = response.status_code
         code = envelope.get("code")
         message = self._redact(str(envelope.get("message") or envelope.get("msg") or ""))
-        message = message or f"HTTP {status}"
-        kw: dict[str, Any] = {
-            "vendor": self.name,
-            "vendor_code": str(code) if code is not None else None,
-            "request_id": response.headers.get("x-request-id") or _first(envelope, "requestId"),
-            "status": status,
-        }
+        message = message or f"HTTP {response.status_code}"
         what = "sign-in" if signing_in else "create"
-        text = f"{self.name}: {what} failed: {message[:500]}"
-        lowered = message.lower()
-        if status in (401, 403) or _code(envelope) in (401, 403) or _token_words(lowered):
-            if _quota(message):
-                return QuotaError(text, **kw)
-            return AuthError(text, **kw)
-        if status == 429 or "too many" in lowered or "rate limit" in lowered or "频繁" in message:
-            if _quota(message):
-                return QuotaError(text, **kw)
-            return Throttled(text, retry_after=retry_after(response.headers), **kw)
-        if _quota(message):
-            return QuotaError(text, **kw)
-        if _moderation(message):
-            return ContentRejected(text, **kw)
-        if status >= 500:
-            return VendorFault(text, **kw)
-        if not envelope:
-            return VendorFault(f"{self.name}: malformed answer (HTTP {status})", **kw)
-        if signing_in:  # bad sign, unknown appId, clock skew: fix the settings or the clock
-            return AuthError(text, **kw)
-        return VendorRejected(text, **kw)
+        return classify(
+            SIGN_IN_DIALECT if signing_in else DIALECT,
+            Answer(response.status_code, _code_text(code), message, response.headers),
+            f"{self.name}: {what} failed: {message[:500]}",
+            vendor=self.name,
+            request_id=response.headers.get("x-request-id") or _first(envelope, "requestId"),
+        )
 
     def _redact(self, text: str) -> str:
         return redact(text, self._app_key(), self._token or "")
@@ -489,27 +477,12 @@ def _token_rejected(response: httpx.Response, envelope: dict[str, Any]) -> bool:
         return True
     if _code(envelope) in (None, 0):
         return False
-    return _token_words(str(envelope.get("message") or "").lower())
+    message = str(envelope.get("message") or "").lower()
+    return any(all(w in message for w in words) for words in TOKEN_WORDS)
 
 
-def _token_words(lowered: str) -> bool:
-    return "token" in lowered and any(
-        w in lowered for w in ("expired", "invalid", "illegal", "unauthorized", "过期", "失效")
-    )
-
-
-def _quota(message: str) -> bool:
-    lowered = message.lower()
-    return any(
-        w in lowered for w in ("quota", "balance", "insufficient", "arrear", "余额", "额度", "欠费")
-    )
-
-
-def _moderation(message: str) -> bool:
-    lowered = message.lower()
-    return any(
-        w in lowered for w in ("moderation", "sensitive", "inappropriate", "违规", "敏感", "审核")
-    )
+def _code_text(code: Any) -> str | None:
+    return str(code) if code not in (None, "") else None
 
 
 def _result_urls(data: Any) -> list[str]:
