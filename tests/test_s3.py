@@ -147,8 +147,7 @@ def test_bad_s3_settings_are_refused_by_name(tmp_path: Path, toml: str, message:
 async def test_a_large_blob_goes_up_in_parts_and_leaves_no_upload(
     bucket_store: S3BlobStore,
 ) -> None:
-    data = os.urandom(2 * PART_SIZE + 12345)
-    assert len(data) >= MULTIPART_THRESHOLD
+    data = os.urandom(MULTIPART_THRESHOLD + 12345)  # two full parts and a small one
     key = blob_key(hashlib.sha256(data).hexdigest(), "image/png")
     await bucket_store.put(key, data)
     assert await bucket_store.get(key, len(data)) == data
@@ -158,7 +157,7 @@ async def test_a_large_blob_goes_up_in_parts_and_leaves_no_upload(
 async def test_an_upload_cut_off_by_a_cancel_is_aborted_at_once(
     bucket_store: S3BlobStore,
 ) -> None:
-    data = os.urandom(3 * PART_SIZE)
+    data = os.urandom(MULTIPART_THRESHOLD + PART_SIZE)
     key = blob_key(hashlib.sha256(data).hexdigest(), "image/png")
     put = asyncio.create_task(bucket_store.put(key, data))
     async with asyncio.timeout(10):
