@@ -17,7 +17,7 @@ import time
 
 from bench._common import ROOT, machine
 
-ORDER = ["store", "gateway", "context", "queueing", "polling", "engine", "telegram"]
+ORDER = ["store", "blobs", "gateway", "context", "queueing", "polling", "engine", "telegram"]
 
 
 def main(argv: list[str] | None = None) -> int:

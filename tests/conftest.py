@@ -1,6 +1,7 @@
 """Shared fixtures: settings in a temporary folder, an Editor on them, sample photos.
 
-The optional parts some tests need (``@needs("esrgan")``) are in :mod:`tests.optional`.
+The optional parts some tests need (``@needs("esrgan")``) are in :mod:`tests.optional`; the
+S3 server some tests run against (``s3_server``) is in :mod:`tests.s3server`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from PIL import Image
 from tools.config import Settings, load_settings
 from tools.service import Editor
 
-pytest_plugins = ["tests.optional"]
+pytest_plugins = ["tests.optional", "tests.s3server"]
 
 DATA = Path(__file__).parent / "data"
 

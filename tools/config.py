@@ -41,6 +41,10 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: ``store.blobs``: empty, or an S3 bucket name (3–63 of a-z 0-9 . -) and an optional prefix.
+S3_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[\w!.*'()/-]*)?)?$"
+
+
 def user_data_dir() -> Path:
     """The platform's directory for Retouch's data (``~/.local/share/retouch`` on Linux)."""
     return platformdirs.user_data_path("retouch", appauthor=False)
@@ -56,10 +60,30 @@ class StoreSettings(Section):
     results_dir: Path = Path("results")
     retention_days: float = Field(7, ge=0)
     max_results_mb: int | None = Field(None, ge=1, description="evict oldest results past this")
+    blobs: str = Field(
+        "",
+        pattern=S3_URL,
+        description='where images go: "" for results_dir, or "s3://bucket/prefix"',
+    )
+    s3_endpoint_url: str = Field("", description="S3-compatible server; empty: AWS (or env)")
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    s3_session_token: SecretStr = SecretStr("")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+
+    @model_validator(mode="after")
+    def _s3_key_pair(self) -> StoreSettings:
+        if bool(self.s3_access_key_id) != bool(self.s3_secret_access_key.get_secret_value()):
+            raise ValueError("s3_access_key_id and s3_secret_access_key go together")
+        return self
 
     def where(self) -> str:
         """Where the data goes, for a start-up message."""
-        return f"database {self.path}, images in {self.results_dir}"
+        images = self.blobs or self.results_dir
+        if self.blobs and self.s3_endpoint_url:
+            images = f"{self.blobs} at {self.s3_endpoint_url}"
+        return f"database {self.path}, images in {images}"
 
 
 class RoutingSettings(Section):

@@ -11,16 +11,28 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, S3Server
 from tools.store import BlobStore, FileBlobStore, Store
+from tools.store.s3 import S3BlobStore
 from tools.store.sqlite import SQLiteStore
 
 
-async def sqlite_store(tmp_path: Path) -> Store:
+async def sqlite_store(tmp_path: Path, request: pytest.FixtureRequest) -> Store:
     return await SQLiteStore.open(tmp_path / "t.db", FileBlobStore(tmp_path / "files"))
 
 
-#: name → an open, empty store in ``tmp_path`` (closed by the fixture).
-STORES: dict[str, Callable[[Path], Awaitable[Store]]] = {"sqlite": sqlite_store}
+async def sqlite_s3_store(tmp_path: Path, request: pytest.FixtureRequest) -> Store:
+    """SQLite with its images in S3: clean-up and eviction delete objects in the bucket."""
+    blobs = await s3_blobs(tmp_path, request)
+    return await SQLiteStore.open(tmp_path / "t.db", blobs.store)
+
+
+#: name → an open, empty store (closed by the fixture); ``request`` gives a factory the
+#: session's servers.
+STORES: dict[str, Callable[[Path, pytest.FixtureRequest], Awaitable[Store]]] = {
+    "sqlite": sqlite_store,
+    "sqlite+s3": sqlite_s3_store,
+}
 
 
 @dataclass
@@ -31,7 +43,7 @@ class Blobs:
     leave_partial: Callable[[str, bytes, float], Awaitable[None]]  # key, bytes, seconds ago
 
 
-async def file_blobs(tmp_path: Path) -> Blobs:
+async def file_blobs(tmp_path: Path, request: pytest.FixtureRequest) -> Blobs:
     blobs = FileBlobStore(tmp_path / "files")
 
     async def leave_partial(key: str, data: bytes, age_s: float) -> None:
@@ -45,19 +57,46 @@ async def file_blobs(tmp_path: Path) -> Blobs:
     return Blobs(blobs, leave_partial)
 
 
-#: name → an empty blob store in ``tmp_path`` (closed by the fixture).
-BLOB_STORES: dict[str, Callable[[Path], Awaitable[Blobs]]] = {"file": file_blobs}
+async def s3_blobs(tmp_path: Path, request: pytest.FixtureRequest) -> Blobs:
+    """A fresh bucket on the test run's S3 server (moto), under a prefix."""
+    server: S3Server = request.getfixturevalue("s3_server")
+    bucket = server.new_bucket()
+    blobs = await S3BlobStore.open(
+        f"s3://{bucket}/some/prefix",
+        endpoint_url=server.endpoint_url,
+        region=REGION,
+        access_key_id=ACCESS_KEY_ID,
+        secret_access_key=SECRET_ACCESS_KEY,
+    )
+
+    async def leave_partial(key: str, data: bytes, age_s: float) -> None:
+        name = blobs.prefix + key
+        upload = await blobs.client.create_multipart_upload(Bucket=bucket, Key=name)
+        await blobs.client.upload_part(
+            Bucket=bucket, Key=name, UploadId=upload["UploadId"], PartNumber=1, Body=data
+        )
+        server.backdate_parts(bucket, upload["UploadId"], age_s)
+
+    return Blobs(blobs, leave_partial)
+
+
+#: name → an empty blob store (closed by the fixture); ``request`` gives a factory the
+#: session's servers.
+BLOB_STORES: dict[str, Callable[[Path, pytest.FixtureRequest], Awaitable[Blobs]]] = {
+    "file": file_blobs,
+    "s3": s3_blobs,
+}
 
 
 @pytest.fixture(params=list(STORES))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await STORES[request.param](tmp_path)
+    opened = await STORES[request.param](tmp_path, request)
     yield opened
     await opened.close()
 
 
 @pytest.fixture(params=list(BLOB_STORES))
 async def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Blobs]:
-    made = await BLOB_STORES[request.param](tmp_path)
+    made = await BLOB_STORES[request.param](tmp_path, request)
     yield made
     await made.store.close()

@@ -1,11 +1,13 @@
 """The store: tasks with leases and the images they use, behind one interface (``Store``,
-in ``base.py``), with the images' bytes in a ``BlobStore`` (``blobs.py``). SQLite with files
-on disk is the one backend so far; ``open_store`` picks the backend from the settings."""
+in ``base.py``), with the images' bytes in a ``BlobStore``: files on disk (``blobs.py``) or
+an S3-compatible bucket (``s3.py``). SQLite is the one task store so far; ``open_store`` picks
+the backends from the settings."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tools.errors import ConfigError
 from tools.store.base import Store, TaskRecord, new_task_id
 from tools.store.blobs import BlobStore, FileBlobStore, blob_key
 
@@ -19,12 +21,40 @@ __all__ = [
     "TaskRecord",
     "blob_key",
     "new_task_id",
+    "open_blob_store",
     "open_store",
 ]
 
 
 async def open_store(settings: StoreSettings) -> Store:
-    """The store the settings describe: a SQLite database and a folder of files."""
+    """The store the settings describe: a SQLite database, and a folder of files or a bucket."""
     from tools.store.sqlite import SQLiteStore
 
-    return await SQLiteStore.open(settings.path, FileBlobStore(settings.results_dir))
+    blobs = await open_blob_store(settings)
+    try:
+        return await SQLiteStore.open(settings.path, blobs)
+    except BaseException:
+        await blobs.close()
+        raise
+
+
+async def open_blob_store(settings: StoreSettings) -> BlobStore:
+    """``store.blobs``'s bucket when it names one, else the folder ``store.results_dir``."""
+    if not settings.blobs:
+        return FileBlobStore(settings.results_dir)
+    try:
+        from tools.store.s3 import S3BlobStore
+    except ImportError as exc:
+        raise ConfigError(
+            f"store.blobs is {settings.blobs} but {exc.name} is not installed:"
+            ' pip install "retouch[s3]"'
+        ) from None
+    return await S3BlobStore.open(
+        settings.blobs,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+        session_token=settings.s3_session_token.get_secret_value(),
+        addressing_style=settings.s3_addressing_style,
+    )

@@ -2,7 +2,8 @@
 
 Every image, input or result, is stored once under ``blob_key(sha256, mime_type)``
 (``<aa>/<sha256>.<ext>``). Blobs are read and written only through a ``BlobStore``: the
-filesystem (``FileBlobStore``) today, an object store later, with the same keys.
+filesystem (``FileBlobStore``) or an S3-compatible bucket (``s3.S3BlobStore``), with the
+same keys.
 """
 
 from __future__ import annotations
