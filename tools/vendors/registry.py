@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import functools
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tools.vendors.base import Vendor
+from typing import Any
 
 GROUP = "retouch.vendors"
 
@@ -36,8 +33,10 @@ def kinds() -> list[str]:
 
 
 @functools.cache
-def vendor_class(kind: str) -> type[Vendor]:
-    """The adapter class of ``kind``, imported on first use; KeyError for an unknown kind."""
+def vendor_class(kind: str) -> type[Any]:
+    """The adapter class of ``kind`` (a ``tools.vendors.base.Vendor``), imported on first
+    use; KeyError for an unknown kind. Typed loosely: the registry imports nothing of
+    Retouch's, so that the settings can use it without an import circle."""
     return _entry_points()[kind].load()  # type: ignore[no-any-return]
 
 
@@ -56,7 +55,7 @@ def kinds_that_can(function: str) -> list[str]:
     for kind in kinds():
         try:
             cls = vendor_class(kind)
-            probe = cls(kind, cls.Settings(kind=kind), None)  # type: ignore[arg-type]
+            probe = cls(kind, cls.Settings(kind=kind), None)
             if function in probe.capabilities:
                 able.append(kind)
         except Exception:
