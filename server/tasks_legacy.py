@@ -30,6 +30,7 @@ from mcp.types import (
     ServerTasksCapability,
     ServerTasksRequestsCapability,
     Task,
+    TaskMetadata,
     TasksCallCapability,
     TasksCancelCapability,
     TasksListCapability,
@@ -100,6 +101,7 @@ class LegacyTasks:
         self, ctx: ServerRequestContext[Any, Any], params: Mapping[str, Any], call_next: CallNext
     ) -> HandlerResult:
         """Call the tool without waiting, then answer with the task it stored."""
+        parse(TaskMetadata, params["task"])
         if params.get("name") != TASK_TOOL:
             raise MCPError(METHOD_NOT_FOUND, f"only {TASK_TOOL} runs as a task")
         arguments = params.get("arguments")
@@ -190,7 +192,7 @@ def mark_task_tool(result: HandlerResult) -> HandlerResult:
     return result
 
 
-def parse(model: type[M], params: Mapping[str, Any]) -> M:
+def parse(model: type[M], params: object) -> M:
     try:
         return model.model_validate(params, by_name=False)
     except ValidationError:

@@ -88,6 +88,8 @@ async def test_a_client_declaring_the_extension_gets_its_edit_through_a_task(
 ) -> None:
     extension = TasksClient()
     async with Client(build_server(settings), extensions=[extension]) as client:
+        capabilities = client.session.server_capabilities
+        assert capabilities is not None and capabilities.extensions == {TASKS: {}}
         handle = await client.session.call_tool(
             "edit_image", LINEART, allow_claimed=True, allow_input_required=False
         )
@@ -352,3 +354,24 @@ async def test_tasks_are_their_owners_alone(ds_settings: Settings, fake: FakeDas
         assert {t["taskId"] for t in mine} == {ext_id, old_id}
         assert all(t["status"] == "working" for t in mine)  # bob's cancels did nothing
         assert (await alice.modern("tasks/get", {"taskId": ext_id}))["result"]["taskId"] == ext_id
+
+
+async def test_bad_task_requests_are_invalid_params(settings: Settings) -> None:
+    huge = "f" * 200_000
+    async with wire(settings) as (client,):
+        await client.initialize()
+        for params in ({}, {"taskId": 5}, {"taskId": None}, {"taskId": ["x"]}, {"taskId": huge}):
+            for method in ("tasks/get", "tasks/cancel", "tasks/update"):
+                answer = await client.modern(method, params)
+                assert answer["error"]["code"] == -32602, (method, answer)
+            for method in ("tasks/get", "tasks/result", "tasks/cancel"):
+                answer = await client.legacy(method, params)
+                assert answer["error"]["code"] == -32602, (method, answer)
+        for cursor in (5, "-1", "1e3", "99999999999", huge):
+            answer = await client.legacy("tasks/list", {"cursor": cursor})
+            assert answer["error"]["code"] == -32602, cursor
+        for task in ("yes", 3, {"ttl": "long"}):
+            call = {"name": "edit_image", "arguments": LINEART, "task": task}
+            answer = await client.legacy("tools/call", call)
+            assert answer["error"]["code"] == -32602, task
+        assert (await client.legacy("tasks/list"))["result"]["tasks"] == []  # nothing started
