@@ -79,7 +79,8 @@ def status_message(task: Task) -> str:
 
 
 async def owned_task(editor: Editor, owner: str, task_id: str) -> Task:
-    """The owner's task, or the JSON-RPC error both forms give for an unknown id."""
+    """The owner's task, or the JSON-RPC error both forms give for an unknown id (a task
+    stored without an owner is the local owner's)."""
     try:
         record = await editor.store.get(task_id)
     except NotFound:
