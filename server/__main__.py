@@ -22,6 +22,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="HTTP address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="HTTP port (default 8765)")
     parser.add_argument(
+        "--stateless",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve HTTP without sessions, for several replicas on one store (default: "
+        "mcp.stateless)",
+    )
+    parser.add_argument(
         "--allow-local-paths",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -39,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             "mcp.transport": args.transport,
             "mcp.host": args.host,
             "mcp.port": args.port,
+            "mcp.stateless": args.stateless,
         }.items()
         if value is not None
     }
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = settings.mcp
     url = f"http://{cfg.host}:{cfg.port}{cfg.path}"
     print(
-        f"Retouch MCP server on {url}\n"
+        f"Retouch MCP server on {url}{' (stateless)' if cfg.stateless else ''}\n"
         f"  vendors: {', '.join(settings.enabled_vendors())}\n"
         f"  data: {settings.store.where()}\n"
         f"  connect: claude mcp add --transport http retouch {url}\n"

@@ -21,6 +21,9 @@ from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from server.owners import owner_of
+from server.tasks_ext import TasksExtension
+from server.tasks_legacy import LegacyTasks
 from tools.config import Settings
 from tools.errors import RetouchError
 from tools.models import EditRequest, Expand, FunctionInfo, Task
@@ -99,7 +102,17 @@ def reports_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPServer[Editor]:
     preview_px = settings.mcp.preview_px
     lifespan = SharedEditor(settings, allow_local_paths=allow_local_paths)
-    mcp = MCPServer("retouch", instructions=INSTRUCTIONS, lifespan=lifespan)
+
+    async def render(editor: Editor, task: Task) -> CallToolResult:
+        return await task_result(editor, task, preview_px)
+
+    mcp = MCPServer(
+        "retouch",
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        extensions=[TasksExtension(render)],
+        middleware=[LegacyTasks(render)],
+    )
 
     def progress(ctx: Context[Editor]) -> Callable[[Task], Awaitable[None]]:
         """Progress notifications for one waiting call (the value must only increase)."""
@@ -175,6 +188,7 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
         editor = ctx.request_context.lifespan_context
         task = await editor.edit_image(
             request,
+            owner=owner_of(ctx),
             wait_seconds=wait_seconds,
             on_progress=progress(ctx),
             key=f"mcp:{idempotency_key}" if idempotency_key else None,

@@ -93,7 +93,10 @@ def build_http_app(mcp: MCPServer[Editor], settings: Settings) -> ASGIApp:
         return JSONResponse({"code": 0, "task_id": task_id})
 
     app: Starlette = mcp.streamable_http_app(
-        streamable_http_path=cfg.path, transport_security=security, host=cfg.host
+        streamable_http_path=cfg.path,
+        stateless_http=cfg.stateless,
+        transport_security=security,
+        host=cfg.host,
     )
     serve_mcp = app.router.lifespan_context
     shared_editor = mcp.settings.lifespan

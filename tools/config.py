@@ -118,6 +118,9 @@ class MCPSettings(Section):
     auth_token: SecretStr = SecretStr("")
     public_url: str = Field("", description="Base URL vendors use for callbacks")
     preview_px: int = Field(512, ge=64, le=2048)
+    stateless: bool = Field(
+        False, description="HTTP without sessions: replicas on one store need no sticky sessions"
+    )
 
 
 class VendorSettings(BaseModel):
