@@ -59,7 +59,7 @@ def gate(
             raise ApplicationHandlerStop  # channel posts, other bots: nothing to answer
         log.info("refused update from user %s", user.id)
         if update.callback_query is not None:
-            await update.callback_query.answer(refusal(user.id)[:200], show_alert=True)
+            await update.callback_query.answer(refusal(user.id), show_alert=True)
         elif update.effective_message is not None and _addressed_to_bot(update):
             await update.effective_message.reply_text(refusal(user.id))
         raise ApplicationHandlerStop

@@ -17,6 +17,8 @@ from telegram.ext import ContextTypes
 from bots import captions, storage
 from bots.access import owner
 from bots.captions import EXAMPLES, CaptionError, Plan
+from bots.lengths import fit
+from bots.rendering import ECHO
 from bots.replies import UserError, edit_text, say
 from bots.retry import retrying
 from bots.state import Runtime, runtime
@@ -143,7 +145,8 @@ async def start_edit(
             await say(message, refusal)
             return None
         images = f"{count} images" if count > 1 else "the image"
-        ack = await say(message, f"👍 Got it: {plan.describe()} — fetching {images}…")
+        what = fit(plan.describe(), ECHO)  # the prompt may be 4 096 characters long
+        ack = await say(message, f"👍 Got it: {what} — fetching {images}…")
         try:
             uris = [await fetch(rt.editor, bot, s) for s in sources]
             request, notes = build_request(rt.editor, plan, uris, settings, info)

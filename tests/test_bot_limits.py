@@ -1,0 +1,205 @@
+"""The bot within Telegram's limits and its own: texts and captions cut to fit wherever they
+are sent, per-user limits counted exactly under a flood, strangers answered a few times and
+then ignored, the inbox pruned while the bot runs, the webhook secret compared in constant
+time. The real PTB Application against the fake Bot API, which refuses over-long texts with
+Telegram's own 400s."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from telegram import InputFile
+from telegram.ext import Application
+
+from bots.lengths import ALERT, CAPTION, MARK, TEXT, fit, fit_call, units
+from bots.sending import Sender
+from bots.telegram import build_application, running
+from tests import test_bot as harness
+from tests.conftest import data_uri, png
+from tests.fakes.telegram import FakeBotAPI
+from tests.test_bot import USER, BotSettings, bot, rt_of, says, text_of
+from tools.models import EditRequest, ResultImage, Task, TaskStatus
+
+fake = harness.fake  # the harness's fixtures, shared
+bot_settings = harness.bot_settings
+
+EMOJI = "🎨"  # two UTF-16 code units: Telegram counts it twice
+
+
+def refused(fake: FakeBotAPI) -> list[str]:
+    """Every Bot API call the fake refused, as ``method: description``."""
+    return [
+        f"{c.method}: {(c.error or {}).get('description')}"
+        for c in fake.calls
+        if c.status == 400 or (c.method != "getUpdates" and not c.ok)
+    ]
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def handled(app: Application, count: int) -> None:
+    """Until ``count`` updates are marked handled in the inbox."""
+
+    async def done() -> bool:
+        db = rt_of(app).db
+        rows = await db.execute_fetchall(
+            "SELECT COUNT(*) FROM tg_inbox WHERE done_at IS NOT NULL", ()
+        )
+        return int(next(iter(rows))[0]) >= count
+
+    await until(done)
+
+
+# ---- Telegram's lengths --------------------------------------------------------------------
+
+
+def test_fit_counts_utf16_and_cuts_with_a_visible_mark() -> None:
+    assert fit("short", TEXT) == "short"
+    assert fit("x" * TEXT, TEXT) == "x" * TEXT  # exactly the limit: untouched
+    cut = fit("x" * (TEXT + 1), TEXT)
+    assert units(cut) == TEXT and cut.endswith(MARK)
+    # 3 000 emoji are 3 000 characters but 6 000 code units: too long for Telegram.
+    emoji = fit(EMOJI * 3000, TEXT)
+    assert units(emoji) <= TEXT and emoji.endswith(MARK) and emoji.count(EMOJI) == 2047
+    # Never half a surrogate pair, whatever the cut point.
+    for limit in range(2, 40):
+        out = fit("a" + EMOJI * 30, limit)
+        assert units(out) <= limit and out.encode("utf-16-le").decode("utf-16-le") == out
+    assert fit("ab " * 10, 7) == "ab ab" + MARK  # no space before the mark
+
+
+def test_fit_call_cuts_each_method_to_its_own_limit() -> None:
+    long = "y" * 5000
+    calls = {
+        "sendMessage": ({"text": long}, "text", TEXT),
+        "editMessageText": ({"text": long}, "text", TEXT),
+        "sendPhoto": ({"caption": long}, "caption", CAPTION),
+        "sendDocument": ({"caption": long}, "caption", CAPTION),
+        "editMessageCaption": ({"caption": long}, "caption", CAPTION),
+        "answerCallbackQuery": ({"text": long}, "text", ALERT),
+    }
+    for method, (params, name, limit) in calls.items():
+        fit_call(method, params)
+        assert units(params[name]) == limit and params[name].endswith(MARK), method
+    other = {"text": long, "chat_id": 1}
+    fit_call("sendGift", other)  # a method the bot never calls: left as it is
+    assert other["text"] == long
+
+
+async def test_a_4090_character_reply_is_acknowledged_not_an_error(
+    fake: FakeBotAPI, bot_settings: BotSettings
+) -> None:
+    # Telegram lets a user send 4 096 characters; the acknowledgement echoes the prompt.
+    async with bot(bot_settings()):
+        photo = fake.user_sends_photo(USER, USER, png((40, 30)))
+        await fake.wait_for("sendMessage", predicate=says("What should I do"))
+        words = ("make it an oil painting please " * 200)[:4090]
+        mark = fake.call_count
+        fake.user_sends_text(USER, USER, words, reply_to_message_id=photo["message_id"])
+        await fake.wait_for("sendPhoto", since=mark)
+        ack = fake.calls_to("sendMessage", since=mark)[0]
+        assert ack.ok and text_of(ack).startswith("👍 Got it: /style make it an oil painting")
+        assert text_of(ack).endswith("— fetching the image…") and units(text_of(ack)) < 300
+        assert not [c for c in fake.calls if "went wrong" in text_of(c)]
+        assert refused(fake) == []
+
+
+async def test_a_vendor_error_quoting_a_long_emoji_prompt_still_reaches_the_user(
+    fake: FakeBotAPI, bot_settings: BotSettings
+) -> None:
+    # 2 040 emoji: 4 087 code units (a message Telegram accepts), but only 2 047 characters,
+    # so a cut by characters would not notice the status is twice too long for Telegram.
+    async with bot(bot_settings()) as app:
+        photo = fake.user_sends_photo(USER, USER, png((40, 30)))
+        await fake.wait_for("sendMessage", predicate=says("What should I do"))
+        prompt = "/style " + EMOJI * 2040
+        fake.user_sends_text(USER, USER, prompt, reply_to_message_id=photo["message_id"])
+        (failed,) = await fake.wait_for(
+            "editMessageText", predicate=lambda c: c.ok and "no style matches" in text_of(c)
+        )
+        shown = fake.message(USER, failed.params["message_id"])["text"]
+        assert shown.startswith("❌ Failed: /style") and shown.endswith(MARK)
+        assert TEXT - 2 <= units(shown) <= TEXT
+        await harness.wait_delivered(app)
+        rows = await rt_of(app).db.execute_fetchall("SELECT delivery FROM tg_tasks", ())
+        assert [r[0] for r in rows] == ["delivered"]
+        assert refused(fake) == []
+
+
+async def test_every_kind_of_send_is_cut_to_telegrams_limits(
+    fake: FakeBotAPI, bot_settings: BotSettings
+) -> None:
+    app = build_application(bot_settings())
+    async with running(app, polling=False):
+        tg = app.bot
+        text = "word " * 900 + EMOJI * 200  # 4 900 code units
+        sent = await tg.send_message(USER, text)
+        assert units(sent.text) <= TEXT and sent.text.endswith(MARK)
+        edited = await tg.edit_message_text(EMOJI * 3000, chat_id=USER, message_id=sent.id)
+        assert not isinstance(edited, bool) and units(edited.text or "") <= TEXT
+        photo = await tg.send_photo(USER, png(), caption="c" * 2000)
+        assert units(photo.caption or "") == CAPTION
+        doc = await tg.send_document(USER, InputFile(png(), filename="a.png"), caption=EMOJI * 600)
+        assert units(doc.caption or "") <= CAPTION and (doc.caption or "").endswith(MARK)
+        recaptioned = await tg.edit_message_caption(
+            chat_id=USER, message_id=photo.id, caption=EMOJI * 1500
+        )
+        assert not isinstance(recaptioned, bool) and recaptioned.caption
+        reply = await sent.reply_text("r" * 5000)  # the shortcuts go the same way
+        assert units(reply.text) == TEXT
+        query = fake.user_presses_button(USER, USER, sent.id, "anything")
+        await tg.answer_callback_query(query["id"], "a" * 300, show_alert=True)
+        assert fake.last_call("answerCallbackQuery").params["text"] == "a" * 199 + MARK
+
+        # An album's caption is cut where it is built (media objects keep their captions).
+        vendor = EMOJI * 700  # 1 400 code units in 700 characters
+        results = [
+            ResultImage(
+                index=i, uri=f"retouch://tasks/t1/{i}", sha256="0" * 64,
+                mime_type="image/png", width=64, height=48, bytes=200,
+            )
+            for i in range(2)
+        ]  # fmt: skip
+        now = datetime.now(UTC)
+        task = Task(
+            id="t1", status=TaskStatus.succeeded, function="stylization_all", vendor=vendor,
+            prompt="oil painting", n=2, created_at=now, updated_at=now, results=results,
+        )  # fmt: skip
+
+        class Results:
+            async def result(self, task_id: str, index: int) -> tuple[bytes, str]:
+                return png(), "image/png"
+
+        await Sender(Results(), tg).send_results(USER, task)  # type: ignore[arg-type]
+        (group,) = fake.calls_to("sendMediaGroup")
+        caption = group.params["media"][0]["caption"]
+        assert group.ok and units(caption) <= CAPTION and caption.endswith(MARK)
+    assert refused(fake) == []
+
+
+async def test_status_of_many_long_edits_fits_in_one_message(
+    fake: FakeBotAPI, bot_settings: BotSettings
+) -> None:
+    async with bot(bot_settings(max_concurrent_per_user=40), run_worker=False) as app:
+        editor = rt_of(app).editor
+        for i in range(40):
+            request = EditRequest(
+                images=[data_uri(png((8, 8)))],
+                function="stylization_all",
+                prompt=f"oil painting {i} " + "with a great deal of detail " * 10,
+            )
+            await editor.edit_image(request, owner=f"tg:{USER}")
+        status = await harness.ask(fake, "/status")
+        assert status.ok and text_of(status).startswith("Running now:")
+        assert units(text_of(status)) <= TEXT and "…" in text_of(status)
+        history = await harness.ask(fake, "/history")
+        assert history.ok and "Your last edits" in text_of(history)
+        assert refused(fake) == []
