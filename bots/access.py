@@ -3,7 +3,8 @@
 Closed by default: only ``telegram.allowed_user_ids`` (in private chats and in any group, by
 the sender's id), or everyone with ``telegram.public = true``. :func:`gate` runs before every
 other handler (group -1) and stops refused updates there, so no handler — command, message or
-inline button — can be reached around it.
+inline button — can be reached around it. :class:`Limits` counts each allowed user's edits
+exactly.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from telegram import Update
 from telegram.constants import ChatType
@@ -24,6 +26,7 @@ from bots.settings import TelegramSettings
 from tools.service import Editor
 
 log = logging.getLogger("retouch.bot.access")
+T = TypeVar("T")
 
 
 def owner(user_id: int) -> str:
@@ -82,38 +85,71 @@ def _addressed_to_bot(update: Update) -> bool:
     )
 
 
-class Limits:
-    """Per-user fairness: concurrent tasks and edits per hour, counted by the Editor.
+class Slot:
+    """One edit's place among its user's: ``refusal`` says why there is none; else the place
+    is held until the ``Limits.slot`` block ends or :meth:`start` has stored the task."""
 
-    :meth:`slot` checks and reserves under a lock per user, counting edits still being set
-    up (images downloading) as well as stored tasks, so two photos sent at once cannot both
-    slip past the last free slot — and no one waits for another's download to be answered.
+    def __init__(self, limits: Limits, user_id: int, refusal: str | None) -> None:
+        self.limits = limits
+        self.user_id = user_id
+        self.refusal = refusal
+        self.held = refusal is None
+
+    async def start(self, create: Callable[[], Awaitable[T]]) -> T:
+        """Run ``create`` (it stores the task) under the user's lock, and let go of the
+        reservation with it: no count sees this edit twice (reserved and stored) or not at
+        all."""
+        async with self.limits.lock(self.user_id):
+            try:
+                return await create()
+            finally:
+                self.release()
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.limits.reserved[self.user_id] -= 1
+
+
+class Limits:
+    """Per-user fairness: concurrent tasks and edits per hour, counted exactly.
+
+    A user's count is their stored tasks (from the Editor) plus the edits reserved but not
+    stored yet (images downloading). :meth:`slot` counts and reserves under a lock per user,
+    and :meth:`Slot.start` stores the task under the same lock as it drops the reservation,
+    so updates arriving together are counted once each: no two photos slip past the last
+    free place, no one is refused below the limit, and refusals state the true numbers.
+    Downloads run outside the lock: no one waits for another's download to be answered.
     """
 
     def __init__(self, editor: Editor, settings: TelegramSettings) -> None:
         self.editor = editor
         self.settings = settings
         self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._starting: dict[int, int] = defaultdict(int)
+        #: Edits reserved and not stored yet, by user.
+        self.reserved: dict[int, int] = defaultdict(int)
+
+    def lock(self, user_id: int) -> asyncio.Lock:
+        return self._locks[user_id]
 
     @contextlib.asynccontextmanager
-    async def slot(self, user_id: int) -> AsyncIterator[str | None]:
-        """Yields None with a slot reserved until the block ends, or a friendly refusal."""
-        async with self._locks[user_id]:
-            refusal = await self.refusal(user_id, self._starting[user_id])
-            if refusal is None:
-                self._starting[user_id] += 1
+    async def slot(self, user_id: int) -> AsyncIterator[Slot]:
+        """A :class:`Slot`: reserved until the block ends (or its task is stored), or refused."""
+        async with self.lock(user_id):
+            slot = Slot(self, user_id, await self.refusal(user_id))
+            if slot.held:
+                self.reserved[user_id] += 1
         try:
-            yield refusal
+            yield slot
         finally:
-            if refusal is None:
-                self._starting[user_id] -= 1
+            slot.release()
 
-    async def refusal(self, user_id: int, starting: int = 0) -> str | None:
-        """None when the user may start one more edit now; else a friendly reason."""
+    async def refusal(self, user_id: int) -> str | None:
+        """None when the user may start one more edit now; else a friendly reason. (Each
+        reservation is read after its store query: one given up meanwhile is in neither.)"""
         cfg = self.settings
         who = owner(user_id)
-        active = len(await self.editor.active_tasks(who)) + starting
+        active = len(await self.editor.active_tasks(who)) + self.reserved[user_id]
         if active >= cfg.max_concurrent_per_user:
             return (
                 f"You already have {active} edit{'s' if active != 1 else ''} running "
@@ -121,7 +157,7 @@ class Limits:
                 "finished — or /cancel one."
             )
         recent, oldest = await self.editor.usage(who, time.time() - 3600)
-        recent += starting
+        recent += self.reserved[user_id]
         if recent >= cfg.edits_per_hour:
             minutes = math.ceil((oldest + 3600 - time.time()) / 60) if oldest else 60
             minutes = max(minutes, 1)

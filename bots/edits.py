@@ -140,9 +140,9 @@ async def start_edit(
         await say(message, exc.message)
         return None
     settings = await storage.get_user(rt.db, user.id)
-    async with rt.limits.slot(user.id) as refusal:
-        if refusal is not None:
-            await say(message, refusal)
+    async with rt.limits.slot(user.id) as slot:
+        if slot.refusal is not None:
+            await say(message, slot.refusal)
             return None
         images = f"{count} images" if count > 1 else "the image"
         what = fit(plan.describe(), ECHO)  # the prompt may be 4 096 characters long
@@ -152,7 +152,9 @@ async def start_edit(
             request, notes = build_request(rt.editor, plan, uris, settings, info)
             # Keyed by the message: handled again after a crash, it starts no second task.
             key = f"telegram:{message.chat_id}:{message.message_id}"
-            task = await rt.editor.edit_image(request, owner=owner(user.id), key=key)
+            task = await slot.start(
+                lambda: rt.editor.edit_image(request, owner=owner(user.id), key=key)
+            )
         except (UserError, RetouchError) as exc:
             await edit_text(ack, f"❌ {exc.message}")
             return None

@@ -7,15 +7,22 @@ Telegram's own 400s."""
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from telegram import InputFile
 from telegram.ext import Application
 
+from bots import storage as chats
+from bots.access import Limits
 from bots.lengths import ALERT, CAPTION, MARK, TEXT, fit, fit_call, units
 from bots.sending import Sender
+from bots.settings import TelegramSettings
 from bots.telegram import build_application, running
 from tests import test_bot as harness
 from tests.conftest import data_uri, png
@@ -203,3 +210,116 @@ async def test_status_of_many_long_edits_fits_in_one_message(
         history = await harness.ask(fake, "/history")
         assert history.ok and "Your last edits" in text_of(history)
         assert refused(fake) == []
+
+
+# ---- exact per-user accounting ---------------------------------------------------------------
+
+
+def slow_bookkeeping(monkeypatch: pytest.MonkeyPatch, seconds: float = 0.6) -> None:
+    """The bot's own record of a new task (the step after the Editor stored it) takes a
+    while, as on a busy disk: the moment an edit is both stored and still starting."""
+    add_task = chats.add_task
+
+    async def slow(*args: Any, **kw: Any) -> None:
+        await asyncio.sleep(seconds)
+        await add_task(*args, **kw)
+
+    monkeypatch.setattr(chats, "add_task", slow)
+
+
+async def test_a_flood_of_photos_starts_exactly_the_limit_and_refusals_say_the_truth(
+    fake: FakeBotAPI, bot_settings: BotSettings
+) -> None:
+    async with bot(bot_settings(max_concurrent_per_user=2), run_worker=False) as app:
+        for i in range(10):  # ten at once
+            fake.user_sends_photo(USER, USER, png((20 + i, 20)), f"/adjust rotate {90 * i}")
+        refusals = await fake.wait_for("sendMessage", count=8, predicate=says("already have"))
+        await handled(app, 10)
+        assert len(await rt_of(app).editor.list_tasks()) == 2
+        for call in refusals:
+            assert text_of(call).startswith("You already have 2 edits running (the limit is 2)")
+        assert len([c for c in fake.calls_to("sendMessage") if "already" in text_of(c)]) == 8
+
+
+async def test_an_edit_being_recorded_is_counted_once(
+    fake: FakeBotAPI, bot_settings: BotSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow_bookkeeping(monkeypatch)
+    async with bot(bot_settings(max_concurrent_per_user=2), run_worker=False) as app:
+        editor = rt_of(app).editor
+        # The first edit is stored and still being recorded: the second must still start.
+        fake.user_sends_photo(USER, USER, png((20, 20)), "/adjust rotate 90")
+        await until(lambda: _count(editor.list_tasks(), 1))
+        fake.user_sends_photo(USER, USER, png((21, 20)), "/adjust rotate 180")
+        await until(lambda: _count(editor.list_tasks(), 2))
+        # Both stored, both still being recorded: a flood of eight is told "2", not "4".
+        for i in range(8):
+            fake.user_sends_photo(USER, USER, png((30 + i, 20)), "/adjust grayscale")
+        refusals = await fake.wait_for("sendMessage", count=8, predicate=says("already have"))
+        for call in refusals:
+            assert text_of(call).startswith("You already have 2 edits running (the limit is 2)")
+        await handled(app, 10)
+        assert len(await editor.list_tasks()) == 2
+
+
+async def test_edits_per_hour_are_counted_once_each(
+    fake: FakeBotAPI, bot_settings: BotSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow_bookkeeping(monkeypatch, 0.4)
+    settings = bot_settings(edits_per_hour=3, max_concurrent_per_user=10)
+    async with bot(settings, run_worker=False) as app:
+        editor = rt_of(app).editor
+        for i in range(3):  # one after the other, each still being recorded
+            fake.user_sends_photo(USER, USER, png((20 + i, 20)), "/adjust rotate 90")
+            await until(lambda i=i: _count(editor.list_tasks(), i + 1))
+        for _ in range(5):
+            fake.user_sends_photo(USER, USER, png(), "/adjust grayscale")
+        refusals = await fake.wait_for("sendMessage", count=5, predicate=says("in the last hour"))
+        for call in refusals:
+            assert text_of(call).startswith("You've made 3 edits in the last hour, the limit is 3")
+        await handled(app, 8)
+        assert len(await editor.list_tasks()) == 3
+
+
+async def _count(tasks: Awaitable[list[Task]], n: int) -> bool:
+    return len(await tasks) >= n
+
+
+async def test_limits_stay_exact_under_many_concurrent_edits_of_one_user() -> None:
+    """Limits alone, against an Editor stand-in whose store reads and writes yield to others
+    at random: 40 edits of one user at once, each downloading for a random while."""
+    rng = random.Random(7)
+    stored: list[str] = []
+
+    class Store:
+        async def active_tasks(self, owner: str) -> list[str]:
+            await asyncio.sleep(rng.random() / 500)
+            return list(stored)
+
+        async def usage(self, owner: str, since: float) -> tuple[int, float | None]:
+            await asyncio.sleep(rng.random() / 500)
+            return len(stored), time.time() if stored else None
+
+    settings = TelegramSettings(max_concurrent_per_user=5, edits_per_hour=100)
+    limits = Limits(Store(), settings)  # type: ignore[arg-type]
+    said: list[int] = []
+
+    async def edit(i: int) -> None:
+        await asyncio.sleep(rng.random() / 50)
+        async with limits.slot(USER) as slot:
+            if slot.refusal is not None:
+                said.append(int(re.findall(r"have (\d+) edit", slot.refusal)[0]))
+                return
+            await asyncio.sleep(rng.random() / 50)  # downloading
+
+            async def create() -> str:
+                await asyncio.sleep(rng.random() / 500)
+                stored.append(f"task{i}")
+                return f"task{i}"
+
+            await slot.start(create)
+            await asyncio.sleep(rng.random() / 50)  # the bot's own bookkeeping
+
+    await asyncio.gather(*(edit(i) for i in range(40)))
+    assert len(stored) == 5 and said == [5] * 35
+    assert limits.reserved[USER] == 0
