@@ -3,8 +3,8 @@
 Closed by default: only ``telegram.allowed_user_ids`` (in private chats and in any group, by
 the sender's id), or everyone with ``telegram.public = true``. :func:`gate` runs before every
 other handler (group -1) and stops refused updates there, so no handler — command, message or
-inline button — can be reached around it. :class:`Limits` counts each allowed user's edits
-exactly.
+inline button — can be reached around it. Strangers are told so a few times, then ignored
+(:class:`Refusals`). :class:`Limits` counts each allowed user's edits exactly.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -27,6 +27,8 @@ from tools.service import Editor
 
 log = logging.getLogger("retouch.bot.access")
 T = TypeVar("T")
+#: Refusals to all strangers together, at most, in any minute.
+REFUSALS_PER_MINUTE = 30
 
 
 def owner(user_id: int) -> str:
@@ -47,10 +49,55 @@ def refusal(user_id: int) -> str:
     )
 
 
+class Refusals:
+    """How often strangers are told the bot is private: each at most ``per_user`` times in
+    any ``window_s``, and all of them together at most ``overall`` times a minute; then
+    silence. A stranger's flood gets a few answers, not one each (the bot is no amplifier),
+    and a crowd of strangers cannot spend the send rate the allowed users' results need.
+    Memory stays bounded: the strangers seen longest ago are forgotten past ``tracked``.
+    """
+
+    def __init__(
+        self,
+        per_user: int,
+        window_s: float,
+        *,
+        overall: int = REFUSALS_PER_MINUTE,
+        tracked: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_user = per_user
+        self.window_s = window_s
+        self.overall = overall
+        self.tracked = tracked
+        self.clock = clock
+        self._by_user: OrderedDict[int, deque[float]] = OrderedDict()
+        self._all: deque[float] = deque()
+
+    def allow(self, user_id: int) -> bool:
+        """True (and counted) when this stranger may be answered now."""
+        now = self.clock()
+        while self._all and self._all[0] <= now - 60:
+            self._all.popleft()
+        times = self._by_user.pop(user_id, deque())
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        self._by_user[user_id] = times  # the most recently seen last
+        if len(self._by_user) > self.tracked:
+            self._by_user.popitem(last=False)
+        if len(times) >= self.per_user or len(self._all) >= self.overall:
+            return False
+        times.append(now)
+        self._all.append(now)
+        return True
+
+
 def gate(
     settings: TelegramSettings,
 ) -> Callable[[object, ContextTypes.DEFAULT_TYPE], Awaitable[None]]:
-    """The group -1 handler: let allowed users through; answer and stop everyone else."""
+    """The group -1 handler: let allowed users through; stop everyone else, and answer them
+    as often as :class:`Refusals` allows."""
+    budget = Refusals(settings.stranger_replies, settings.stranger_reply_window_s)
 
     async def check(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         if not isinstance(update, Update):
@@ -60,11 +107,16 @@ def gate(
             return
         if user is None or user.is_bot:
             raise ApplicationHandlerStop  # channel posts, other bots: nothing to answer
+        query, message = update.callback_query, update.effective_message
+        answer = query is not None or (message is not None and _addressed_to_bot(update))
+        if not answer or not budget.allow(user.id):
+            log.debug("refused update from user %s, silently", user.id)
+            raise ApplicationHandlerStop
         log.info("refused update from user %s", user.id)
-        if update.callback_query is not None:
-            await update.callback_query.answer(refusal(user.id), show_alert=True)
-        elif update.effective_message is not None and _addressed_to_bot(update):
-            await update.effective_message.reply_text(refusal(user.id))
+        if query is not None:
+            await query.answer(refusal(user.id), show_alert=True)
+        elif message is not None:
+            await message.reply_text(refusal(user.id))
         raise ApplicationHandlerStop
 
     return check

@@ -19,7 +19,7 @@ from telegram import InputFile
 from telegram.ext import Application
 
 from bots import storage as chats
-from bots.access import Limits
+from bots.access import Limits, Refusals
 from bots.lengths import ALERT, CAPTION, MARK, TEXT, fit, fit_call, units
 from bots.sending import Sender
 from bots.settings import TelegramSettings
@@ -27,7 +27,7 @@ from bots.telegram import build_application, running
 from tests import test_bot as harness
 from tests.conftest import data_uri, png
 from tests.fakes.telegram import FakeBotAPI
-from tests.test_bot import USER, BotSettings, bot, rt_of, says, text_of
+from tests.test_bot import STRANGER, USER, BotSettings, bot, rt_of, says, text_of
 from tools.models import EditRequest, ResultImage, Task, TaskStatus
 
 fake = harness.fake  # the harness's fixtures, shared
@@ -323,3 +323,62 @@ async def test_limits_stay_exact_under_many_concurrent_edits_of_one_user() -> No
     await asyncio.gather(*(edit(i) for i in range(40)))
     assert len(stored) == 5 and said == [5] * 35
     assert limits.reserved[USER] == 0
+
+
+# ---- strangers -----------------------------------------------------------------------------
+
+
+async def test_a_stranger_flooding_the_bot_is_answered_a_few_times_then_ignored(
+    fake: FakeBotAPI, bot_settings: BotSettings
+) -> None:
+    other = STRANGER + 1
+    async with bot(bot_settings()) as app:  # by default: three answers an hour
+        for i in range(12):
+            fake.user_sends_text(STRANGER, STRANGER, f"/start {i}")
+        fake.user_sends_photo(STRANGER, STRANGER, png(), "/adjust grayscale")
+        await handled(app, 13)
+        to_stranger = [c for c in fake.calls_to("sendMessage") if c.params["chat_id"] == STRANGER]
+        assert len(to_stranger) == 3 and all("private" in text_of(c) for c in to_stranger)
+        mark = fake.call_count
+        fake.user_presses_button(STRANGER, STRANGER, to_stranger[0].result["message_id"], "x")
+        await handled(app, 14)
+        assert not fake.calls_to("answerCallbackQuery", since=mark)  # silence, not an alert
+        assert not fake.calls_to("getFile") and await rt_of(app).editor.list_tasks() == []
+
+        # Another stranger has a budget of their own; allowed users are not affected.
+        fake.user_sends_text(other, other, "/start")
+        (reply,) = await fake.wait_for("sendMessage", since=mark)
+        assert reply.params["chat_id"] == other
+        assert (await harness.ask(fake, "/help")).ok
+
+
+async def test_a_silenced_stranger_is_answered_again_after_the_window(
+    fake: FakeBotAPI, bot_settings: BotSettings
+) -> None:
+    async with bot(bot_settings(stranger_replies=1, stranger_reply_window_s=1.0)) as app:
+        fake.user_sends_text(STRANGER, STRANGER, "/start")
+        fake.user_sends_text(STRANGER, STRANGER, "/start")
+        await handled(app, 2)
+        assert len(fake.calls_to("sendMessage")) == 1
+        await asyncio.sleep(1.1)
+        mark = fake.call_count
+        fake.user_sends_text(STRANGER, STRANGER, "/start again")
+        (again,) = await fake.wait_for("sendMessage", since=mark)
+        assert again.params["chat_id"] == STRANGER and "private" in text_of(again)
+
+
+def test_refusals_are_bounded_per_stranger_overall_and_in_memory() -> None:
+    now = [0.0]
+    budget = Refusals(3, 600.0, overall=10, tracked=50, clock=lambda: now[0])
+    assert [budget.allow(1) for _ in range(5)] == [True, True, True, False, False]
+    now[0] = 599.0
+    assert not budget.allow(1)
+    now[0] = 600.5  # the first answers left the window
+    assert budget.allow(1)
+    # A crowd of strangers: ten answers a minute in all, then silence until the minute ends.
+    now[0] = 1000.0
+    answered = sum(budget.allow(100 + i) for i in range(500))
+    assert answered == 10
+    now[0] = 1061.0
+    assert budget.allow(9999)
+    assert len(budget._by_user) <= 50  # the oldest strangers are forgotten
