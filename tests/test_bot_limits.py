@@ -18,6 +18,7 @@ import pytest
 from telegram import InputFile
 from telegram.ext import Application
 
+from bots import inbox
 from bots import storage as chats
 from bots.access import Limits, Refusals
 from bots.lengths import ALERT, CAPTION, MARK, TEXT, fit, fit_call, units
@@ -382,3 +383,26 @@ def test_refusals_are_bounded_per_stranger_overall_and_in_memory() -> None:
     now[0] = 1061.0
     assert budget.allow(9999)
     assert len(budget._by_user) <= 50  # the oldest strangers are forgotten
+
+
+# ---- the inbox -----------------------------------------------------------------------------
+
+
+async def test_the_inbox_is_pruned_while_the_bot_runs(
+    fake: FakeBotAPI, bot_settings: BotSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inbox, "KEEP_HANDLED_S", 0.3)
+    monkeypatch.setattr(inbox, "PRUNE_EVERY_S", 0.1)
+    async with bot(bot_settings()) as app:
+        db = rt_of(app).db
+        await chats.record_update(db, 10**9, "{}")  # one never handled: it stays
+        for _ in range(3):
+            await harness.ask(fake, "/help")
+        await handled(app, 3)
+
+        async def pruned() -> bool:
+            rows = await db.execute_fetchall("SELECT update_id FROM tg_inbox", ())
+            return [r[0] for r in rows] == [10**9]
+
+        await until(pruned, timeout=5)
+        assert (await harness.ask(fake, "/help")).ok  # and the bot carries on
