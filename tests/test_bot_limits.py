@@ -7,6 +7,7 @@ Telegram's own 400s."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import random
 import re
 import time
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 from telegram import InputFile
 from telegram.ext import Application
@@ -24,11 +26,12 @@ from bots.access import Limits, Refusals
 from bots.lengths import ALERT, CAPTION, MARK, TEXT, fit, fit_call, units
 from bots.sending import Sender
 from bots.settings import TelegramSettings
-from bots.telegram import build_application, running
+from bots.telegram import build_application, running, serve_webhook
 from tests import test_bot as harness
 from tests.conftest import data_uri, png
 from tests.fakes.telegram import FakeBotAPI
 from tests.test_bot import STRANGER, USER, BotSettings, bot, rt_of, says, text_of
+from tests.test_bot_cli import _free_port
 from tools.models import EditRequest, ResultImage, Task, TaskStatus
 
 fake = harness.fake  # the harness's fixtures, shared
@@ -406,3 +409,63 @@ async def test_the_inbox_is_pruned_while_the_bot_runs(
 
         await until(pruned, timeout=5)
         assert (await harness.ask(fake, "/help")).ok  # and the bot carries on
+
+
+# ---- the webhook ---------------------------------------------------------------------------
+
+
+async def test_webhook_secret_is_compared_in_constant_time(
+    fake: FakeBotAPI, bot_settings: BotSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    port = _free_port()
+    settings = bot_settings(webhook_url=f"https://bot.example/hook/{port}")
+    stop = asyncio.Event()
+    server = asyncio.create_task(
+        serve_webhook(build_application(settings), settings, "127.0.0.1", port, stop=stop)
+    )
+    try:
+        (hook,) = await fake.wait_for("setWebhook")
+        secret = hook.params["secret_token"]
+        update = {
+            "update_id": 1,
+            "message": {
+                "message_id": 1,
+                "date": 0,
+                "text": "/help",
+                "entities": [{"type": "bot_command", "offset": 0, "length": 5}],
+                "chat": {"id": USER, "type": "private", "first_name": "U"},
+                "from": {"id": USER, "is_bot": False, "first_name": "U"},
+            },
+        }
+        url = f"http://127.0.0.1:{port}/hook/{port}"
+        header = "X-Telegram-Bot-Api-Secret-Token"
+        async with httpx.AsyncClient() as client:
+            for _ in range(200):  # uvicorn may still be binding
+                try:
+                    await client.get(f"http://127.0.0.1:{port}/healthz")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+            wrong = secret[:-1] + ("A" if secret[-1] != "A" else "B")  # all but the end right
+            for bad in (wrong, secret[:-1], secret + "x", ""):
+                answer = await client.post(url, json=update, headers={header: bad})
+                assert answer.status_code == 403, bad
+            for odd in ("é".encode(), b"\xff\xfe" * 20):  # not ASCII: refused, not a 500
+                answer = await client.post(url, json=update, headers=[(header.encode(), odd)])
+                assert answer.status_code == 403
+            assert compared and all(b == secret.encode() for _, b in compared)
+            ok = await client.post(url, json=update, headers={header: secret})
+            assert ok.status_code == 200
+        await fake.wait_for("sendMessage", predicate=says("Examples"))
+        assert len(fake.calls_to("sendMessage")) == 1  # only the right secret got through
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)
