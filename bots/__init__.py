@@ -15,9 +15,10 @@ runner); its own data lives in its own tables, its settings in its own section.
     tracking.py    status messages and exactly-once delivery of results
     sending.py     sending a task's results as photos, albums or files
     rendering.py   status texts, task captions, the Cancel button (pure)
-    access.py      allow-list gate (every update) and per-user limits
+    access.py      allow-list gate (every update), strangers' refusals, exact per-user limits
     inbox.py       every update written down before Telegram forgets it
     retry.py       429 / network retries for every Bot API call
+    lengths.py     Telegram's text, caption and alert limits: every call's text cut to fit
     storage.py     the bot's tables: chat ↔ task, sent results, user settings, inbox
     migrations.py  the bot's numbered schema steps (m003, m005)
     settings.py    the ``[telegram]`` settings section (entry point ``retouch.settings``)

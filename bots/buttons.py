@@ -60,7 +60,7 @@ async def on_setting(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     try:
         apply_setting(settings, key, value)
     except UserError as exc:
-        await query.answer(exc.message[:200], show_alert=True)
+        await query.answer(exc.message, show_alert=True)
         return
     await storage.save_user(rt.db, settings)
     await query.answer("Saved")

@@ -17,6 +17,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from bots.lengths import fit
+
 #: Bot command → catalogue function.
 FUNCTION_COMMANDS: dict[str, str] = {
     "edit": "edit",
@@ -276,7 +278,7 @@ def _plain(text: str, runnable: Collection[str]) -> Plan:
             plan.prompt = text
         plan.chosen = (
             "No enabled vendor follows free-form instructions (that needs a cloud vendor "
-            f"for /edit), so I read “{_short(text)}” as {plan.describe()}."
+            f"for /edit), so I read “{_short(text)}” as {_short(plan.describe(), 120)}."
         )
         return plan
     local = [EXAMPLES[c] for c, f in FUNCTION_COMMANDS.items() if f in runnable and c != "edit"]
@@ -289,5 +291,4 @@ def _plain(text: str, runnable: Collection[str]) -> Plan:
 
 
 def _short(text: str, limit: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return fit(" ".join(text.split()), limit)

@@ -59,8 +59,7 @@ def functions_text(rt: Runtime) -> str:
     missing = [f"/{c}" for c, f in FUNCTION_COMMANDS.items() if f not in rt.functions]
     if missing:
         lines.append(f"\nNot available here (no enabled vendor runs them): {', '.join(missing)}")
-    text = "\n".join(lines)
-    return text if len(text) <= 4096 else text[:4095] + "…"
+    return "\n".join(lines)
 
 
 # ---- commands ------------------------------------------------------------------------------

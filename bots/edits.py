@@ -17,6 +17,8 @@ from telegram.ext import ContextTypes
 from bots import captions, storage
 from bots.access import owner
 from bots.captions import EXAMPLES, CaptionError, Plan
+from bots.lengths import fit
+from bots.rendering import ECHO
 from bots.replies import UserError, edit_text, say
 from bots.retry import retrying
 from bots.state import Runtime, runtime
@@ -138,18 +140,21 @@ async def start_edit(
         await say(message, exc.message)
         return None
     settings = await storage.get_user(rt.db, user.id)
-    async with rt.limits.slot(user.id) as refusal:
-        if refusal is not None:
-            await say(message, refusal)
+    async with rt.limits.slot(user.id) as slot:
+        if slot.refusal is not None:
+            await say(message, slot.refusal)
             return None
         images = f"{count} images" if count > 1 else "the image"
-        ack = await say(message, f"👍 Got it: {plan.describe()} — fetching {images}…")
+        what = fit(plan.describe(), ECHO)  # the prompt may be 4 096 characters long
+        ack = await say(message, f"👍 Got it: {what} — fetching {images}…")
         try:
             uris = [await fetch(rt.editor, bot, s) for s in sources]
             request, notes = build_request(rt.editor, plan, uris, settings, info)
             # Keyed by the message: handled again after a crash, it starts no second task.
             key = f"telegram:{message.chat_id}:{message.message_id}"
-            task = await rt.editor.edit_image(request, owner=owner(user.id), key=key)
+            task = await slot.start(
+                lambda: rt.editor.edit_image(request, owner=owner(user.id), key=key)
+            )
         except (UserError, RetouchError) as exc:
             await edit_text(ack, f"❌ {exc.message}")
             return None

@@ -10,12 +10,14 @@ which is before the next poll can confirm it; the Application marks it handled w
 handlers have run; at start-up the updates left unhandled are queued again. An update seen
 twice (replayed, and fetched again because its confirmation never reached Telegram) is
 handled once, and a request message that already started a task starts no other
-(``edits.start_edit``).
+(``edits.start_edit``). Handled updates are deleted once a day old, by a sweep at start and
+every :data:`PRUNE_EVERY_S` while the bot runs, so the inbox does not grow with its uptime.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,8 +31,10 @@ from bots import storage
 
 log = logging.getLogger("retouch.bot.inbox")
 
-#: Handled updates are forgotten after this long.
+#: Handled updates are forgotten after this long ...
 KEEP_HANDLED_S = 86400.0
+#: ... by a sweep this often (read at each sweep).
+PRUNE_EVERY_S = 3600.0
 
 
 class InboxQueue(asyncio.Queue[Any]):
@@ -56,6 +60,7 @@ class InboxApplication(Application):  # type: ignore[type-arg]
         self.holds: Callable[[Update], bool] = lambda update: False
         self._in_hand: set[int] = set()
         self._held: dict[tuple[int, int], int] = {}  # (chat, message) → update id
+        self._pruner: asyncio.Task[None] | None = None
 
     async def process_update(self, update: object) -> None:
         db = self.inbox_db
@@ -75,6 +80,27 @@ class InboxApplication(Application):  # type: ignore[type-arg]
                 await storage.mark_update_done(db, uid)
         finally:
             self._in_hand.discard(uid)
+
+    def prune_periodically(self, db: aiosqlite.Connection) -> None:
+        """Sweep handled updates older than :data:`KEEP_HANDLED_S` until shutdown."""
+
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(PRUNE_EVERY_S)
+                try:
+                    await storage.forget_handled_updates(db, KEEP_HANDLED_S)
+                except Exception:
+                    log.exception("pruning the inbox failed; trying again later")
+
+        self._pruner = asyncio.create_task(sweep(), name="retouch-bot-inbox-pruner")
+
+    async def shutdown(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+            self._pruner = None
+        await super().shutdown()
 
     async def release(self, messages: list[Message]) -> None:
         """The held updates of these messages are handled now (their album was started)."""
@@ -100,6 +126,7 @@ async def open_inbox(
     queue.record = record
     app.inbox_db = db
     await storage.forget_handled_updates(db, KEEP_HANDLED_S)
+    app.prune_periodically(db)
     left = await storage.open_updates(db)
     for _, body in left:
         update = Update.de_json(json.loads(body), app.bot)

@@ -4,11 +4,14 @@ its Cancel button, and whether a result can go as a photo. Pure functions of a T
 from __future__ import annotations
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
-from telegram.constants import FileSizeLimit, MessageLimit
+from telegram.constants import FileSizeLimit
 
 from bots.captions import COMMAND_FOR
+from bots.lengths import fit
 from tools.models import ResultImage, Task, TaskStatus
 
+#: How much of a prompt a status, a caption or a list echoes.
+ECHO = 120
 PHOTO_MIMES = frozenset({"image/jpeg", "image/png", "image/webp"})
 ICONS = {
     TaskStatus.queued: "⏳",
@@ -36,14 +39,13 @@ def photo_problem(result: ResultImage) -> str | None:
 def describe_task(task: Task) -> str:
     """``/style oil painting`` — the task as the caption that would start it."""
     command = "/" + COMMAND_FOR.get(task.function, task.function)
-    prompt = " ".join(task.prompt.split())
-    if len(prompt) > 120:
-        prompt = prompt[:119] + "…"
+    prompt = fit(" ".join(task.prompt.split()), ECHO)
     return f"{command} {prompt}".strip()
 
 
 def render_status(task: Task, note: str | None = None) -> str:
-    """The status message's text for a task's current state (plain text)."""
+    """The status message's text for a task's current state (plain text; a vendor's long
+    error is cut where every text is, in ``bots.lengths``)."""
     what = describe_task(task)
     lines = [f"ℹ️ {note}"] if note else []
     match task.status:
@@ -73,9 +75,7 @@ def render_status(task: Task, note: str | None = None) -> str:
             lines.append(f"❌ Failed: {what}\n{reason}")
         case TaskStatus.canceled:
             lines.append(f"🚫 Canceled: {what}")
-    text = "\n".join(lines)
-    limit = MessageLimit.MAX_TEXT_LENGTH
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return "\n".join(lines)
 
 
 def cancel_keyboard(task: Task) -> InlineKeyboardMarkup | None:

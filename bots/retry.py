@@ -1,7 +1,8 @@
 """Retrying Bot API calls: Telegram's 429 (``RetryAfter``) and network failures.
 
 :class:`RetryingLimiter` plugs into PTB as the Application's rate limiter, so *every* Bot API
-call the bot makes (except ``getUpdates``, which PTB's updater retries itself) waits out a
+call the bot makes (except ``getUpdates``, which PTB's updater retries itself) passes it: its
+texts and captions are cut to Telegram's limits (``bots.lengths``), and it waits out a
 429's ``retry_after`` and tries again, and retries a failed connection or a timeout a few
 times with backoff. PTB's own ``AIORateLimiter`` would need the ``aiolimiter`` package; this
 one reacts to 429s instead of throttling ahead of them, which suits a bot that sends about as
@@ -22,6 +23,8 @@ from typing import Any, TypeVar
 
 from telegram.error import BadRequest, NetworkError, RetryAfter
 from telegram.ext import BaseRateLimiter
+
+from bots.lengths import fit_call
 
 log = logging.getLogger("retouch.bot.retry")
 T = TypeVar("T")
@@ -67,7 +70,8 @@ async def retrying(
 
 
 class RetryingLimiter(BaseRateLimiter[None]):
-    """PTB rate limiter that retries 429s and network failures (see the module docstring)."""
+    """PTB rate limiter that fits texts to Telegram's limits and retries 429s and network
+    failures (see the module docstring)."""
 
     def __init__(self, attempts: int = MAX_ATTEMPTS) -> None:
         self.attempts = attempts
@@ -87,6 +91,7 @@ class RetryingLimiter(BaseRateLimiter[None]):
         data: dict[str, Any],
         rate_limit_args: None,
     ) -> bool | dict[str, Any] | list[dict[str, Any]]:
+        fit_call(endpoint, data)  # ``data`` is the dict the call is about to send
         return await retrying(
             lambda: callback(*args, **kwargs), what=endpoint, attempts=self.attempts
         )

@@ -8,9 +8,10 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from telegram import Bot, InputFile, InputMediaDocument, InputMediaPhoto, Message
-from telegram.constants import ChatAction, FileSizeLimit, MessageLimit
+from telegram.constants import ChatAction, FileSizeLimit
 from telegram.error import BadRequest, Forbidden, TelegramError
 
+from bots.lengths import CAPTION, fit
 from bots.rendering import describe_task, photo_problem
 from bots.replies import reply_parameters
 from tools.errors import NotFound
@@ -107,7 +108,7 @@ class Sender:
         if why:
             text += f"\nSent as a file: {why}."
         text += "\nReply to this with words or a command to keep editing."
-        return text[: MessageLimit.CAPTION_LENGTH]
+        return fit(text, CAPTION)  # an album's caption travels where bots.lengths cannot see
 
     async def _payload(self, task: Task, result: ResultImage) -> tuple[bytes, str]:
         data, mime = await self.editor.result(task.id, result.index)

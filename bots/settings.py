@@ -19,6 +19,10 @@ class TelegramSettings(Section):
     max_concurrent_per_user: int = Field(2, ge=1)
     edits_per_hour: int = Field(30, ge=1)
     album_debounce_s: float = Field(1.0, ge=0)
+    #: A stranger (not allowed) is told so at most this many times in any window; then
+    #: silence (bots.access.Refusals).
+    stranger_replies: int = Field(3, ge=0)
+    stranger_reply_window_s: float = Field(3600.0, gt=0)
     webhook_url: str = ""
 
     @model_validator(mode="after")

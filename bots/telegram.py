@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import re
 import secrets
@@ -103,8 +104,8 @@ async def serve_webhook(
 
     Telegram POSTs updates to ``telegram.webhook_url``; the path of that URL is served on
     ``host:port`` (put a TLS-terminating proxy in front). A random secret token, checked on
-    every request, keeps strangers from injecting updates. Runs until uvicorn is told to stop
-    (SIGINT/SIGTERM) or ``stop`` is set.
+    every request in constant time, keeps strangers from injecting updates. Runs until
+    uvicorn is told to stop (SIGINT/SIGTERM) or ``stop`` is set.
     """
     import uvicorn
     from starlette.applications import Starlette
@@ -117,7 +118,9 @@ async def serve_webhook(
     secret = secrets.token_urlsafe(32)
 
     async def receive(request: Request) -> Response:
-        if request.headers.get("x-telegram-bot-api-secret-token") != secret:
+        given = request.headers.get("x-telegram-bot-api-secret-token", "")
+        # Constant time: how long a refusal takes says nothing about how much of it matched.
+        if not hmac.compare_digest(given.encode(), secret.encode()):
             return Response(status_code=403)
         await app.update_queue.put(Update.de_json(await request.json(), app.bot))
         return Response()
