@@ -528,10 +528,11 @@ class PostgresStore(Store):
 
 
 #: A CTE that counts puts as linked: each of the statement's ``shas`` (an array parameter,
-#: duplicates counted) takes one off its blob's ``pending``.
+#: duplicates counted) takes one off its blob's ``pending``. The rows are taken in sha256
+#: order, so two statements sharing blobs cannot deadlock.
 _UNPEND = """unpended AS (
                 UPDATE blobs SET pending = greatest(blobs.pending - c.n, 0)
                 FROM (SELECT s AS sha, count(*) AS n FROM unnest({shas}::text[]) AS s
-                      GROUP BY s) AS c
+                      GROUP BY s ORDER BY s) AS c
                 WHERE blobs.sha256 = c.sha
             )"""
