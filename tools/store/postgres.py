@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -283,20 +283,32 @@ class PostgresStore(Store):
         )
         return [TaskRecord.from_row(r) for r in rows]
 
-    async def count_active(self, owner: str) -> int:
-        return int(
-            await self.pool.fetchval(
-                "SELECT count(*) FROM tasks WHERE owner = $1 AND status IN ('queued', 'running')",
-                owner,
-            )
+    async def active(self, owner: str) -> list[TaskRecord]:
+        """``owner``'s tasks still queued or running, newest first."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM tasks WHERE owner = $1 AND status IN ('queued', 'running')"
+            " ORDER BY seq DESC",
+            owner,
         )
+        return [TaskRecord.from_row(r) for r in rows]
 
-    async def count_since(self, owner: str, since: float) -> int:
-        return int(
-            await self.pool.fetchval(
-                "SELECT count(*) FROM tasks WHERE owner = $1 AND created_at >= $2", owner, since
-            )
+    async def usage(self, owner: str, since: float) -> tuple[int, float | None]:
+        """How many tasks ``owner`` created at or after ``since``, and when the first was."""
+        row = await self.pool.fetchrow(
+            "SELECT count(*), min(created_at) FROM tasks WHERE owner = $1 AND created_at >= $2",
+            owner,
+            since,
         )
+        return int(row[0]), row[1]
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        """The tasks among ``task_ids`` that exist, in no particular order."""
+        if not task_ids:
+            return []
+        rows = await self.pool.fetch(
+            "SELECT * FROM tasks WHERE id = ANY($1::text[])", list(task_ids)
+        )
+        return [TaskRecord.from_row(r) for r in rows]
 
     async def find_by_vendor_task(self, vendor: str, vendor_task_id: str) -> TaskRecord | None:
         row = await self.pool.fetchrow(
