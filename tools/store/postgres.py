@@ -125,6 +125,7 @@ class PostgresStore(Store):
                     if not lost.is_set():  # quiet: is the connection still there?
                         async with asyncio.timeout(LISTEN_CHECK_S):
                             await db.execute("SELECT 1")
+                log.warning("task events: the database closed the connection; reconnecting")
             except Exception as exc:  # the loop must outlive any failure
                 log.warning("task events: connection lost (%s); reconnecting", type(exc).__name__)
             finally:
