@@ -12,7 +12,6 @@ import contextlib
 import logging
 from typing import cast
 
-import aiosqlite
 from telegram import BotCommand, Message, Update
 from telegram.error import TelegramError
 from telegram.ext import (
@@ -78,7 +77,7 @@ class Lifecycle:
         self.run_worker = run_worker
         self.scan_interval = scan_interval
         self.editor: Editor | None = None
-        self.db: aiosqlite.Connection | None = None
+        self.db: storage.Db | None = None
         self.runtime: Runtime | None = None
 
     async def post_init(self, app: Application) -> None:
@@ -88,7 +87,7 @@ class Lifecycle:
             self.settings, allow_local_paths=False, run_worker=self.run_worker
         )
         await editor.start()
-        db = self.db = await storage.connect(self.settings.store.path)
+        db = self.db = await storage.open_db(self.settings.store)
 
         async def album(parts: list[Message]) -> None:
             try:

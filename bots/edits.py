@@ -7,7 +7,6 @@ import base64
 import logging
 from dataclasses import dataclass
 
-import aiosqlite
 from pydantic import ValidationError
 from telegram import Bot, Message, Update
 from telegram.constants import ChatType, FileSizeLimit
@@ -54,9 +53,7 @@ def _is_image_document(message: Message) -> bool:
     return (doc.file_name or "").lower().endswith(IMAGE_EXTENSIONS)
 
 
-async def source_of(
-    db: aiosqlite.Connection, message: Message, *, label: str = "image"
-) -> Source | None:
+async def source_of(db: storage.Db, message: Message, *, label: str = "image") -> Source | None:
     """The image a message holds (None: it holds none). A non-image file is a UserError."""
     if message.from_user is not None and message.from_user.id == message.get_bot().id:
         found = await storage.result_for_message(db, message.chat_id, message.message_id)

@@ -23,7 +23,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-import aiosqlite
 from telegram import Message, Update
 from telegram.ext import Application
 
@@ -55,7 +54,7 @@ class InboxApplication(Application):  # type: ignore[type-arg]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.inbox_db: aiosqlite.Connection | None = None
+        self.inbox_db: storage.Db | None = None
         #: An update its handler left waiting (an album part): handled when released.
         self.holds: Callable[[Update], bool] = lambda update: False
         self._in_hand: set[int] = set()
@@ -112,7 +111,7 @@ class InboxApplication(Application):  # type: ignore[type-arg]
 
 async def open_inbox(
     app: InboxApplication,
-    db: aiosqlite.Connection,
+    db: storage.Db,
     holds: Callable[[Update], bool] = lambda update: False,
 ) -> int:
     """Start recording, and queue again what a previous process left unhandled. ``holds``

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 from telegram.ext import Application
 
+from bots import storage
 from bots.access import Limits
 from bots.albums import AlbumCollector
 from bots.tracking import Tracker
@@ -22,7 +22,7 @@ KEY = "retouch"
 class Runtime:
     editor: Editor
     #: The bot's own connection to the store's database (bots/storage.py).
-    db: aiosqlite.Connection
+    db: storage.Db
     tracker: Tracker
     limits: Limits
     albums: AlbumCollector

@@ -9,16 +9,19 @@
     tg_users     per-user settings: vendor, n, seed, originals.
     tg_inbox     every update received, until its handlers have run (``bots/inbox.py``).
 
-The bot opens its own connection (:func:`connect`) to the store's database file: SQLite's
-own locking (WAL, ``BEGIN IMMEDIATE``, busy timeout) then orders its writes with the
-Editor's, instead of interleaving statements on one shared connection. Every write here is a
-single statement, so each is atomic on its own. Rows go away with their task (``ON DELETE
+The bot opens its own connection (:func:`open_db`) to the store's database: to its SQLite
+file, whose own locking (WAL, ``BEGIN IMMEDIATE``, busy timeout) then orders its writes with
+the Editor's instead of interleaving statements on one shared connection; or a pool of its
+own on the store's PostgreSQL database (``store.url``). Every write here is a single
+statement, so each is atomic on its own, and each is written once for both databases (``?``
+marks, numbered for PostgreSQL). Rows go away with their task (``ON DELETE
 CASCADE``) when the store forgets tasks past retention. Nothing here reads the core's
 tables: what the bot needs to know about tasks it asks the Editor.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, fields
@@ -26,9 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import asyncpg
 
 from bots.migrations import BOT
+from bots.pg_migrations import BOT_PG
+from tools.config import StoreSettings
+from tools.store import pg_migrations
 from tools.store.migrations import migrate
+
+#: The bot's database: a SQLite connection, or a pool of PostgreSQL connections.
+Db = aiosqlite.Connection | asyncpg.Pool
 
 PENDING, SENDING, DELIVERED, FAILED = "pending", "sending", "delivered", "failed"
 
@@ -52,7 +62,7 @@ class ChatTask:
     delivered_at: float | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> ChatTask:
+    def from_row(cls, row: sqlite3.Row | asyncpg.Record) -> ChatTask:
         return cls(**{f.name: row[f.name] for f in fields(cls)})
 
 
@@ -65,8 +75,25 @@ class UserSettings:
     originals: bool = False
 
 
+async def open_db(settings: StoreSettings) -> Db:
+    """The bot's own way into the store's database: PostgreSQL at ``store.url`` if set,
+    else the SQLite file at ``store.path``; its tables made if need be."""
+    url = settings.url.get_secret_value()
+    if not url:
+        return await connect(settings.path)
+    size = settings.pool_max_size
+    pool = await asyncpg.create_pool(url, min_size=min(settings.pool_min_size, size), max_size=size)
+    try:
+        async with pool.acquire() as db:
+            await pg_migrations.migrate(db, BOT_PG)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
 async def connect(path: Path | str) -> aiosqlite.Connection:
-    """A connection to the store's database, configured like the store's own."""
+    """A connection to the store's SQLite database, configured like the store's own."""
     db = await aiosqlite.connect(str(path), timeout=30, isolation_level=None)
     db.row_factory = sqlite3.Row
     await db.execute("PRAGMA journal_mode=WAL")
@@ -77,16 +104,25 @@ async def connect(path: Path | str) -> aiosqlite.Connection:
     return db
 
 
-async def _one(db: aiosqlite.Connection, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
-    """One statement; in autocommit mode SQLite makes it its own transaction."""
-    return list(await db.execute_fetchall(sql, params))
+async def _one(db: Db, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    """One statement, its own transaction (SQLite in autocommit mode; a pool's connection
+    outside any transaction). Its rows are read by column name or position."""
+    if isinstance(db, aiosqlite.Connection):
+        return list(await db.execute_fetchall(sql, params))
+    return list(await db.fetch(_numbered(sql), *params))
+
+
+def _numbered(sql: str) -> str:
+    """``?`` marks as PostgreSQL's ``$1``, ``$2``… (no statement here has a ``?`` in text)."""
+    count = iter(range(1, sql.count("?") + 1))
+    return re.sub(r"\?", lambda _: f"${next(count)}", sql)
 
 
 # ---- tasks ---------------------------------------------------------------------------------
 
 
 async def add_task(
-    db: aiosqlite.Connection,
+    db: Db,
     *,
     task_id: str,
     chat_id: int,
@@ -113,16 +149,16 @@ async def add_task(
     )
 
 
-async def get_task(db: aiosqlite.Connection, task_id: str) -> ChatTask | None:
+async def get_task(db: Db, task_id: str) -> ChatTask | None:
     rows = await _one(db, "SELECT * FROM tg_tasks WHERE task_id = ?", (task_id,))
     return ChatTask.from_row(rows[0]) if rows else None
 
 
-async def set_status_text(db: aiosqlite.Connection, task_id: str, text: str) -> None:
+async def set_status_text(db: Db, task_id: str, text: str) -> None:
     await _one(db, "UPDATE tg_tasks SET status_text = ? WHERE task_id = ?", (text, task_id))
 
 
-async def pending(db: aiosqlite.Connection, *, limit: int = 500) -> list[ChatTask]:
+async def pending(db: Db, *, limit: int = 500) -> list[ChatTask]:
     """Rows still to deliver whose retry time has come, oldest first."""
     rows = await _one(
         db,
@@ -133,7 +169,7 @@ async def pending(db: aiosqlite.Connection, *, limit: int = 500) -> list[ChatTas
     return [ChatTask.from_row(r) for r in rows]
 
 
-async def claim(db: aiosqlite.Connection, task_id: str) -> ChatTask | None:
+async def claim(db: Db, task_id: str) -> ChatTask | None:
     """Take a row for delivery, atomically: only one claimer ever gets a pending row."""
     rows = await _one(
         db,
@@ -144,15 +180,15 @@ async def claim(db: aiosqlite.Connection, task_id: str) -> ChatTask | None:
     return ChatTask.from_row(rows[0]) if rows else None
 
 
-async def set_sent_items(db: aiosqlite.Connection, task_id: str, count: int) -> None:
+async def set_sent_items(db: Db, task_id: str, count: int) -> None:
     await _one(
         db,
-        "UPDATE tg_tasks SET sent_items = max(sent_items, ?) WHERE task_id = ?",
-        (count, task_id),
+        "UPDATE tg_tasks SET sent_items = ? WHERE task_id = ? AND sent_items < ?",
+        (count, task_id, count),
     )
 
 
-async def mark_delivered(db: aiosqlite.Connection, task_id: str) -> None:
+async def mark_delivered(db: Db, task_id: str) -> None:
     await _one(
         db,
         "UPDATE tg_tasks SET delivery = 'delivered', delivered_at = ?, last_error = NULL"
@@ -161,7 +197,7 @@ async def mark_delivered(db: aiosqlite.Connection, task_id: str) -> None:
     )
 
 
-async def retry_later(db: aiosqlite.Connection, task_id: str, error: str, delay_s: float) -> None:
+async def retry_later(db: Db, task_id: str, error: str, delay_s: float) -> None:
     """A transient failure: back to pending, not before ``delay_s``."""
     await _one(
         db,
@@ -171,7 +207,7 @@ async def retry_later(db: aiosqlite.Connection, task_id: str, error: str, delay_
     )
 
 
-async def mark_failed(db: aiosqlite.Connection, task_id: str, error: str) -> None:
+async def mark_failed(db: Db, task_id: str, error: str) -> None:
     """A permanent failure (the chat is gone, the bot was blocked): stop trying."""
     await _one(
         db,
@@ -181,7 +217,7 @@ async def mark_failed(db: aiosqlite.Connection, task_id: str, error: str) -> Non
     )
 
 
-async def recover_interrupted(db: aiosqlite.Connection) -> int:
+async def recover_interrupted(db: Db) -> int:
     """At start-up: deliveries a previous process left half-done go back to pending.
 
     One bot process serves a token (Telegram refuses two pollers), so a row still
@@ -201,24 +237,21 @@ async def recover_interrupted(db: aiosqlite.Connection) -> int:
 # ---- sent result messages ------------------------------------------------------------------
 
 
-async def add_messages(
-    db: aiosqlite.Connection, chat_id: int, sent: list[tuple[int, str, int, str | None]]
-) -> None:
+async def add_messages(db: Db, chat_id: int, sent: list[tuple[int, str, int, str | None]]) -> None:
     """Record sent result messages: (message_id, task_id, result index, file_id)."""
     if not sent:
         return
     marks = ", ".join(["(?, ?, ?, ?, ?)"] * len(sent))
     await _one(
         db,
-        f"INSERT OR REPLACE INTO tg_messages (chat_id, message_id, task_id, idx, file_id)"
-        f" VALUES {marks}",
+        f"INSERT INTO tg_messages (chat_id, message_id, task_id, idx, file_id) VALUES {marks}"
+        " ON CONFLICT (chat_id, message_id) DO UPDATE SET task_id = excluded.task_id,"
+        " idx = excluded.idx, file_id = excluded.file_id",
         tuple(v for row in sent for v in (chat_id, *row)),
     )
 
 
-async def result_for_message(
-    db: aiosqlite.Connection, chat_id: int, message_id: int
-) -> tuple[str, int] | None:
+async def result_for_message(db: Db, chat_id: int, message_id: int) -> tuple[str, int] | None:
     """The (task id, result index) a bot message shows, if it is one of our results."""
     rows = await _one(
         db,
@@ -228,9 +261,7 @@ async def result_for_message(
     return (rows[0][0], rows[0][1]) if rows else None
 
 
-async def task_for_status_message(
-    db: aiosqlite.Connection, chat_id: int, message_id: int
-) -> str | None:
+async def task_for_status_message(db: Db, chat_id: int, message_id: int) -> str | None:
     rows = await _one(
         db,
         "SELECT task_id FROM tg_tasks WHERE chat_id = ? AND status_message_id = ?",
@@ -242,7 +273,7 @@ async def task_for_status_message(
 # ---- user settings -------------------------------------------------------------------------
 
 
-async def get_user(db: aiosqlite.Connection, user_id: int) -> UserSettings:
+async def get_user(db: Db, user_id: int) -> UserSettings:
     rows = await _one(db, "SELECT * FROM tg_users WHERE user_id = ?", (user_id,))
     if not rows:
         return UserSettings(user_id)
@@ -250,7 +281,7 @@ async def get_user(db: aiosqlite.Connection, user_id: int) -> UserSettings:
     return UserSettings(user_id, r["vendor"], r["n"], r["seed"], bool(r["originals"]))
 
 
-async def save_user(db: aiosqlite.Connection, s: UserSettings) -> None:
+async def save_user(db: Db, s: UserSettings) -> None:
     await _one(
         db,
         "INSERT INTO tg_users (user_id, vendor, n, seed, originals, updated_at)"
@@ -264,24 +295,25 @@ async def save_user(db: aiosqlite.Connection, s: UserSettings) -> None:
 # ---- the inbox of updates ------------------------------------------------------------------
 
 
-async def record_update(db: aiosqlite.Connection, update_id: int, body: str) -> None:
+async def record_update(db: Db, update_id: int, body: str) -> None:
     await _one(
         db,
-        "INSERT OR IGNORE INTO tg_inbox (update_id, body, received_at) VALUES (?, ?, ?)",
+        "INSERT INTO tg_inbox (update_id, body, received_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (update_id) DO NOTHING",
         (update_id, body, time.time()),
     )
 
 
-async def update_done(db: aiosqlite.Connection, update_id: int) -> bool:
+async def update_done(db: Db, update_id: int) -> bool:
     rows = await _one(db, "SELECT done_at FROM tg_inbox WHERE update_id = ?", (update_id,))
     return bool(rows) and rows[0][0] is not None
 
 
-async def mark_update_done(db: aiosqlite.Connection, update_id: int) -> None:
+async def mark_update_done(db: Db, update_id: int) -> None:
     await _one(db, "UPDATE tg_inbox SET done_at = ? WHERE update_id = ?", (time.time(), update_id))
 
 
-async def open_updates(db: aiosqlite.Connection) -> list[tuple[int, str]]:
+async def open_updates(db: Db) -> list[tuple[int, str]]:
     """Updates received but not handled (a previous process died first), oldest first."""
     rows = await _one(
         db, "SELECT update_id, body FROM tg_inbox WHERE done_at IS NULL ORDER BY update_id", ()
@@ -289,7 +321,7 @@ async def open_updates(db: aiosqlite.Connection) -> list[tuple[int, str]]:
     return [(int(r[0]), str(r[1])) for r in rows]
 
 
-async def forget_handled_updates(db: aiosqlite.Connection, older_than_s: float) -> int:
+async def forget_handled_updates(db: Db, older_than_s: float) -> int:
     rows = await _one(
         db,
         "DELETE FROM tg_inbox WHERE done_at IS NOT NULL AND done_at < ? RETURNING update_id",
@@ -298,7 +330,7 @@ async def forget_handled_updates(db: aiosqlite.Connection, older_than_s: float) 
     return len(rows)
 
 
-async def task_for_message(db: aiosqlite.Connection, chat_id: int, message_id: int) -> str | None:
+async def task_for_message(db: Db, chat_id: int, message_id: int) -> str | None:
     """The task a request message already started (an update handled twice starts none)."""
     rows = await _one(
         db,

@@ -32,7 +32,6 @@ import contextlib
 import logging
 import time
 
-import aiosqlite
 from telegram import Bot, InlineKeyboardMarkup, Message
 from telegram.error import BadRequest, RetryAfter, TelegramError
 
@@ -57,7 +56,7 @@ class Tracker:
     """Watches pending rows, keeps status messages current and delivers finished tasks."""
 
     def __init__(
-        self, editor: Editor, db: aiosqlite.Connection, bot: Bot, *, scan_interval: float = 1.0
+        self, editor: Editor, db: storage.Db, bot: Bot, *, scan_interval: float = 1.0
     ) -> None:
         self.editor = editor
         self.db = db

@@ -17,7 +17,7 @@ from PIL import Image
 from tools.config import Settings, load_settings
 from tools.service import Editor
 
-pytest_plugins = ["tests.optional", "tests.s3server"]
+pytest_plugins = ["tests.optional", "tests.pg", "tests.s3server"]
 
 DATA = Path(__file__).parent / "data"
 

@@ -60,6 +60,13 @@ def _tesseract() -> str | None:
     )
 
 
+@part("postgres")
+def _postgres() -> str | None:
+    from tests.pg import admin_url
+
+    return admin_url()[1] or None
+
+
 def needs(*names: str) -> pytest.MarkDecorator:
     """Mark a test as needing the optional parts ``names``."""
     return pytest.mark.needs(*names)

@@ -97,3 +97,22 @@ def test_example_config_loads_and_documents_every_setting() -> None:
             f"{kind}.{k}" for k in vendor_class(kind).Settings.model_fields if k not in documented
         ]
     assert not missing, f"undocumented settings: {missing}"
+
+
+def test_a_postgres_url_is_a_secret_never_shown(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETOUCH_STORE__URL", "postgresql://retouch:s3cr3t-pw@db.example:5433/rt")
+    settings = make_settings()
+    assert settings.store.url.get_secret_value().endswith("@db.example:5433/rt")
+    assert settings.store.where().startswith("database postgresql://retouch@db.example:5433/rt,")
+    assert "s3cr3t-pw" not in repr(settings) + settings.store.where()
+    assert settings.store.path.is_absolute()  # the file's store table still applies
+
+
+def test_a_store_url_must_be_postgres(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[store]\nurl = "mysql://root:pw@localhost/db"\n')
+    with pytest.raises(ConfigError, match=r"store\.url: .*only postgresql:// URLs") as err:
+        load_settings(path)
+    assert "pw@" not in err.value.message

@@ -52,3 +52,37 @@ async def test_a_forgotten_task_starts_afresh() -> None:
     notifier.changed("a")  # the forgotten event is not set again
     await waiting
     assert await woken(notifier, "a", change=True)
+
+
+async def test_events_from_the_store_wake_waiters_and_reach_subscribers() -> None:
+    from tools.notifier import TaskEvent
+
+    notifier = Notifier()
+    heard: list[TaskEvent] = []
+    stop = notifier.subscribe(heard.append)
+    ending = asyncio.create_task(notifier.wait("a", 5))
+    progressing = asyncio.create_task(notifier.wait("b", 0.3))
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    notifier.event(TaskEvent("queued", "c", "local"))  # a new task wakes no waiter
+    notifier.event(TaskEvent("changed", "b", "local"))  # nobody shows b's progress
+    notifier.event(TaskEvent("ended", "a", "local"))
+    await ending
+    assert time.monotonic() - started < 0.2
+    await progressing
+    assert time.monotonic() - started >= 0.3
+    stop()
+    notifier.event(TaskEvent("ended", "a", "local"))
+    assert [e.kind for e in heard] == ["queued", "changed", "ended"]
+
+
+async def test_missed_events_wake_every_waiter() -> None:
+    from tools.notifier import TaskEvent
+
+    notifier = Notifier()
+    waiting = [asyncio.create_task(notifier.wait(t, 5)) for t in "abc"]
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    notifier.event(TaskEvent("missed"))  # the store's listener was down: look again
+    await asyncio.gather(*waiting)
+    assert time.monotonic() - started < 0.2

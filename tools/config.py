@@ -16,6 +16,7 @@ import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import (
@@ -60,6 +61,22 @@ class StoreSettings(Section):
     results_dir: Path = Path("results")
     retention_days: float = Field(7, ge=0)
     max_results_mb: int | None = Field(None, ge=1, description="evict oldest results past this")
+    url: SecretStr = Field(
+        SecretStr(""),
+        description="postgresql://user:password@host:port/db: tasks in PostgreSQL instead of "
+        "the SQLite file at path (a secret: it may hold a password)",
+    )
+    pool_min_size: int = Field(1, ge=0, description="PostgreSQL connections kept open")
+    pool_max_size: int = Field(10, ge=1, description="PostgreSQL connections at most")
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_only(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("only postgresql:// URLs are supported; leave it unset for SQLite")
+        return value
+
     blobs: str = Field(
         "",
         pattern=S3_URL,
@@ -79,11 +96,21 @@ class StoreSettings(Section):
         return self
 
     def where(self) -> str:
-        """Where the data goes, for a start-up message."""
+        """Where the data goes, for a start-up message (never the URL's password)."""
         images = self.blobs or self.results_dir
         if self.blobs and self.s3_endpoint_url:
             images = f"{self.blobs} at {self.s3_endpoint_url}"
-        return f"database {self.path}, images in {images}"
+        database = redacted(self.url) if self.url.get_secret_value() else self.path
+        return f"database {database}, images in {images}"
+
+
+def redacted(url: SecretStr) -> str:
+    """A database URL fit to print: scheme, user, host, port and database, no password and
+    no query (which may hold one too)."""
+    parts = urlsplit(url.get_secret_value())
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.netloc.rpartition("@")[2]  # host and port as written
+    return f"{parts.scheme}://{user}{host}{parts.path}"
 
 
 class RoutingSettings(Section):

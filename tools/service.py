@@ -63,6 +63,7 @@ class Editor:
     async def start(self) -> Editor:
         cfg = self.settings
         self.store = await open_store(cfg.store)
+        await self.store.listen(self.notifier.event)  # other processes' changes wake us too
         self.intake = Intake(self.store, self.notifier)
         # User downloads never follow the environment's proxies or redirects on their own.
         self.fetcher = httpx.AsyncClient(trust_env=False, follow_redirects=False)
@@ -195,8 +196,8 @@ class Editor:
         seen = record.progress
         with self.notifier.watching(task_id) if on_progress else contextlib.nullcontext():
             while not record.finished and time.monotonic() < deadline:
-                # Woken by this process's worker; the timeout covers a task that another
-                # process runs.
+                # Woken by this process's worker, or by the store for another process's;
+                # the timeout covers a store that hears nothing from other processes.
                 await self.notifier.wait(task_id, min(0.5, deadline - time.monotonic()))
                 record = await self.store.get(task_id)
                 if on_progress and record.progress != seen and not record.finished:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import empty_url
 from tests.s3server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, S3Server
 from tools.store import BlobStore, FileBlobStore, Store
 from tools.store.s3 import S3BlobStore
@@ -27,11 +28,28 @@ async def sqlite_s3_store(tmp_path: Path, request: pytest.FixtureRequest) -> Sto
     return await SQLiteStore.open(tmp_path / "t.db", blobs.store)
 
 
+async def postgres_store(tmp_path: Path, request: pytest.FixtureRequest) -> Store:
+    """The run's PostgreSQL database, emptied (skipped without a server)."""
+    from tools.store.postgres import PostgresStore
+
+    return await PostgresStore.open(await empty_url(), FileBlobStore(tmp_path / "files"))
+
+
+async def postgres_s3_store(tmp_path: Path, request: pytest.FixtureRequest) -> Store:
+    """PostgreSQL with its images in S3: what every machine of a fleet shares."""
+    from tools.store.postgres import PostgresStore
+
+    url = await empty_url()
+    return await PostgresStore.open(url, (await s3_blobs(tmp_path, request)).store)
+
+
 #: name → an open, empty store (closed by the fixture); ``request`` gives a factory the
 #: session's servers.
 STORES: dict[str, Callable[[Path, pytest.FixtureRequest], Awaitable[Store]]] = {
     "sqlite": sqlite_store,
     "sqlite+s3": sqlite_s3_store,
+    "postgres": postgres_store,
+    "postgres+s3": postgres_s3_store,
 }
 
 

@@ -1,7 +1,8 @@
 """The store: tasks with leases and the images they use, behind one interface (``Store``,
 in ``base.py``), with the images' bytes in a ``BlobStore``: files on disk (``blobs.py``) or
-an S3-compatible bucket (``s3.py``). SQLite is the one task store so far; ``open_store`` picks
-the backends from the settings."""
+an S3-compatible bucket (``s3.py``). Two task stores: SQLite (``sqlite.py``, the embedded
+default) and PostgreSQL (``postgres.py``, for several processes on several machines);
+``open_store`` picks the backends from the settings."""
 
 from __future__ import annotations
 
@@ -27,11 +28,19 @@ __all__ = [
 
 
 async def open_store(settings: StoreSettings) -> Store:
-    """The store the settings describe: a SQLite database, and a folder of files or a bucket."""
-    from tools.store.sqlite import SQLiteStore
-
+    """The store the settings describe: PostgreSQL at ``url`` if set, else the SQLite file at
+    ``path``; and a folder of files or a bucket."""
     blobs = await open_blob_store(settings)
     try:
+        url = settings.url.get_secret_value()
+        if url:
+            from tools.store.postgres import PostgresStore
+
+            return await PostgresStore.open(
+                url, blobs, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+            )
+        from tools.store.sqlite import SQLiteStore
+
         return await SQLiteStore.open(settings.path, blobs)
     except BaseException:
         await blobs.close()

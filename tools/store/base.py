@@ -1,11 +1,12 @@
-"""The store's contract: what every backend (SQLite today) does, and the task record.
+"""The store's contract: what every backend (SQLite, PostgreSQL) does, and the task record.
 
 A task is queued, then claimed by a worker with a lease it renews while it works; a worker
 whose process died loses its tasks when the lease runs out, and every write a worker makes
 requires the lease still held. A task ends once (``finish``). Images are blobs: a row here
 (size, type, dimensions), the bytes in the store's ``BlobStore``, linked to the tasks that use
-them so that clean-up keeps them while any task does. ``tests/contract/`` checks all of it
-on every backend.
+them so that clean-up keeps them while any task does. A backend that hears other processes'
+changes hands them on as task events (``listen``). ``tests/contract/`` checks all of it on
+every backend.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import abc
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from tools.media import InputImage
 from tools.models import ErrorInfo, ImageFailure, ResultImage, Task, TaskStatus
+from tools.notifier import TaskEvent
 from tools.store.blobs import BlobStore
 
 #: How long a blob stored but not yet linked to a task is protected from clean-up.
@@ -129,6 +131,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def listen(self, on_event: Callable[[TaskEvent], None]) -> None:
+        """From now until ``close``, hand ``on_event`` every task event of every process
+        using this store (this one's included), and ``missed`` when some may have been lost.
+        A backend that cannot hear other processes (SQLite) does nothing: its callers' polls
+        find their changes."""
 
     # ---- blobs -------------------------------------------------------------------------
 

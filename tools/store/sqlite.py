@@ -10,7 +10,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -21,6 +21,7 @@ import aiosqlite
 from tools.errors import NotFound
 from tools.media import InputImage
 from tools.models import ImageFailure, ResultImage, TaskStatus
+from tools.notifier import TaskEvent
 from tools.store.base import JSON_FIELDS, ORPHAN_GRACE_S, WRITABLE, Store, TaskRecord, new_task_id
 from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, FileBlobStore, blob_key
 from tools.store.migrations import CORE, migrate
@@ -58,6 +59,9 @@ class SQLiteStore(Store):
     async def close(self) -> None:
         await self.db.close()
         await self.blobs.close()
+
+    async def listen(self, on_event: Callable[[TaskEvent], None]) -> None:
+        """Nothing: SQLite cannot tell one process what another changed (they poll)."""
 
     # ---- transactions ------------------------------------------------------------------
 

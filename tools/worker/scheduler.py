@@ -14,7 +14,7 @@ from collections import Counter
 import httpx
 
 from tools.config import Settings
-from tools.notifier import Notifier
+from tools.notifier import Notifier, TaskEvent
 from tools.store import Store, TaskRecord
 from tools.vendors.base import Vendor
 from tools.worker.driver import Driver
@@ -44,8 +44,10 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._held: Counter[str] = Counter()  # running tasks by vendor
         self._full: set[str] = set()  # vendors whose last claim filled every slot
+        self._unsubscribe = lambda: None
 
     async def start(self) -> None:
+        self._unsubscribe = self.notifier.subscribe(self._heard)
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="retouch-claim"),
             asyncio.create_task(self._lease_loop(), name="retouch-lease"),
@@ -53,6 +55,7 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop at once and hand every held task back to the store for the next process."""
+        self._unsubscribe()
         for task in [*self._loops, *self.running.values()]:
             task.cancel()
         for task in [*self._loops, *self.running.values()]:
@@ -65,6 +68,14 @@ class Worker:
     def wake(self) -> None:
         """Claim now: a task was queued."""
         self._wake.set()
+
+    def _heard(self, event: TaskEvent) -> None:
+        """Claim now when any process queued a task for a vendor served here or ended one
+        (a slot may be free), or when events were lost."""
+        if event.kind == "missed" or (
+            event.kind in ("queued", "ended") and event.vendor in self.vendors
+        ):
+            self.wake()
 
     async def _claim_loop(self) -> None:
         lease = self.settings.worker.lease_s

@@ -1,0 +1,551 @@
+"""The PostgreSQL backend of the store (through asyncpg): any number of processes on any
+number of machines. Blobs' bytes are in the store's ``BlobStore``, their rows here.
+
+Times are the database's clock (seconds since the epoch), so leases mean the same on every
+machine. A claim takes a per-vendor advisory lock, so that two processes claiming at once
+cannot both fill the vendor's capacity, and skips rows other statements hold (``FOR UPDATE
+SKIP LOCKED``). Task changes are announced by a trigger (``pg_migrations.m003``) and heard on
+one connection that LISTENs and reconnects by itself (``listen``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from tools.errors import NotFound
+from tools.media import InputImage
+from tools.models import ImageFailure, ResultImage, TaskStatus
+from tools.notifier import TaskEvent
+from tools.store.base import JSON_FIELDS, ORPHAN_GRACE_S, WRITABLE, Store, TaskRecord, new_task_id
+from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, blob_key
+from tools.store.pg_migrations import CORE, migrate
+
+log = logging.getLogger("retouch.store")
+
+#: The database's clock, in seconds since the epoch (one value per statement).
+NOW = "extract(epoch FROM statement_timestamp())::float8"
+#: The channel the task trigger announces changes on.
+CHANNEL = "retouch_tasks"
+#: How often the listening connection is checked when nothing arrives (a dead network
+#: closes no socket), and the longest wait between two attempts to reconnect.
+LISTEN_CHECK_S = 10.0
+RECONNECT_MAX_S = 5.0
+
+
+class PostgresStore(Store):
+    """A PostgreSQL database (a pool of connections), and the blob store holding the bytes."""
+
+    def __init__(self, pool: asyncpg.Pool, url: str, blobs: BlobStore) -> None:
+        self.pool = pool
+        self.blobs = blobs
+        self._url = url  # holds the password: never logged
+        self._subscribers: list[Callable[[TaskEvent], None]] = []
+        self._listening: asyncio.Task[None] | None = None
+        self.listener: asyncpg.Connection | None = None  # the LISTEN connection (tests)
+
+    @classmethod
+    async def open(
+        cls, url: str, blobs: BlobStore, *, min_size: int = 1, max_size: int = 10
+    ) -> PostgresStore:
+        """The database at ``url``, migrated if need be, with its images in ``blobs``."""
+        pool = await asyncpg.create_pool(url, min_size=min(min_size, max_size), max_size=max_size)
+        try:
+            async with pool.acquire() as db:
+                await migrate(db, CORE)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, url, blobs)
+
+    async def close(self) -> None:
+        if self._listening is not None:
+            self._listening.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listening
+        try:
+            async with asyncio.timeout(10):
+                await self.pool.close()
+        except TimeoutError:
+            self.pool.terminate()  # a connection still busy after 10 s is cut
+        await self.blobs.close()
+
+    # ---- events --------------------------------------------------------------------------
+
+    async def listen(self, on_event: Callable[[TaskEvent], None]) -> None:
+        self._subscribers.append(on_event)
+        if self._listening is None:
+            ready = asyncio.Event()
+            self._listening = asyncio.create_task(self._listen(ready), name="retouch-listen")
+            # Listening before we return, so no event after it is missed; if the database is
+            # down, the loop goes on trying and the callers' polls cover meanwhile.
+            await ready.wait()
+
+    def _publish(self, event: TaskEvent) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("a task event subscriber failed")
+
+    def _heard(self, _db: object, _pid: int, _channel: str, payload: str) -> None:
+        kind, _, rest = payload.partition(" ")
+        vendor, _, task_id = rest.rpartition(" ")
+        if kind in ("queued", "changed", "ended"):
+            self._publish(TaskEvent(kind, task_id, vendor))  # type: ignore[arg-type]
+
+    async def _listen(self, ready: asyncio.Event) -> None:
+        """Keep one connection LISTENing. After it was lost, connect again (backing off) and
+        publish ``missed``: what was announced meanwhile never reached us."""
+        delay = 0.1
+        while True:
+            db: asyncpg.Connection | None = None
+            try:
+                db = await asyncpg.connect(self._url, timeout=LISTEN_CHECK_S)
+                lost = asyncio.Event()
+                db.add_termination_listener(lambda _db, lost=lost: lost.set())
+                await db.add_listener(CHANNEL, self._heard)
+                self.listener = db
+                if ready.is_set():  # listening before, or listen() stopped waiting
+                    self._publish(TaskEvent("missed"))
+                    log.info("task events: listening again")
+                ready.set()
+                delay = 0.1
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(LISTEN_CHECK_S):
+                            await lost.wait()
+                    if not lost.is_set():  # quiet: is the connection still there?
+                        async with asyncio.timeout(LISTEN_CHECK_S):
+                            await db.execute("SELECT 1")
+                log.warning("task events: the database closed the connection; reconnecting")
+            except Exception as exc:  # the loop must outlive any failure
+                log.warning("task events: connection lost (%s); reconnecting", type(exc).__name__)
+            finally:
+                self.listener = None
+                if db is not None:
+                    db.terminate()
+            ready.set()  # listen() does not wait for a database that is down
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    # ---- blobs -------------------------------------------------------------------------
+
+    async def put_blob(self, image: InputImage) -> str:
+        sha = hashlib.sha256(image.data).hexdigest()
+        # The row first, marked pending: from then on no process's clean-up deletes the bytes
+        # (one holding the row locked to delete it makes us wait, and we store it anew).
+        await self.pool.execute(
+            "INSERT INTO blobs (sha256, mime_type, bytes, width, height, created_at, pending,"
+            f" grace_until) VALUES ($1, $2, $3, $4, $5, {NOW}, 1, {NOW} + $6)"
+            " ON CONFLICT (sha256) DO UPDATE SET pending = blobs.pending + 1,"
+            " grace_until = EXCLUDED.grace_until",
+            sha,
+            image.mime_type,
+            len(image.data),
+            image.width,
+            image.height,
+            ORPHAN_GRACE_S,
+        )
+        key = blob_key(sha, image.mime_type)
+        if await self.blobs.size(key) != len(image.data):  # none yet, or one cut short
+            await self.blobs.put(key, image.data)
+        return sha
+
+    async def read_blob(self, sha256: str) -> InputImage:
+        row = await self.pool.fetchrow(
+            "SELECT mime_type, bytes, width, height FROM blobs WHERE sha256 = $1", sha256
+        )
+        if row is None:
+            raise NotFound(f"image {sha256[:12]}… is not in the store")
+        try:
+            data = await self.blobs.get(blob_key(sha256, row["mime_type"]), row["bytes"])
+        except BlobDamaged:
+            raise NotFound(f"image {sha256[:12]}… is damaged on disk (cut short)") from None
+        except BlobMissing:
+            raise NotFound(f"image {sha256[:12]}… is missing from the store") from None
+        return InputImage(data, row["mime_type"], row["width"], row["height"])
+
+    async def task_images(self, task_id: str, role: str | None = None) -> dict[str, list[str]]:
+        rows = await self.pool.fetch(
+            "SELECT role, sha256 FROM task_blobs WHERE task_id = $1"
+            " AND role = COALESCE($2, role) ORDER BY role, idx",
+            task_id,
+            role,
+        )
+        out: dict[str, list[str]] = {}
+        for r in rows:
+            out.setdefault(r[0], []).append(r[1])
+        return out
+
+    async def read_result(
+        self, task_id: str, index: int, results: list[dict[str, Any]] | None = None
+    ) -> tuple[bytes, str]:
+        if results is None:
+            results = (await self.get(task_id)).results
+        for result in results:
+            if result["index"] == index:
+                key = blob_key(result["sha256"], result["mime_type"])
+                try:
+                    data = await self.blobs.get(key, result["bytes"])
+                except BlobDamaged:
+                    raise NotFound(f"result {index} of task {task_id} is damaged on disk") from None
+                except BlobMissing:
+                    raise NotFound(f"result {index} of task {task_id} was cleaned up") from None
+                return data, result["mime_type"]
+        raise NotFound(f"task {task_id} has no result {index}")
+
+    # ---- tasks -------------------------------------------------------------------------
+
+    async def create_task(
+        self,
+        *,
+        function: str,
+        vendor: str,
+        prompt: str,
+        n: int,
+        request: dict[str, Any],
+        inputs: list[str],
+        mask: str | None,
+        owner: str | None = None,
+        notes: list[str] | None = None,
+        key: str | None = None,
+    ) -> TaskRecord:
+        """A new queued task and its links, in one statement; with ``key``, the task already
+        made with that key if any."""
+        links = [("input", i, sha) for i, sha in enumerate(inputs)]
+        if mask:
+            links.append(("mask", 0, mask))
+        roles, idxs, shas = (list(c) for c in zip(*links, strict=True)) if links else ([], [], [])
+        row = await self.pool.fetchrow(
+            f"""
+            WITH new AS (
+                INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,
+                    created_at, updated_at, notes, idempotency_key)
+                VALUES ($1, 'queued', $2, $3, $4, $5, $6::jsonb, $7, {NOW}, {NOW}, $8::jsonb, $9)
+                ON CONFLICT (idempotency_key) DO NOTHING
+                RETURNING *
+            ), linked AS (
+                INSERT INTO task_blobs (task_id, role, idx, sha256)
+                SELECT new.id, l.role, l.idx, l.sha
+                FROM new, unnest($10::text[], $11::int[], $12::text[]) AS l (role, idx, sha)
+            ), {_UNPEND.format(shas="$12")}
+            SELECT * FROM new
+            """,
+            new_task_id(),
+            function,
+            vendor,
+            prompt,
+            n,
+            json.dumps(request),
+            owner,
+            json.dumps(notes or []),
+            key,
+            roles,
+            idxs,
+            shas,
+        )
+        if row is None:  # made before with this key
+            made = await self.find_by_key(key or "")
+            if made is None:
+                raise NotFound(f"no task with key {key!r}")  # deleted between the two reads
+            return made
+        return TaskRecord.from_row(row)
+
+    async def find_by_key(self, key: str) -> TaskRecord | None:
+        row = await self.pool.fetchrow("SELECT * FROM tasks WHERE idempotency_key = $1", key)
+        return TaskRecord.from_row(row) if row else None
+
+    async def get(self, task_id: str) -> TaskRecord:
+        row = await self.pool.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
+        if row is None:
+            raise NotFound(f"no task {task_id!r}")
+        return TaskRecord.from_row(row)
+
+    async def list(
+        self, *, owner: str | None = None, limit: int = 20, unfinished: bool = False
+    ) -> list[TaskRecord]:
+        where, params = ["TRUE"], [limit]
+        if owner is not None:
+            params.append(owner)
+            where.append("owner = $2")
+        if unfinished:
+            where.append("status IN ('queued', 'running')")
+        rows = await self.pool.fetch(
+            f"SELECT * FROM tasks WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT $1",
+            *params,
+        )
+        return [TaskRecord.from_row(r) for r in rows]
+
+    async def active(self, owner: str) -> list[TaskRecord]:
+        """``owner``'s tasks still queued or running, newest first."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM tasks WHERE owner = $1 AND status IN ('queued', 'running')"
+            " ORDER BY seq DESC",
+            owner,
+        )
+        return [TaskRecord.from_row(r) for r in rows]
+
+    async def usage(self, owner: str, since: float) -> tuple[int, float | None]:
+        """How many tasks ``owner`` created at or after ``since``, and when the first was."""
+        row = await self.pool.fetchrow(
+            "SELECT count(*), min(created_at) FROM tasks WHERE owner = $1 AND created_at >= $2",
+            owner,
+            since,
+        )
+        return int(row[0]), row[1]
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        """The tasks among ``task_ids`` that exist, in no particular order."""
+        if not task_ids:
+            return []
+        rows = await self.pool.fetch(
+            "SELECT * FROM tasks WHERE id = ANY($1::text[])", list(task_ids)
+        )
+        return [TaskRecord.from_row(r) for r in rows]
+
+    async def find_by_vendor_task(self, vendor: str, vendor_task_id: str) -> TaskRecord | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM tasks WHERE vendor = $1 AND vendor_task_id = $2", vendor, vendor_task_id
+        )
+        return TaskRecord.from_row(row) if row else None
+
+    # ---- the worker's calls ------------------------------------------------------------
+
+    async def claim(
+        self, vendor: str, worker: str, *, capacity: int, lease_s: float
+    ) -> list[TaskRecord]:
+        """Take up to ``capacity`` minus the vendor's live tasks: queued ones, or running ones
+        whose lease ran out (their process died). Oldest first."""
+        async with self.pool.acquire() as db:
+            # Idle polls stop here: one read, no lock.
+            if not await db.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE vendor = $1"
+                " AND status IN ('queued', 'running') AND (status = 'queued'"
+                f" OR lease_until < {NOW}))",
+                vendor,
+            ):
+                return []
+            async with db.transaction():
+                # Claims of one vendor take turns, and each counts the live tasks after the
+                # previous one committed (a statement's snapshot is taken when it starts).
+                await db.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"claim:{vendor}"
+                )
+                rows = await db.fetch(
+                    f"""
+                    WITH picked AS (
+                        SELECT id FROM tasks
+                        WHERE vendor = $1 AND status IN ('queued', 'running')
+                              AND (status = 'queued' OR lease_until < {NOW})
+                        ORDER BY seq
+                        LIMIT greatest(0, $3 - (SELECT count(*) FROM tasks WHERE vendor = $1
+                                                AND status = 'running' AND lease_until >= {NOW}))
+                        FOR UPDATE SKIP LOCKED
+                    )
+                    UPDATE tasks SET status = 'running', lease_owner = $2,
+                        lease_until = {NOW} + $4, attempts = attempts + 1,
+                        started_at = COALESCE(started_at, {NOW}), updated_at = {NOW}
+                    FROM picked WHERE tasks.id = picked.id
+                    RETURNING tasks.*
+                    """,
+                    vendor,
+                    worker,
+                    capacity,
+                    lease_s,
+                )
+        return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: t.seq)
+
+    async def renew(self, worker: str, task_ids: list[str], lease_s: float) -> None:
+        if not task_ids:
+            return
+        await self.pool.execute(
+            f"UPDATE tasks SET lease_until = {NOW} + $1 WHERE lease_owner = $2"
+            " AND status = 'running' AND id = ANY($3::text[])",
+            lease_s,
+            worker,
+            task_ids,
+        )
+
+    async def release(self, worker: str, task_ids: list[str] | None = None) -> None:
+        """Hand tasks back at once (a clean stop): another process may take them now."""
+        if task_ids is not None and not task_ids:
+            return
+        await self.pool.execute(
+            "UPDATE tasks SET lease_until = 0, lease_owner = NULL WHERE lease_owner = $1"
+            " AND status = 'running'" + ("" if task_ids is None else " AND id = ANY($2::text[])"),
+            worker,
+            *(() if task_ids is None else (task_ids,)),
+        )
+
+    async def update(self, task_id: str, worker: str, **values: Any) -> bool:
+        """Change a running task this worker holds; False if it lost the lease."""
+        bad = set(values) - WRITABLE
+        if bad:
+            raise ValueError(f"not writable: {bad}")
+        sets = [
+            f"{k} = ${i}::jsonb" if k in JSON_FIELDS else f"{k} = ${i}"
+            for i, k in enumerate(values, start=3)
+        ]
+        params = [json.dumps(v) if k in JSON_FIELDS else v for k, v in values.items()]
+        row = await self.pool.fetchrow(
+            f"UPDATE tasks SET {', '.join(sets)}, updated_at = {NOW}"
+            " WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING id",
+            task_id,
+            worker,
+            *params,
+        )
+        return row is not None
+
+    async def finish(
+        self,
+        task_id: str,
+        worker: str | None,
+        status: TaskStatus,
+        *,
+        results: list[ResultImage] = (),  # type: ignore[assignment]
+        failures: list[ImageFailure] = (),  # type: ignore[assignment]
+        error: dict[str, Any] | None = None,
+        notes: list[str] | None = None,
+        billed_images: int = 0,
+        cost: float | None = None,
+        currency: str | None = None,
+        unless_canceled: bool = False,
+    ) -> bool:
+        """Record a task's end, once, and link its results, in one statement. With
+        ``worker`` the lease must still be held; with ``unless_canceled``, not if a cancel
+        has been asked for meanwhile (checked by this same statement)."""
+        guard = (
+            "lease_owner = $12 AND status = 'running'"
+            if worker
+            else "status IN ('queued', 'running')"
+        )
+        if unless_canceled:
+            guard += " AND cancel_requested = 0"
+        count = await self.pool.fetchval(
+            f"""
+            WITH done AS (
+                UPDATE tasks SET status = $2, finished_at = {NOW}, updated_at = {NOW},
+                    progress = NULL, lease_owner = NULL, lease_until = 0, results = $3::jsonb,
+                    failures = $4::jsonb, error = $5::jsonb, notes = COALESCE($6::jsonb, notes),
+                    billed_images = $7, cost = $8, currency = $9
+                WHERE id = $1 AND {guard} RETURNING id
+            ), linked AS (
+                INSERT INTO task_blobs (task_id, role, idx, sha256)
+                SELECT done.id, 'result', r.idx, r.sha
+                FROM done, unnest($10::int[], $11::text[]) AS r (idx, sha)
+                ON CONFLICT DO NOTHING
+            ), {_UNPEND.format(shas="$11")}
+            SELECT count(*) FROM done
+            """,
+            task_id,
+            status.value,
+            json.dumps([r.model_dump() for r in results]),
+            json.dumps([f.model_dump() for f in failures]),
+            json.dumps(error) if error else None,
+            json.dumps(notes) if notes is not None else None,
+            billed_images,
+            cost,
+            currency,
+            [r.index for r in results],
+            [r.sha256 for r in results],
+            *((worker,) if worker else ()),
+        )
+        return bool(count)
+
+    async def reroute(self, task_id: str, worker: str, vendor: str, note: str) -> bool:
+        """Queue a held task again for another vendor (a fallback), from the start."""
+        row = await self.pool.fetchrow(
+            "UPDATE tasks SET vendor = $1, status = 'queued', lease_owner = NULL,"
+            " lease_until = 0, vendor_task_id = NULL, submit_started_at = NULL, polls = 0,"
+            f" notes = notes || jsonb_build_array($2::text), updated_at = {NOW}"
+            " WHERE id = $3 AND lease_owner = $4 AND status = 'running' RETURNING id",
+            vendor,
+            note,
+            task_id,
+            worker,
+        )
+        return row is not None
+
+    async def request_cancel(self, task_id: str) -> TaskRecord:
+        row = await self.pool.fetchrow(
+            f"UPDATE tasks SET cancel_requested = 1, updated_at = {NOW} WHERE id = $1"
+            " AND status IN ('queued', 'running') RETURNING *",
+            task_id,
+        )
+        return TaskRecord.from_row(row) if row else await self.get(task_id)
+
+    # ---- clean-up ----------------------------------------------------------------------
+
+    async def cleanup(self, retention_days: float, max_bytes: int | None = None) -> int:
+        await self.pool.execute(  # their links go with them (ON DELETE CASCADE)
+            f"DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < {NOW} - $1",
+            retention_days * 86400,
+        )
+        removed, _ = await self._delete_orphans()
+        if max_bytes is not None:
+            removed += await self._evict(max_bytes)
+        return removed + await self.blobs.sweep(ORPHAN_GRACE_S)
+
+    async def _delete_orphans(self, task_shas: Iterable[str] | None = None) -> tuple[int, int]:
+        """Delete blobs no task refers to, rows and bytes (only ``task_shas`` if given);
+        returns how many and their bytes.
+
+        A blob some process has stored but not linked yet (``pending``, within its grace) is
+        kept: it is an input or a result about to be linked. The rows stay locked until their
+        bytes are gone, so a process storing the same image meanwhile waits, then stores it
+        anew."""
+        only = () if task_shas is None else (list(task_shas),)
+        async with self.pool.acquire() as db, db.transaction():
+            rows = await db.fetch(
+                "SELECT sha256, mime_type, bytes FROM blobs WHERE NOT EXISTS"
+                " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = blobs.sha256)"
+                f" AND (pending = 0 OR grace_until < {NOW})"
+                + (" AND sha256 = ANY($1::text[])" if only else "")
+                + " FOR UPDATE SKIP LOCKED",
+                *only,
+            )
+            for sha, mime, _ in rows:
+                await self.blobs.delete(blob_key(sha, mime))
+            await db.execute(
+                "DELETE FROM blobs WHERE sha256 = ANY($1::text[])", [r[0] for r in rows]
+            )
+        return len(rows), sum(int(r[2]) for r in rows)
+
+    async def _evict(self, max_bytes: int) -> int:
+        """Forget finished tasks, oldest first, until the stored files fit in ``max_bytes``.
+        Sizes are counted per file, so a file several tasks share is freed only with the
+        last of them."""
+        total = int(await self.pool.fetchval("SELECT COALESCE(sum(bytes), 0) FROM blobs"))
+        removed = 0
+        while total > max_bytes:
+            async with self.pool.acquire() as db, db.transaction():
+                task_id = await db.fetchval(
+                    "SELECT id FROM tasks WHERE finished_at IS NOT NULL"
+                    " ORDER BY finished_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+                )
+                if task_id is None:
+                    break
+                shas = await db.fetch("SELECT sha256 FROM task_blobs WHERE task_id = $1", task_id)
+                await db.execute("DELETE FROM tasks WHERE id = $1", task_id)
+            count, freed = await self._delete_orphans({r[0] for r in shas})
+            removed, total = removed + count, total - freed
+        return removed
+
+
+#: A CTE that counts puts as linked: each of the statement's ``shas`` (an array parameter,
+#: duplicates counted) takes one off its blob's ``pending``. The rows are taken in sha256
+#: order, so two statements sharing blobs cannot deadlock.
+_UNPEND = """unpended AS (
+                UPDATE blobs SET pending = greatest(blobs.pending - c.n, 0)
+                FROM (SELECT s AS sha, count(*) AS n FROM unnest({shas}::text[]) AS s
+                      GROUP BY s ORDER BY s) AS c
+                WHERE blobs.sha256 = c.sha
+            )"""
