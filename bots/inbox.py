@@ -80,7 +80,7 @@ class InboxApplication(Application):  # type: ignore[type-arg]
         finally:
             self._in_hand.discard(uid)
 
-    def prune_periodically(self, db: aiosqlite.Connection) -> None:
+    def prune_periodically(self, db: storage.Db) -> None:
         """Sweep handled updates older than :data:`KEEP_HANDLED_S` until shutdown."""
 
         async def sweep() -> None:
