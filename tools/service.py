@@ -324,9 +324,7 @@ class Editor:
                 parameter="vendor",
             ) from None
 
-    async def _load(
-        self, source: str, label: str, owner: str | None = None
-    ) -> media.InputImage:
+    async def _load(self, source: str, label: str, owner: str | None = None) -> media.InputImage:
         async def upload_bytes(upload_id: str) -> bytes:
             return (await self.upload(upload_id, owner)).data
 
