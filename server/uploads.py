@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from server.owners import owner_of_request
@@ -32,7 +32,7 @@ from tools.service import Editor
 MULTIPART_OVERHEAD = 64 * 1024
 #: How many times ``media.fetch_timeout_s`` a whole upload may take.
 TOTAL_TIME_FACTOR = 10
-RAW_TYPES = ("application/octet-stream",)
+RAW_TYPES = (b"application/octet-stream",)
 
 PAGE = (Path(__file__).parent / "static" / "upload.html").read_text(encoding="utf-8")
 
@@ -105,14 +105,18 @@ class Uploads:
         if origin is None:
             return
         allowed = self.origins | {request.headers.get("host", "")}
-        if urlsplit(origin).netloc not in allowed:
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            netloc = ""
+        if netloc not in allowed:
             raise Refused(403, "cross_origin", "uploads from another site's page are refused")
 
     async def read(self, request: Request) -> bytes:
         """The image's bytes from the body, within the limits."""
         kind, options = parse_options_header(request.headers.get("content-type", ""))
         multipart = kind == b"multipart/form-data"
-        if not (multipart or kind.startswith(b"image/") or kind.decode() in RAW_TYPES):
+        if not (multipart or kind.startswith(b"image/") or kind in RAW_TYPES):
             raise Refused(
                 415,
                 "unsupported_media_type",
@@ -148,6 +152,8 @@ class Uploads:
                 return
             except TimeoutError:
                 raise Refused(408, "timeout", "the upload was too slow; try again") from None
+            except ClientDisconnect:
+                raise Refused(400, "disconnected", "the upload broke off") from None
             total += len(chunk)
             if total > cap:
                 raise self._too_large()

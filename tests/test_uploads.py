@@ -56,6 +56,7 @@ class Served:
     editor: Editor
     mcp: Any
     urls: ResultURLs
+    app: Any
 
 
 @asynccontextmanager
@@ -82,7 +83,7 @@ async def serve(
     try:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
-            yield Served(http, inner.state.editor, mcp, urls)
+            yield Served(http, inner.state.editor, mcp, urls, app)
     finally:
         stop.set()
         await holder
@@ -230,7 +231,17 @@ async def test_corrupt_and_mutated_files_never_crash_the_route(
 
 
 @pytest.mark.parametrize(
-    "content_type", ["text/plain", "application/json", "", "application/x-www-form-urlencoded"]
+    "content_type",
+    [
+        "text/plain",
+        "application/json",
+        "",
+        "application/x-www-form-urlencoded",
+        "imagé/png",
+        "\xffimage/png",
+        ";;;",
+        "image",
+    ],
 )
 async def test_a_body_of_another_type_is_refused_unread(served: Served, content_type: str) -> None:
     read: list[int] = []
@@ -239,7 +250,7 @@ async def test_a_body_of_another_type_is_refused_unread(served: Served, content_
         read.append(1)
         yield png()
 
-    headers = {**AUTH, "Content-Type": content_type} if content_type else AUTH
+    headers = {**AUTH, "Content-Type": content_type.encode("latin-1")} if content_type else AUTH
     answer = await served.http.post("/uploads", content=body(), headers=headers)
     refused(answer, 415, "unsupported_media_type")
     assert read == []
@@ -303,6 +314,41 @@ async def test_a_slow_body_times_out(served: Served) -> None:
     assert time.monotonic() - started < 1.5
 
 
+async def test_a_client_that_goes_away_mid_body_gets_an_answer_not_a_crash(
+    served: Served, token_settings: Settings
+) -> None:
+    incoming = [
+        {"type": "http.request", "body": png()[:20], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"content-type", b"image/png"), (b"host", b"127.0.0.1:8765")]
+    headers.append((b"authorization", AUTH["Authorization"].encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/uploads",
+        "raw_path": b"/uploads",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8765),
+    }
+    await served.app(scope, receive, send)
+    assert sent[0]["status"] == 400 and b'"disconnected"' in sent[1]["body"]
+    assert await stored_nothing(served, token_settings)
+
+
 async def test_multipart_faults(served: Served, token_settings: Settings) -> None:
     http = served.http
     other = await http.post("/uploads", headers=AUTH, **multipart(png(), field="image"))
@@ -362,8 +408,9 @@ async def test_a_cross_site_page_cannot_upload(make_settings: MakeSettings) -> N
     settings = make_settings('[mcp]\npublic_url = "https://retouch.example.com"\n')
     async with serve(settings) as served:
         headers = {"Content-Type": "image/png"}
-        evil = {**headers, "Origin": "https://evil.example"}
-        refused(await served.http.post("/uploads", content=png(), headers=evil), 403)
+        for origin in ("https://evil.example", "null", "http://[::1", "http://127.0.0.1:1"):
+            evil = {**headers, "Origin": origin}
+            refused(await served.http.post("/uploads", content=png(), headers=evil), 403)
         for origin in (BASE, "https://retouch.example.com"):
             same = {**headers, "Origin": origin}
             assert (
