@@ -8,6 +8,7 @@ import os
 import stat
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -16,6 +17,7 @@ from mcp import Client
 from server.app import build_server
 from server.result_urls import SECRET_FILE, ResultURLs, load_secret, public_base
 from tests.conftest import MakeSettings, data_uri, decode, png
+from tests.test_mcp_tasks import LINEART, TasksClient
 from tests.test_uploads import AUTH, TOKEN, Served, serve
 from tools.config import Settings
 from tools.errors import ConfigError
@@ -168,6 +170,16 @@ async def test_a_link_to_a_result_no_longer_stored_is_gone(served: Served) -> No
     assert answer.status_code == 410 and answer.json()["error"] == "gone"
 
 
+async def test_an_edit_run_as_an_mcp_task_ends_with_links_too(served: Served) -> None:
+    extension = TasksClient()
+    async with Client(served.mcp, extensions=[extension]) as client:
+        done = await client.call_tool("edit_image", LINEART)  # polled through tasks/get
+    assert extension.seen[-1] == "completed"
+    [result] = done.structured_content["results"]
+    assert result["url"] in done.content[0].text
+    assert (await served.http.get(path_of(result["url"]))).status_code == 200
+
+
 async def test_without_http_results_have_no_link(settings: Settings) -> None:
     async with Client(build_server(settings)) as client:
         done = await client.call_tool(
@@ -194,6 +206,13 @@ def test_the_secret_is_made_once_private_and_kept(settings: Settings) -> None:
     assert load_secret(settings) == first and len(first) >= 32
     signed = ResultURLs.from_settings(settings).sign("a" * 32, "0", "99")
     assert ResultURLs.from_settings(settings).sign("a" * 32, "0", "99") == signed
+    assert [p.name for p in settings.store.dir.iterdir() if "secret" in p.name] == [SECRET_FILE]
+
+
+def test_processes_starting_at_once_share_one_secret(settings: Settings) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        secrets = set(pool.map(lambda _: load_secret(settings), range(16)))
+    assert len(secrets) == 1
     assert [p.name for p in settings.store.dir.iterdir() if "secret" in p.name] == [SECRET_FILE]
 
 
