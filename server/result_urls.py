@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import hmac
 import math
+import mimetypes
 import os
 import re
 import secrets
@@ -29,7 +30,6 @@ from starlette.responses import JSONResponse, Response
 
 from tools.config import Settings
 from tools.errors import ConfigError, NotFound
-from tools.media import EXTENSIONS
 from tools.models import Task
 from tools.service import Editor
 
@@ -146,7 +146,7 @@ async def serve_result(request: Request, urls: ResultURLs) -> Response:
         data, mime = await editor.result(task_id, int(index))
     except NotFound:
         return refusal(410, "gone", "this result is no longer stored")
-    name = f"retouch-{task_id[:8]}-{index}.{EXTENSIONS.get(mime, 'bin')}"
+    name = f"retouch-{task_id[:8]}-{index}{mimetypes.guess_extension(mime) or '.bin'}"
     max_age = max(0, min(int(exp) - int(urls.clock()), 86400))
     return Response(
         data,
