@@ -65,16 +65,18 @@ def main(argv: list[str] | None = None) -> None:
     if not http:  # stdout carries the protocol
         print(f"retouch-mcp: {settings.store.where()}", file=sys.stderr, flush=True)
     local_paths = args.allow_local_paths if args.allow_local_paths is not None else not http
-    mcp = build_server(settings, allow_local_paths=local_paths)
     if not http:
-        mcp.run("stdio")
+        build_server(settings, allow_local_paths=local_paths).run("stdio")
         return
     import uvicorn
 
     from server.http import build_http_app
+    from server.result_urls import ResultURLs
 
     try:
-        app = build_http_app(mcp, settings)
+        urls = ResultURLs.from_settings(settings)
+        mcp = build_server(settings, allow_local_paths=local_paths, result_urls=urls)
+        app = build_http_app(mcp, settings, urls)
     except ConfigError as exc:
         sys.exit(f"retouch-mcp: {exc.message}")
     cfg = settings.mcp
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Retouch MCP server on {url}{' (stateless)' if cfg.stateless else ''}\n"
         f"  vendors: {', '.join(settings.enabled_vendors())}\n"
         f"  data: {settings.store.where()}\n"
+        f"  upload page: {urls.base}/upload\n"
         f"  connect: claude mcp add --transport http retouch {url}\n"
         f"       or: npx @modelcontextprotocol/inspector  (Streamable HTTP, URL above)\n"
         f"  stop with Ctrl-C",

@@ -1,7 +1,8 @@
 """Retouch's MCP server: the Editor's operations as tools, results as resources.
 
 Finished tasks come back as a small JPEG preview the model can look at, plus resource links
-to the full images — never megabytes of base64 in the model's context.
+to the full images — never megabytes of base64 in the model's context — and, when served
+over HTTP, a signed link to each full image that a browser opens (``server/result_urls.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from server.owners import owner_of
+from server.result_urls import ResultURLs
 from server.tasks_ext import TasksExtension
 from server.tasks_legacy import LegacyTasks
 from tools.config import Settings
@@ -34,7 +36,9 @@ Retouch edits images with words. Call list_functions to see what each function d
 vendor runs it; edit_image starts an edit and waits up to wait_seconds; if the task is still
 running, call check_task with its id. Finished tasks show a small preview; the full images are
 the resource links (retouch://tasks/<id>/<n>), which can also be passed back as images to chain
-edits. Images may be http(s) URLs, data: URIs, earlier results, or local paths when allowed.
+edits; over HTTP each result also has a link (url) to give the user, which opens the full image
+in a browser. Images may be http(s) URLs, data: URIs, earlier results, uploads
+(retouch://uploads/<id>, from the server's /upload page), or local paths when allowed.
 """
 
 
@@ -99,12 +103,15 @@ def reports_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return tool
 
 
-def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPServer[Editor]:
+def build_server(
+    settings: Settings, *, allow_local_paths: bool = False, result_urls: ResultURLs | None = None
+) -> MCPServer[Editor]:
+    """The MCP server; with ``result_urls`` (served over HTTP) results carry signed links."""
     preview_px = settings.mcp.preview_px
     lifespan = SharedEditor(settings, allow_local_paths=allow_local_paths)
 
     async def render(editor: Editor, task: Task) -> CallToolResult:
-        return await task_result(editor, task, preview_px)
+        return await task_result(editor, task, preview_px, result_urls)
 
     mcp = MCPServer(
         "retouch",
@@ -113,6 +120,10 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
         extensions=[TasksExtension(render)],
         middleware=[LegacyTasks(render)],
     )
+
+    def linked(task: Task) -> Task:
+        """The task with a link in each result, when served over HTTP."""
+        return result_urls.with_urls(task) if result_urls else task
 
     def progress(ctx: Context[Editor]) -> Callable[[Task], Awaitable[None]]:
         """Progress notifications for one waiting call (the value must only increase)."""
@@ -139,7 +150,7 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
         images: Annotated[
             list[str],
             Field(
-                description="1–3 images: http(s) URL, data: URI, "
+                description="1–3 images: http(s) URL, data: URI, retouch://uploads/<id>, "
                 "retouch://tasks/<id>/<n>, or a local path"
             ),
         ],
@@ -193,7 +204,7 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
             on_progress=progress(ctx),
             key=f"mcp:{idempotency_key}" if idempotency_key else None,
         )
-        return await task_result(editor, task, preview_px)
+        return await task_result(editor, task, preview_px, result_urls)
 
     @mcp.tool()
     @reports_errors
@@ -205,13 +216,13 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
         """The state of a task; with wait_seconds, wait up to that long for it to finish."""
         editor = ctx.request_context.lifespan_context
         task = await editor.check_task(task_id, wait_seconds, on_progress=progress(ctx))
-        return await task_result(editor, task, preview_px)
+        return await task_result(editor, task, preview_px, result_urls)
 
     @mcp.tool()
     @reports_errors
     async def cancel_task(ctx: Context[Editor], task_id: str) -> Task:
         """Cancel a task that has not finished (at the vendor too, where it allows that)."""
-        return await ctx.request_context.lifespan_context.cancel_task(task_id)
+        return linked(await ctx.request_context.lifespan_context.cancel_task(task_id))
 
     @mcp.tool()
     @reports_errors
@@ -219,7 +230,8 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
         ctx: Context[Editor], limit: Annotated[int, Field(ge=1, le=100)] = 10
     ) -> TaskList:
         """The most recent tasks, newest first."""
-        return TaskList(tasks=await ctx.request_context.lifespan_context.list_tasks(limit=limit))
+        tasks = await ctx.request_context.lifespan_context.list_tasks(limit=limit)
+        return TaskList(tasks=[linked(t) for t in tasks])
 
     @mcp.resource(
         "retouch://tasks/{task_id}/{index}",
@@ -237,8 +249,13 @@ def build_server(settings: Settings, *, allow_local_paths: bool = False) -> MCPS
     return mcp
 
 
-async def task_result(editor: Editor, task: Task, preview_px: int) -> CallToolResult:
-    """A task as a tool result: text, structured record, previews and resource links."""
+async def task_result(
+    editor: Editor, task: Task, preview_px: int, urls: ResultURLs | None = None
+) -> CallToolResult:
+    """A task as a tool result: text, structured record, previews and resource links; with
+    ``urls``, a signed link to each full image (``results[i].url`` and a line of text)."""
+    if urls is not None:
+        task = urls.with_urls(task)
     content: list[Any] = [TextContent(type="text", text=describe(task))]
     for item in task.results:
         data, _ = await editor.result(task.id, item.index, task)
@@ -269,6 +286,8 @@ def describe(task: Task) -> str:
     lines = [head]
     for r in task.results:
         lines.append(f"Result {r.index}: {r.uri} ({r.width}×{r.height} {r.mime_type}).")
+        if r.url:
+            lines.append(f"Full image {r.index} for the user (a link that expires): {r.url}")
     for f in task.failures:
         lines.append(f"Image {f.index} failed: {f.message} [{f.code}].")
     if task.error:

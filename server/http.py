@@ -1,5 +1,6 @@
-"""The streamable-HTTP app: MCP at ``/mcp``, vendor callbacks, a health check, and the
-bearer-token guard that HTTP needs whenever it listens beyond loopback."""
+"""The streamable-HTTP app: MCP at ``/mcp``, uploads (``POST /uploads``, the ``/upload``
+page), result links (``/results/…``), vendor callbacks, a health check, and the bearer-token
+guard that HTTP needs whenever it listens beyond loopback."""
 
 from __future__ import annotations
 
@@ -16,11 +17,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.owners import set_owner
+from server.result_urls import ResultURLs, serve_result
+from server.uploads import Uploads
 from tools.config import Settings
 from tools.errors import ConfigError, RetouchError
 from tools.service import Editor
 
-OPEN_PATHS = ("/health", "/callbacks/")
+#: Open without a token: prefixes, and exact paths (the upload page asks for the token
+#: itself; a result link carries its own signature).
+OPEN_PATHS = ("/health", "/callbacks/", "/results/")
+OPEN_EXACT = ("/upload",)
 #: The user that ``mcp.auth_token`` names.
 DEFAULT_USER = "default"
 
@@ -34,6 +40,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_open(path: str) -> bool:
+    return path.startswith(OPEN_PATHS) or path in OPEN_EXACT
+
+
 class BearerAuth:
     """Refuses MCP requests without ``Authorization: Bearer <token>`` (constant-time compare)."""
 
@@ -42,7 +52,7 @@ class BearerAuth:
         self.expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith(OPEN_PATHS):
+        if scope["type"] == "http" and not is_open(scope["path"]):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 response = JSONResponse(
@@ -56,7 +66,10 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-def build_http_app(mcp: MCPServer[Editor], settings: Settings) -> ASGIApp:
+def build_http_app(
+    mcp: MCPServer[Editor], settings: Settings, result_urls: ResultURLs | None = None
+) -> ASGIApp:
+    """The app; ``result_urls``: the links' signer the tools use (default: the settings')."""
     cfg = settings.mcp
     token = cfg.auth_token.get_secret_value()
     if not is_loopback(cfg.host) and not token:
@@ -91,6 +104,15 @@ def build_http_app(mcp: MCPServer[Editor], settings: Settings) -> ASGIApp:
         except RetouchError as exc:
             return JSONResponse({"code": exc.code, "message": exc.message}, status_code=400)
         return JSONResponse({"code": 0, "task_id": task_id})
+
+    uploads = Uploads(settings)
+    mcp.custom_route("/uploads", methods=["POST"])(uploads.post)
+    mcp.custom_route("/upload", methods=["GET"])(uploads.page)
+    urls = result_urls or ResultURLs.from_settings(settings)
+
+    @mcp.custom_route("/results/{task_id}/{index}", methods=["GET"])
+    async def result(request: Request) -> Response:
+        return await serve_result(request, urls)
 
     app: Starlette = mcp.streamable_http_app(
         streamable_http_path=cfg.path,

@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +67,22 @@ def _postgres() -> str | None:
     from tests.pg import admin_url
 
     return admin_url()[1] or None
+
+
+#: Where .ci/run installs the MCP Inspector (npm install --prefix .inspector ...).
+INSPECTOR = Path(__file__).resolve().parent.parent / ".inspector/node_modules/.bin/mcp-inspector"
+
+
+@part("inspector")
+def _inspector() -> str | None:
+    if not shutil.which("node"):
+        return "node is not on the PATH; install Node.js 20+ for the MCP Inspector CLI"
+    if not INSPECTOR.exists():
+        return (
+            "the MCP Inspector CLI is not installed; npm install --prefix .inspector "
+            "@modelcontextprotocol/inspector@2.12.0 (.ci/run does)"
+        )
+    return None
 
 
 def needs(*names: str) -> pytest.MarkDecorator:

@@ -2,6 +2,7 @@
 
 retouch edit photo.jpg --function stylization_all --prompt "oil painting" --out edited/
 retouch task <id>          retouch tasks          retouch functions
+retouch upload photo.jpg --server https://retouch.example.com   (prints retouch://uploads/<id>)
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import mimetypes
+import os
 import sys
 from pathlib import Path
 
-from tools.config import load_settings
-from tools.errors import RetouchError
+import httpx
+
+from tools.config import Settings, load_settings
+from tools.errors import ImageError, RetouchError
 from tools.media import EXTENSIONS
 from tools.models import EditRequest, Task
 from tools.service import Editor
@@ -52,7 +57,21 @@ def parser() -> argparse.ArgumentParser:
     tasks.add_argument("--limit", type=int, default=20)
     functions = sub.add_parser("functions", help="list the editing functions")
     functions.add_argument("--vendor")
+
+    upload = sub.add_parser("upload", help="upload an image to a Retouch HTTP server")
+    upload.add_argument("file", help="the image to upload")
+    upload.add_argument(
+        "--server", help="the server's base URL (default: mcp.public_url, else mcp.host:port)"
+    )
+    upload.add_argument(
+        "--token", help=f"bearer token (default: ${TOKEN_ENV}, else mcp.auth_token)"
+    )
+    upload.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     return p
+
+
+#: The environment variable ``retouch upload`` reads its token from.
+TOKEN_ENV = "RETOUCH_TOKEN"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if args.command == "upload":
+        return await asyncio.to_thread(upload, settings, args)
     worker = args.command == "edit"
     async with Editor(settings, allow_local_paths=True, run_worker=worker) as editor:
         if args.command == "edit":
@@ -128,6 +149,37 @@ async def edit(editor: Editor, args: argparse.Namespace) -> int:
     else:
         print(describe(task), file=sys.stderr)
     return 0 if task.status.value == "succeeded" else 1
+
+
+def upload(settings: Settings, args: argparse.Namespace) -> int:
+    """POST a file to a server's /uploads and print what it answers."""
+    cfg = settings.mcp
+    server = (args.server or cfg.public_url or f"http://{cfg.host}:{cfg.port}").rstrip("/")
+    token = args.token or os.environ.get(TOKEN_ENV) or cfg.auth_token.get_secret_value()
+    path = Path(args.file)
+    if not path.is_file():
+        raise ImageError(f"no file at {args.file}")
+    mime = mimetypes.guess_type(path.name)[0] or ""
+    headers = {"Content-Type": mime if mime.startswith("image/") else "application/octet-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        with path.open("rb") as body:
+            answer = httpx.post(f"{server}/uploads", content=body, headers=headers, timeout=120)
+    except httpx.HTTPError as exc:
+        print(f"retouch: cannot reach {server}: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    try:
+        data = answer.json()
+    except ValueError:
+        data = {"message": f"HTTP {answer.status_code}"}
+    if answer.status_code != 201:
+        print(
+            f"retouch: upload refused: {data.get('message', answer.status_code)}", file=sys.stderr
+        )
+        return 2
+    print(json.dumps(data, indent=2) if args.json else data["uri"])
+    return 0
 
 
 def describe(task: Task) -> str:

@@ -143,11 +143,26 @@ class MCPSettings(Section):
     port: int = Field(8765, ge=0, le=65535)
     path: str = "/mcp"
     auth_token: SecretStr = SecretStr("")
-    public_url: str = Field("", description="Base URL vendors use for callbacks")
+    public_url: str = Field("", description="Base URL of this server for vendors and users")
     preview_px: int = Field(512, ge=64, le=2048)
     stateless: bool = Field(
         False, description="HTTP without sessions: replicas on one store need no sticky sessions"
     )
+    result_url_ttl_s: float = Field(7 * 86400, gt=0, description="how long result links work")
+    url_secret: SecretStr = Field(
+        SecretStr(""),
+        description="signs result links; unset: a secret generated once in store.dir",
+    )
+
+    @field_validator("url_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if 0 < len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "use at least 32 characters (e.g. python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'), or leave it unset"
+            )
+        return value
 
 
 class VendorSettings(BaseModel):

@@ -4,7 +4,9 @@
     ├── InputError                 the request itself is wrong; fix it and retry
     │   ├── UnknownFunction        no such function in the catalogue
     │   ├── InvalidParameter       a parameter is missing, of the wrong type or out of range
-    │   ├── ImageError             an image is unreadable, too large, a decompression bomb...
+    │   ├── ImageError             an image is unreadable, corrupt, truncated...
+    │   │   ├── ImageTooLarge      more bytes or pixels than the limits (bombs too)
+    │   │   └── NotAnImage         not in a format Retouch reads
     │   ├── UnsafeURL              a URL points into private space or uses a forbidden scheme
     │   └── Unsupported            the chosen vendor cannot do this (names those that can)
     ├── NotFound                   no such task or result
@@ -65,6 +67,14 @@ class InvalidParameter(InputError):
 
 class ImageError(InputError):
     code = "invalid_image"
+
+
+class ImageTooLarge(ImageError):
+    """More bytes or pixels than the limits allow (a decompression bomb too)."""
+
+
+class NotAnImage(ImageError):
+    """Bytes that are not an image in a format Retouch reads."""
 
 
 class UnsafeURL(InputError):

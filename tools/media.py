@@ -1,4 +1,4 @@
-"""Image input: load from a URL (SSRF-safe), data: URI, local path or earlier result; check
+"""Image input: load from a URL (SSRF-safe), data: URI, local path, upload or earlier result; check
 the bytes by content, refuse decompression bombs before decoding, and fit images to a
 vendor's limits.
 """
@@ -21,7 +21,14 @@ from urllib.parse import unquote_to_bytes
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tools.errors import ImageError, InvalidParameter, NotFound, UnsafeURL
+from tools.errors import (
+    ImageError,
+    ImageTooLarge,
+    InvalidParameter,
+    NotAnImage,
+    NotFound,
+    UnsafeURL,
+)
 
 #: Pillow format → MIME type, for the formats Retouch accepts.
 FORMATS = {
@@ -46,10 +53,12 @@ EXTENSIONS = {
     "image/gif": "gif",
 }
 RESULT_URI = re.compile(r"^retouch://tasks/([0-9a-f]{32})/(\d{1,3})$")
+UPLOAD_URI = re.compile(r"^retouch://uploads/([0-9a-f]{32})$")
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 ResultLookup = Callable[[str, int], Awaitable[bytes]]  # (task id, index) → the result's bytes
+UploadLookup = Callable[[str], Awaitable[bytes]]  # upload id → the upload's bytes
 
 # Pillow's own bomb guard is a warning up to 2× its limit; we check sizes ourselves first.
 Image.MAX_IMAGE_PIXELS = None
@@ -110,7 +119,7 @@ def inspect(data: bytes, policy: MediaPolicy, label: str = "image") -> InputImag
     its first frame as PNG; an EXIF rotation is applied so every vendor sees the same image.
     """
     if len(data) > policy.max_bytes:
-        raise ImageError(
+        raise ImageTooLarge(
             f"{label} is {len(data) / 1e6:.1f} MB; the limit is {policy.max_bytes / 1e6:.0f} MB"
         )
     if not data:
@@ -120,16 +129,16 @@ def inspect(data: bytes, policy: MediaPolicy, label: str = "image") -> InputImag
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=OPEN_FORMATS)
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(
+        raise NotAnImage(
             f"{label} is not an image Retouch can read (JPEG, PNG, WEBP, BMP, TIFF or GIF)"
         ) from None
     except Exception as exc:
         raise ImageError(f"{label} is corrupt ({type(exc).__name__})") from None
     if image.format not in FORMATS:
-        raise ImageError(f"{label} is {image.format}; use JPEG, PNG, WEBP, BMP, TIFF or GIF")
+        raise NotAnImage(f"{label} is {image.format}; use JPEG, PNG, WEBP, BMP, TIFF or GIF")
     width, height = image.size
     if width < 1 or height < 1 or width * height > policy.max_pixels:
-        raise ImageError(
+        raise ImageTooLarge(
             f"{label} is {width}×{height} = {width * height / 1e6:.0f} MP; the limit is "
             f"{policy.max_pixels / 1e6:.0f} MP (decompression bombs are refused)"
         )
@@ -187,8 +196,10 @@ async def load(
     client: httpx.AsyncClient,
     results: ResultLookup | None = None,
     label: str = "image",
+    uploads: UploadLookup | None = None,
 ) -> InputImage:
-    """Load one image from any accepted source and check it."""
+    """Load one image from any accepted source and check it. ``results`` and ``uploads``
+    read ``retouch://`` URIs (the caller's own: the lookups decide whose)."""
     source = source.strip()
     if not source:
         raise InvalidParameter(f"{label} is an empty string")
@@ -198,7 +209,7 @@ async def load(
     elif lowered.startswith(("http://", "https://")):
         data = await fetch(source, policy, client, label)
     elif lowered.startswith("retouch:"):
-        data = await _read_result(source, results, label)
+        data = await _read_stored(source, results, uploads, label)
     elif re.match(r"^[a-z][a-z0-9+.-]*://", lowered):
         scheme = source.split(":", 1)[0]
         raise UnsafeURL(f"{label}: the {scheme}: scheme is not accepted; use http(s) or data:")
@@ -212,7 +223,7 @@ def decode_data_uri(uri: str, policy: MediaPolicy, label: str = "image") -> byte
     if not sep:
         raise ImageError(f"{label}: malformed data: URI (no comma)")
     if len(payload) > policy.max_bytes * 4 // 3 + 16:
-        raise ImageError(f"{label} is larger than the {policy.max_bytes / 1e6:.0f} MB limit")
+        raise ImageTooLarge(f"{label} is larger than the {policy.max_bytes / 1e6:.0f} MB limit")
     try:
         if header.endswith(";base64"):
             return base64.b64decode(payload, validate=True)
@@ -236,7 +247,7 @@ def _read_local(path: str, policy: MediaPolicy, label: str) -> bytes:
         raise ImageError(f"{label}: {path!r} is not a file")
     limit = f"the limit is {policy.max_bytes / 1e6:.0f} MB"
     if size > policy.max_bytes:
-        raise ImageError(f"{label} is {size / 1e6:.1f} MB; {limit}")
+        raise ImageTooLarge(f"{label} is {size / 1e6:.1f} MB; {limit}")
     # Read at most one byte past the limit: files like /proc/self/pagemap claim 0 bytes and
     # never end, and a file may grow after stat().
     try:
@@ -245,14 +256,23 @@ def _read_local(path: str, policy: MediaPolicy, label: str) -> bytes:
     except OSError:
         raise ImageError(f"{label}: no readable file at {path!r}") from None
     if len(data) > policy.max_bytes:
-        raise ImageError(f"{label} is larger than {policy.max_bytes / 1e6:.0f} MB; {limit}")
+        raise ImageTooLarge(f"{label} is larger than {policy.max_bytes / 1e6:.0f} MB; {limit}")
     return data
 
 
-async def _read_result(uri: str, results: ResultLookup | None, label: str) -> bytes:
+async def _read_stored(
+    uri: str, results: ResultLookup | None, uploads: UploadLookup | None, label: str
+) -> bytes:
+    if match := UPLOAD_URI.match(uri):
+        if uploads is None:
+            raise NotFound(f"{label}: uploads are not available here")
+        return await uploads(match.group(1))
     match = RESULT_URI.match(uri)
     if not match:
-        raise InvalidParameter(f"{label}: a result URI looks like retouch://tasks/<task id>/<n>")
+        raise InvalidParameter(
+            f"{label}: a result URI looks like retouch://tasks/<task id>/<n>, an upload's "
+            "like retouch://uploads/<id>"
+        )
     if results is None:
         raise NotFound(f"{label}: earlier results are not available here")
     return await results(match.group(1), int(match.group(2)))
@@ -355,7 +375,7 @@ async def read_capped(
     breaks off is an ImageError, or, with ``raw_errors``, the httpx error itself."""
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ImageError(
+        raise ImageTooLarge(
             f"{label} is {int(declared) / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB"
         )
     chunks: list[bytes] = []
@@ -364,7 +384,7 @@ async def read_capped(
         async for chunk in response.aiter_bytes():
             total += len(chunk)
             if total > limit:
-                raise ImageError(f"{label} is larger than the {limit / 1e6:.0f} MB limit")
+                raise ImageTooLarge(f"{label} is larger than the {limit / 1e6:.0f} MB limit")
             chunks.append(chunk)
     except httpx.HTTPError as exc:
         if raw_errors:

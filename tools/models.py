@@ -1,4 +1,4 @@
-"""The types every part of Retouch speaks: requests, tasks and their results."""
+"""The types every part of Retouch speaks: requests, tasks and their results, uploads."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ class EditRequest(BaseModel):
     images: list[str] = Field(
         min_length=1,
         max_length=10,
-        description="Images to edit: http(s) URL, data: URI, local path, or retouch://tasks/<id>/<n>.",
+        description="Images to edit: http(s) URL, data: URI, local path, retouch://uploads/<id>"
+        " or retouch://tasks/<id>/<n>.",
     )
     prompt: str = Field("", max_length=32_000, description="What to do, in words.")
     function: str = Field("edit", description="A function from list_functions.")
@@ -115,6 +116,22 @@ class ResultImage(BaseModel):
     height: int
     bytes: int
     vendor_url: str | None = Field(None, description="The vendor's own URL (it expires).")
+    url: str | None = Field(
+        None,
+        description="A link that opens the full image in a browser, no token needed, for a "
+        "limited time (only when Retouch serves HTTP).",
+    )
+
+
+class Upload(BaseModel):
+    """An image someone uploaded, usable as ``uri`` wherever an image is, by its owner."""
+
+    uri: str = Field(description="retouch://uploads/<id>")
+    mime_type: str
+    width: int
+    height: int
+    bytes: int
+    expires_at: datetime
 
 
 class ImageFailure(BaseModel):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ import httpx
 from tools import catalog, media
 from tools.config import Settings
 from tools.errors import InvalidParameter, NotFound, RetouchError, Unsupported
-from tools.models import EditRequest, FunctionInfo, Task, TaskStatus
+from tools.models import EditRequest, FunctionInfo, Task, TaskStatus, Upload
 from tools.notifier import Notifier
 from tools.store import Store, open_store
 from tools.vendors.base import Vendor
@@ -27,6 +28,8 @@ from tools.vendors.registry import kinds_that_can, vendor_class
 from tools.worker import Intake, Worker
 
 Progress = Callable[[Task], Awaitable[None]]
+#: The shortest life of an upload, whatever store.retention_days says.
+MIN_UPLOAD_TTL_S = 3600.0
 
 
 class Editor:
@@ -57,6 +60,8 @@ class Editor:
         self.notifier = Notifier()
         self._downloads = asyncio.Semaphore(settings.media.max_concurrent_downloads)
         self._janitor: asyncio.Task[None] | None = None
+        #: The time uploads expire by (tests set it; the store's clean-up uses real time).
+        self.clock: Callable[[], float] = time.time
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -163,9 +168,9 @@ class Editor:
         vendor = self.route(request)
         vendor.check(request)
         images = await asyncio.gather(
-            *(self._load(src, f"image {i + 1}") for i, src in enumerate(request.images))
+            *(self._load(src, f"image {i + 1}", owner) for i, src in enumerate(request.images))
         )
-        mask = await self._load(request.mask, "mask") if request.mask else None
+        mask = await self._load(request.mask, "mask", owner) if request.mask else None
         if mask is not None:  # refuse a mask of another shape now, not at the vendor
             media.fit_mask(mask, (images[0].width, images[0].height))
         shas = [await self.store.put_blob(img) for img in images]
@@ -226,6 +231,36 @@ class Editor:
             raise NotFound("no such result")
         known = [r.model_dump() for r in task.results] if task and task.id == task_id else None
         return await self.store.read_result(task_id, index, known)
+
+    # ---- uploads -------------------------------------------------------------------------
+
+    async def put_upload(self, data: bytes, owner: str) -> Upload:
+        """Check bytes like any input image, store them as the owner's upload, and say how
+        to use it (``retouch://uploads/<id>``) and until when: ``store.retention_days``, at
+        least an hour. A task that uses the upload keeps its bytes as long as the task."""
+        image = await asyncio.to_thread(media.inspect, data, self.policy, "upload")
+        sha = await self.store.put_blob(image)
+        now = self.clock()
+        ttl = max(self.settings.store.retention_days * 86400, MIN_UPLOAD_TTL_S)
+        record = await self.store.create_upload(
+            owner=owner, sha256=sha, created_at=now, expires_at=now + ttl
+        )
+        return Upload(
+            uri=f"retouch://uploads/{record.id}",
+            mime_type=image.mime_type,
+            width=image.width,
+            height=image.height,
+            bytes=len(image.data),
+            expires_at=datetime.fromtimestamp(record.expires_at, UTC),
+        )
+
+    async def upload(self, upload_id: str, owner: str | None) -> media.InputImage:
+        """The owner's upload; another owner's, an expired one and an unknown one are all
+        the same NotFound. Without an owner there are no uploads."""
+        record = await self.store.get_upload(upload_id, owner) if owner is not None else None
+        if record is None or record.expires_at <= self.clock():
+            raise NotFound(f"no such upload: retouch://uploads/{upload_id}")
+        return await self.store.read_blob(record.sha256)
 
     async def vendor_callback(
         self, vendor_name: str, body: bytes, headers: Mapping[str, str]
@@ -290,9 +325,14 @@ class Editor:
                 parameter="vendor",
             ) from None
 
-    async def _load(self, source: str, label: str) -> media.InputImage:
+    async def _load(self, source: str, label: str, owner: str | None = None) -> media.InputImage:
+        async def upload_bytes(upload_id: str) -> bytes:
+            return (await self.upload(upload_id, owner)).data
+
         async with self._downloads:
-            return await media.load(source, self.policy, self.fetcher, self._result_bytes, label)
+            return await media.load(
+                source, self.policy, self.fetcher, self._result_bytes, label, upload_bytes
+            )
 
     async def _result_bytes(self, task_id: str, index: int) -> bytes:
         return (await self.store.read_result(task_id, index))[0]

@@ -4,9 +4,9 @@ A task is queued, then claimed by a worker with a lease it renews while it works
 whose process died loses its tasks when the lease runs out, and every write a worker makes
 requires the lease still held. A task ends once (``finish``). Images are blobs: a row here
 (size, type, dimensions), the bytes in the store's ``BlobStore``, linked to the tasks that use
-them so that clean-up keeps them while any task does. A backend that hears other processes'
-changes hands them on as task events (``listen``). ``tests/contract/`` checks all of it on
-every backend.
+them so that clean-up keeps them while any task does, or an upload that has not expired. A
+backend that hears other processes' changes hands them on as task events (``listen``).
+``tests/contract/`` checks all of it on every backend.
 """
 
 from __future__ import annotations
@@ -120,6 +120,17 @@ class TaskRecord:
         )
 
 
+@dataclass(frozen=True)
+class UploadRecord:
+    """An image someone uploaded: whose it is, which blob, and until when it may be used."""
+
+    id: str
+    owner: str
+    sha256: str
+    created_at: float
+    expires_at: float
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -164,6 +175,20 @@ class Store(abc.ABC):
         """A task's result ``index``: its bytes and MIME type; NotFound if there is no such
         result or it was cleaned up or damaged. ``results``: the task's, when the caller
         has just read them."""
+
+    # ---- uploads -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_upload(
+        self, *, owner: str, sha256: str, created_at: float, expires_at: float
+    ) -> UploadRecord:
+        """Record an upload of a stored blob under a new random id; until ``expires_at``
+        the upload keeps the blob from clean-up."""
+
+    @abc.abstractmethod
+    async def get_upload(self, upload_id: str, owner: str) -> UploadRecord | None:
+        """The owner's upload, expired or not (the caller decides); None if there is none,
+        or it is another owner's."""
 
     # ---- tasks -------------------------------------------------------------------------
 
@@ -270,6 +295,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def cleanup(self, retention_days: float, max_bytes: int | None = None) -> int:
-        """Forget finished tasks past retention, then the oldest finished ones while the
-        stored blobs exceed ``max_bytes``; delete blobs no task refers to, and what writes
-        cut off by a crash left. Returns how many blobs and leftovers were deleted."""
+        """Forget finished tasks past retention and uploads past their expiry, then the
+        oldest finished tasks while the stored blobs exceed ``max_bytes``; delete blobs no
+        task or upload refers to, and what writes cut off by a crash left. Returns how many
+        blobs and leftovers were deleted."""

@@ -63,7 +63,7 @@ async def migrate(db: aiosqlite.Connection, migrations: Migrations) -> list[str]
     return done
 
 
-#: The core's set: tasks, blobs, idempotency keys.
+#: The core's set: tasks, blobs, idempotency keys, uploads.
 CORE = Migrations("core")
 migration = CORE.step
 
@@ -167,3 +167,23 @@ async def m006_idempotency_keys(db: aiosqlite.Connection) -> None:
         "CREATE UNIQUE INDEX tasks_idempotency_key ON tasks (idempotency_key)"
         " WHERE idempotency_key IS NOT NULL"
     )
+
+
+@migration
+async def m007_uploads(db: aiosqlite.Connection) -> None:
+    """Images people upload over HTTP (``retouch://uploads/<id>``): whose they are and until
+    when. The row keeps the blob from clean-up until it expires; a task that uses the image
+    links the blob itself (``task_blobs``), so the row can go before the task does."""
+    await db.execute(
+        """
+        CREATE TABLE uploads (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            sha256 TEXT NOT NULL REFERENCES blobs (sha256),
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )
+        """
+    )
+    await db.execute("CREATE INDEX uploads_expiry ON uploads (expires_at)")
+    await db.execute("CREATE INDEX uploads_sha ON uploads (sha256)")

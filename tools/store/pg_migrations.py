@@ -197,3 +197,22 @@ async def m003_task_events(db: asyncpg.Connection) -> None:
         "CREATE TRIGGER tasks_updated AFTER UPDATE OF status, vendor, lease_owner, progress,"
         " cancel_requested ON tasks FOR EACH ROW EXECUTE FUNCTION retouch_task_event()"
     )
+
+
+@migration
+async def m004_uploads(db: asyncpg.Connection) -> None:
+    """Images people uploaded to edit later, each owned and expiring; an unexpired upload
+    keeps its blob from clean-up."""
+    await db.execute(
+        """
+        CREATE TABLE uploads (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            sha256 TEXT NOT NULL REFERENCES blobs (sha256),
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )
+        """
+    )
+    await db.execute("CREATE INDEX uploads_expiry ON uploads (expires_at)")
+    await db.execute("CREATE INDEX uploads_sha ON uploads (sha256)")

@@ -24,7 +24,15 @@ from tools.errors import NotFound
 from tools.media import InputImage
 from tools.models import ImageFailure, ResultImage, TaskStatus
 from tools.notifier import TaskEvent
-from tools.store.base import JSON_FIELDS, ORPHAN_GRACE_S, WRITABLE, Store, TaskRecord, new_task_id
+from tools.store.base import (
+    JSON_FIELDS,
+    ORPHAN_GRACE_S,
+    WRITABLE,
+    Store,
+    TaskRecord,
+    UploadRecord,
+    new_task_id,
+)
 from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, blob_key
 from tools.store.pg_migrations import CORE, migrate
 
@@ -201,6 +209,34 @@ class PostgresStore(Store):
                     raise NotFound(f"result {index} of task {task_id} was cleaned up") from None
                 return data, result["mime_type"]
         raise NotFound(f"task {task_id} has no result {index}")
+
+    # ---- uploads -----------------------------------------------------------------------
+
+    async def create_upload(
+        self, *, owner: str, sha256: str, created_at: float, expires_at: float
+    ) -> UploadRecord:
+        upload = UploadRecord(new_task_id(), owner, sha256, created_at, expires_at)
+        # One statement: the upload row, and the put it links counted as linked.
+        await self.pool.execute(
+            "WITH unpended AS (UPDATE blobs SET pending = greatest(pending - 1, 0)"
+            " WHERE sha256 = $3) INSERT INTO uploads (id, owner, sha256, created_at, expires_at)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            upload.id,
+            owner,
+            sha256,
+            created_at,
+            expires_at,
+        )
+        return upload
+
+    async def get_upload(self, upload_id: str, owner: str) -> UploadRecord | None:
+        row = await self.pool.fetchrow(
+            "SELECT id, owner, sha256, created_at, expires_at FROM uploads"
+            " WHERE id = $1 AND owner = $2",
+            upload_id,
+            owner,
+        )
+        return UploadRecord(*row) if row else None
 
     # ---- tasks -------------------------------------------------------------------------
 
@@ -489,13 +525,14 @@ class PostgresStore(Store):
             f"DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < {NOW} - $1",
             retention_days * 86400,
         )
+        await self.pool.execute(f"DELETE FROM uploads WHERE expires_at < {NOW}")
         removed, _ = await self._delete_orphans()
         if max_bytes is not None:
             removed += await self._evict(max_bytes)
         return removed + await self.blobs.sweep(ORPHAN_GRACE_S)
 
     async def _delete_orphans(self, task_shas: Iterable[str] | None = None) -> tuple[int, int]:
-        """Delete blobs no task refers to, rows and bytes (only ``task_shas`` if given);
+        """Delete blobs no task or upload refers to, rows and bytes (only ``task_shas`` if given);
         returns how many and their bytes.
 
         A blob some process has stored but not linked yet (``pending``, within its grace) is
@@ -507,6 +544,7 @@ class PostgresStore(Store):
             rows = await db.fetch(
                 "SELECT sha256, mime_type, bytes FROM blobs WHERE NOT EXISTS"
                 " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = blobs.sha256)"
+                " AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = blobs.sha256)"
                 f" AND (pending = 0 OR grace_until < {NOW})"
                 + (" AND sha256 = ANY($1::text[])" if only else "")
                 + " FOR UPDATE SKIP LOCKED",

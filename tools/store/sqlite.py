@@ -22,7 +22,15 @@ from tools.errors import NotFound
 from tools.media import InputImage
 from tools.models import ImageFailure, ResultImage, TaskStatus
 from tools.notifier import TaskEvent
-from tools.store.base import JSON_FIELDS, ORPHAN_GRACE_S, WRITABLE, Store, TaskRecord, new_task_id
+from tools.store.base import (
+    JSON_FIELDS,
+    ORPHAN_GRACE_S,
+    WRITABLE,
+    Store,
+    TaskRecord,
+    UploadRecord,
+    new_task_id,
+)
 from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, FileBlobStore, blob_key
 from tools.store.migrations import CORE, migrate
 
@@ -132,6 +140,28 @@ class SQLiteStore(Store):
         for r in rows:
             out.setdefault(r[0], []).append(r[1])
         return out
+
+    # ---- uploads -----------------------------------------------------------------------
+
+    async def create_upload(
+        self, *, owner: str, sha256: str, created_at: float, expires_at: float
+    ) -> UploadRecord:
+        upload = UploadRecord(new_task_id(), owner, sha256, created_at, expires_at)
+        await self.execute(
+            "INSERT INTO uploads (id, owner, sha256, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (upload.id, owner, sha256, created_at, expires_at),
+        )
+        self._linked([sha256])
+        return upload
+
+    async def get_upload(self, upload_id: str, owner: str) -> UploadRecord | None:
+        rows = await self.db.execute_fetchall(
+            "SELECT id, owner, sha256, created_at, expires_at FROM uploads"
+            " WHERE id = ? AND owner = ?",
+            (upload_id, owner),
+        )
+        return UploadRecord(*rows[0]) if rows else None
 
     # ---- tasks -------------------------------------------------------------------------
 
@@ -379,14 +409,15 @@ class SQLiteStore(Store):
         await self.execute(
             "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,)
         )
+        await self.execute("DELETE FROM uploads WHERE expires_at < ?", (time.time(),))
         removed, _ = await self._delete_orphans()
         if max_bytes is not None:
             removed += await self._evict(max_bytes)
         return removed + await self.blobs.sweep(ORPHAN_GRACE_S)
 
     async def _delete_orphans(self, task_shas: list[str] | None = None) -> tuple[int, int]:
-        """Delete blobs no task refers to, rows and bytes (only ``task_shas`` if given);
-        returns how many and their bytes.
+        """Delete blobs no task or upload refers to, rows and bytes (only ``task_shas`` if
+        given); returns how many and their bytes.
 
         A blob this process stored but has not linked yet is kept: it is an input or a
         result about to be linked (deleting it made that task's insert fail)."""
@@ -403,6 +434,7 @@ class SQLiteStore(Store):
         rows = await self.execute(
             "DELETE FROM blobs WHERE NOT EXISTS"
             " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = blobs.sha256)"
+            " AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = blobs.sha256)"
             f" AND sha256 NOT IN ({','.join('?' * len(keep))}){where}"
             " RETURNING sha256, mime_type, bytes",
             params,
