@@ -67,10 +67,12 @@ class InboxApplication(Application):  # type: ignore[type-arg]
             await super().process_update(update)
             return
         uid = update.update_id
-        if uid in self._in_hand or await storage.update_done(db, uid):
-            return  # being handled, or handled already
+        if uid in self._in_hand:
+            return  # being handled (taken before the await below, so no copy slips past)
         self._in_hand.add(uid)
         try:
+            if await storage.update_done(db, uid):
+                return  # handled already
             await super().process_update(update)  # handler errors go to the error handler
             message = update.effective_message
             if message is not None and self.holds(update):

@@ -89,3 +89,22 @@ async def m005_telegram_inbox(db: aiosqlite.Connection) -> None:
     )
     await db.execute("CREATE INDEX tg_inbox_open ON tg_inbox (done_at)")
     await db.execute("CREATE INDEX tg_tasks_message ON tg_tasks (chat_id, request_message_id)")
+
+
+@migration
+async def m009_telegram_inbox_done_with_its_task(db: aiosqlite.Connection) -> None:
+    """A request's task row marks its inbox update handled in the same write: a bot killed
+    between writing the row and marking the update left a handled request open, and a next
+    bot stopped during its start-up never replayed it. Album parts are left to the inbox
+    (marking the captioned part early would rebuild the album without its caption)."""
+    await db.execute(
+        """
+        CREATE TRIGGER tg_inbox_done_with_its_task AFTER INSERT ON tg_tasks BEGIN
+            UPDATE tg_inbox SET done_at = NEW.created_at
+            WHERE done_at IS NULL
+              AND json_extract(body, '$.message.chat.id') = NEW.chat_id
+              AND json_extract(body, '$.message.message_id') = NEW.request_message_id
+              AND json_extract(body, '$.message.media_group_id') IS NULL;
+        END
+        """
+    )

