@@ -9,6 +9,7 @@ import hmac
 import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -93,12 +94,11 @@ def build_http_app(
             "mcp.auth_token (or RETOUCH_MCP__AUTH_TOKEN) so that only your clients can edit"
         )
     security = None
-    if not is_loopback(cfg.host):
-        names = [cfg.host, "localhost", "127.0.0.1"]
-        if cfg.public_url:
-            from urllib.parse import urlsplit
-
-            names.append(urlsplit(cfg.public_url).hostname or cfg.host)
+    public = urlsplit(cfg.public_url).hostname if cfg.public_url else None
+    if not is_loopback(cfg.host) or public:
+        # On loopback, the SDK's own names, and the public one a TLS proxy in front passes on.
+        names = [cfg.host] if not is_loopback(cfg.host) else ["[::1]"]
+        names += ["localhost", "127.0.0.1", *([public] if public else [])]
         security = TransportSecuritySettings(
             allowed_hosts=[f"{n}:*" for n in names] + names,
             allowed_origins=[f"http://{n}:*" for n in names] + [f"https://{n}" for n in names],

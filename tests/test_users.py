@@ -83,11 +83,14 @@ async def serve(settings: Settings) -> AsyncIterator[tuple[Connect, Editor, Any]
         yield connect, starlette.state.editor, app
 
 
-async def post_mcp(app: Any, authorization: str | None) -> httpx.Response:
+async def post_mcp(
+    app: Any, authorization: str | None, body: Any = None, **headers: str
+) -> httpx.Response:
     """A bare POST to /mcp with this Authorization header (None: without one)."""
-    headers = {"Authorization": authorization} if authorization is not None else {}
+    if authorization is not None:
+        headers["Authorization"] = authorization
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as h:
-        return await h.post("/mcp", json={}, headers=headers)
+        return await h.post("/mcp", json=body or {}, headers=headers)
 
 
 async def edit(client: Client, **extra: Any) -> dict[str, Any]:
@@ -338,6 +341,35 @@ def test_beyond_loopback_a_user_is_enough(make_settings: MakeSettings) -> None:
     with pytest.raises(ConfigError, match=r"\[\[mcp.users\]\]"):
         open_settings = make_settings('[mcp]\nhost = "0.0.0.0"\n')
         build_http_app(build_server(open_settings), open_settings)
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("retouch.example.com", 200), ("127.0.0.1:8765", 200), ("evil.example", 421)],
+)
+async def test_on_loopback_behind_a_proxy_the_public_host_is_accepted(
+    make_settings: MakeSettings, host: str, status: int
+) -> None:
+    settings = make_settings(
+        users_toml("alice").replace(
+            "[mcp]\n", '[mcp]\npublic_url = "https://retouch.example.com"\n'
+        )
+    )
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "proxy", "version": "1"},
+        },
+    }
+    async with serve(settings) as (_, _, app):
+        response = await post_mcp(
+            app, f"Bearer {ALICE}", init, Host=host, Accept="application/json, text/event-stream"
+        )
+    assert response.status_code == status, response.text
 
 
 # ---- completion and the resource's type ----------------------------------------------------
