@@ -45,8 +45,8 @@ def is_open(path: str) -> bool:
 
 
 class BearerAuth:
-    """Refuses requests to paths that are not open without ``Authorization: Bearer <token>`` of a
-    known user, and records that user as the request's owner.
+    """Refuses requests to paths that are not open without ``Authorization: Bearer <token>``
+    of a known user, and records that user as the request's owner.
 
     The presented token's SHA-256 is compared with every user's, each in constant time and
     all of them every time, so neither the answer's time nor its path says which user (or
