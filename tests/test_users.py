@@ -30,6 +30,7 @@ from server import http as server_http
 from server.app import RESULT_TEMPLATE, build_server
 from server.http import build_http_app
 from tests.conftest import MakeSettings, data_uri, png
+from tests.mcp_wire import Wire
 from tests.test_mcp import ROOT, env, free_port
 from tools import cli
 from tools.config import Settings
@@ -184,6 +185,68 @@ async def test_each_user_sees_only_its_own_tasks_and_results(team: Settings) -> 
             assert same(answers[0], a["id"], answers[1], UNKNOWN), answers
             assert "no task" in answers[0]
         assert len(await editor.list_tasks(limit=100)) == 4  # bob's refused edits made none
+
+
+async def test_an_upload_is_usable_by_its_uploader_only(team: Settings) -> None:
+    async with serve(team) as (connect, _, app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as h:
+            sent = await h.post(
+                "/uploads",
+                content=png(),
+                headers={"Authorization": f"Bearer {ALICE}", "Content-Type": "image/png"},
+            )
+        assert sent.status_code == 201, sent.text
+        uri = sent.json()["uri"]
+        unknown = "retouch://uploads/" + UNKNOWN
+        async with connect(ALICE) as alice, connect(BOB) as bob:
+            assert (await edit(alice, images=[uri]))["status"] == "succeeded"
+            answers = []
+            for source in (uri, unknown):
+                result = await bob.call_tool(
+                    "edit_image", {"images": [source], "function": "lineart"}
+                )
+                assert result.is_error
+                answers.append(text(result))
+    assert same(answers[0], uri, answers[1], unknown), answers
+
+
+async def test_mcp_tasks_are_their_owners_alone_in_both_forms(team: Settings) -> None:
+    async with serve(team) as (_, _, app), contextlib.AsyncExitStack() as stack:
+
+        async def wire(token: str) -> Wire:
+            http = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url=BASE,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=60,
+            )
+            await stack.enter_async_context(http)
+            return Wire(http, f"{BASE}/mcp")
+
+        alice, bob = await wire(ALICE), await wire(BOB)
+        call = {
+            "name": "edit_image",
+            "arguments": {"images": [data_uri(png())], "function": "lineart"},
+        }
+        task_id = (await alice.modern("tools/call", call))["result"]["taskId"]
+        assert "result" in await alice.modern("tasks/get", {"taskId": task_id})
+        for method in ("tasks/get", "tasks/cancel"):
+            foreign = await bob.modern(method, {"taskId": task_id})
+            unknown = await bob.modern(method, {"taskId": UNKNOWN})
+            assert "error" in foreign and foreign["error"] == unknown["error"], method
+
+        await alice.initialize()
+        await bob.initialize()
+        legacy_id = (await alice.legacy("tools/call", {**call, "task": {"ttl": 60_000}}))["result"][
+            "task"
+        ]["taskId"]
+        for method in ("tasks/get", "tasks/result", "tasks/cancel"):
+            foreign = await bob.legacy(method, {"taskId": legacy_id})
+            unknown = await bob.legacy(method, {"taskId": UNKNOWN})
+            assert "error" in foreign and foreign["error"] == unknown["error"], method
+        listed = {t["taskId"] for t in (await bob.legacy("tasks/list"))["result"]["tasks"]}
+        mine = {t["taskId"] for t in (await alice.legacy("tasks/list"))["result"]["tasks"]}
+    assert listed == set() and mine == {task_id, legacy_id}
 
 
 async def test_a_queued_task_is_canceled_by_its_owner_only(team: Settings) -> None:
