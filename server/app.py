@@ -9,18 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 from mcp.server import MCPServer
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
+from mcp.types import (
+    CallToolResult,
+    Completion,
+    CompletionArgument,
+    CompletionContext,
+    ImageContent,
+    InputRequiredResult,
+    PromptReference,
+    ResourceLink,
+    ResourceTemplate,
+    ResourceTemplateReference,
+    TextContent,
+)
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import AnyUrl, BaseModel, Field
 
 from server.owners import owner_of
 from server.result_urls import ResultURLs
@@ -41,6 +58,9 @@ in a browser. Images may be http(s) URLs, data: URIs, earlier results, uploads
 (retouch://uploads/<id>, from the server's /upload page), or local paths when allowed.
 """
 
+
+#: The resource template of a task's full-size result images.
+RESULT_TEMPLATE = "retouch://tasks/{task_id}/{index}"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -90,6 +110,55 @@ class SharedEditor:
                     await editor.close()
 
 
+class ResultBytes(bytes):
+    """A result image's bytes, with the MIME type that ``resources/read`` must report."""
+
+    mime_type: str
+
+    def __new__(cls, data: bytes, mime_type: str) -> ResultBytes:
+        made = super().__new__(cls, data)
+        made.mime_type = mime_type
+        return made
+
+
+class RetouchServer(MCPServer[Editor]):
+    """The SDK's server, but a resource read reports the type of the bytes it returns: the
+    SDK labels every read of a template with the template's one type, and the results of a
+    task are PNG, JPEG or WebP; the template itself then declares none."""
+
+    async def read_resource(
+        self, uri: AnyUrl | str, context: Context[Editor, Any] | None = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        contents = await super().read_resource(uri, context)
+        if isinstance(contents, InputRequiredResult):
+            return contents
+        return [
+            dataclasses.replace(c, mime_type=getattr(c.content, "mime_type", c.mime_type))
+            for c in contents
+        ]
+
+    async def list_resource_templates(self) -> list[ResourceTemplate]:
+        templates = await super().list_resource_templates()
+        return [t.model_copy(update={"mime_type": None}) for t in templates]
+
+
+#: The MCP request being handled, for the handlers the SDK calls without it (completion).
+_request: ContextVar[ServerRequestContext[Editor, Any] | None] = ContextVar(
+    "retouch_mcp_request", default=None
+)
+
+
+async def remember_request(
+    ctx: ServerRequestContext[Editor, Any], call_next: CallNext
+) -> HandlerResult:
+    """Server middleware: makes each request's context known to the code it runs."""
+    token = _request.set(ctx)
+    try:
+        return await call_next(ctx)
+    finally:
+        _request.reset(token)
+
+
 def reports_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """A tool whose Retouch errors reach the model as tool errors: the message, no traceback."""
 
@@ -113,12 +182,12 @@ def build_server(
     async def render(editor: Editor, task: Task) -> CallToolResult:
         return await task_result(editor, task, preview_px, result_urls)
 
-    mcp = MCPServer(
+    mcp = RetouchServer(
         "retouch",
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         extensions=[TasksExtension(render)],
-        middleware=[LegacyTasks(render)],
+        middleware=[remember_request, LegacyTasks(render)],
     )
 
     def linked(task: Task) -> Task:
@@ -215,38 +284,103 @@ def build_server(
     ) -> Annotated[CallToolResult, Task]:
         """The state of a task; with wait_seconds, wait up to that long for it to finish."""
         editor = ctx.request_context.lifespan_context
-        task = await editor.check_task(task_id, wait_seconds, on_progress=progress(ctx))
+        task = await editor.check_task(
+            task_id, wait_seconds, on_progress=progress(ctx), owner=owner_of(ctx)
+        )
         return await task_result(editor, task, preview_px, result_urls)
 
     @mcp.tool()
     @reports_errors
     async def cancel_task(ctx: Context[Editor], task_id: str) -> Task:
         """Cancel a task that has not finished (at the vendor too, where it allows that)."""
-        return linked(await ctx.request_context.lifespan_context.cancel_task(task_id))
+        editor = ctx.request_context.lifespan_context
+        return linked(await editor.cancel_task(task_id, owner=owner_of(ctx)))
 
     @mcp.tool()
     @reports_errors
     async def list_tasks(
         ctx: Context[Editor], limit: Annotated[int, Field(ge=1, le=100)] = 10
     ) -> TaskList:
-        """The most recent tasks, newest first."""
-        tasks = await ctx.request_context.lifespan_context.list_tasks(limit=limit)
+        """Your most recent tasks, newest first."""
+        editor = ctx.request_context.lifespan_context
+        tasks = await editor.list_tasks(owner=owner_of(ctx), limit=limit)
         return TaskList(tasks=[linked(t) for t in tasks])
 
     @mcp.resource(
-        "retouch://tasks/{task_id}/{index}",
+        RESULT_TEMPLATE,
         name="result",
         description="A full-size result image of a task",
     )
     async def result(ctx: Context[Editor], task_id: str, index: str) -> bytes:
         editor = ctx.request_context.lifespan_context
         try:
-            data, _ = await editor.result(task_id, int(index))
+            data, mime = await editor.result(task_id, int(index), owner=owner_of(ctx))
         except (RetouchError, ValueError) as exc:
             raise ResourceError(f"no result {index} for task {task_id}: {exc}") from None
-        return data
+        return ResultBytes(data, mime)
+
+    @mcp.prompt(
+        name="edit_image",
+        description="Edit an image with Retouch; function and vendor complete as you type.",
+    )
+    def edit_prompt(image: str, prompt: str = "", function: str = "edit", vendor: str = "") -> str:
+        arguments = {"images": [image], "function": function, "prompt": prompt}
+        if vendor:
+            arguments["vendor"] = vendor
+        return (
+            "Edit this image with Retouch: call the edit_image tool with these arguments, "
+            "then show me the preview and the link to the full image.\n"
+            + json.dumps(arguments, ensure_ascii=False)
+        )
+
+    @mcp.completion()
+    async def complete(
+        ref: PromptReference | ResourceTemplateReference,
+        argument: CompletionArgument,
+        context: CompletionContext | None,
+    ) -> Completion | None:
+        request = _request.get()
+        if request is None:
+            return None
+        given = (context.arguments if context else None) or {}
+        values = await completions(
+            request.lifespan_context, owner_of(request), ref, argument.name, given
+        )
+        matching = [v for v in values if v.startswith(argument.value)]
+        return Completion(values=matching[:100], total=len(matching), has_more=len(matching) > 100)
 
     return mcp
+
+
+async def completions(
+    editor: Editor,
+    owner: str,
+    ref: PromptReference | ResourceTemplateReference,
+    name: str,
+    given: dict[str, str],
+) -> list[str]:
+    """What an argument may be: for the edit_image prompt, the functions and vendors that
+    can run them (each narrowed by the other when given); for the result template, the
+    owner's recent tasks that have results, and a task's result indexes."""
+    if isinstance(ref, PromptReference) and ref.name == "edit_image":
+        able = {f.name: f.vendors for f in editor.list_functions() if f.vendors}
+        if name == "function":
+            vendor = given.get("vendor")
+            return [f for f, vendors in able.items() if not vendor or vendor in vendors]
+        if name == "vendor":
+            function = given.get("function")
+            order = editor.routing_order()
+            return [v for v in order if not function or v in able.get(function, [])]
+    if isinstance(ref, ResourceTemplateReference) and ref.uri == RESULT_TEMPLATE:
+        if name == "task_id":
+            return [t.id for t in await editor.list_tasks(owner=owner, limit=100) if t.results]
+        if name == "index" and given.get("task_id"):
+            try:
+                task = await editor.check_task(given["task_id"], owner=owner)
+            except RetouchError:
+                return []
+            return [str(r.index) for r in task.results]
+    return []
 
 
 async def task_result(

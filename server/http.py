@@ -4,10 +4,12 @@ guard that HTTP needs whenever it listens beyond loopback."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -19,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.owners import set_owner
 from server.result_urls import ResultURLs, serve_result
 from server.uploads import Uploads
-from tools.config import Settings
+from tools.config import Settings, UserSettings
 from tools.errors import ConfigError, RetouchError
 from tools.service import Editor
 
@@ -27,8 +29,6 @@ from tools.service import Editor
 #: itself; a result link carries its own signature).
 OPEN_PATHS = ("/health", "/callbacks/", "/results/")
 OPEN_EXACT = ("/upload",)
-#: The user that ``mcp.auth_token`` names.
-DEFAULT_USER = "default"
 
 
 def is_loopback(host: str) -> bool:
@@ -45,16 +45,32 @@ def is_open(path: str) -> bool:
 
 
 class BearerAuth:
-    """Refuses MCP requests without ``Authorization: Bearer <token>`` (constant-time compare)."""
+    """Refuses requests to paths that are not open without ``Authorization: Bearer <token>``
+    of a known user, and records that user as the request's owner.
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    The presented token's SHA-256 is compared with every user's, each in constant time and
+    all of them every time, so neither the answer's time nor its path says which user (or
+    how much of a token) matched. Tokens are never logged.
+    """
+
+    def __init__(self, app: ASGIApp, users: list[UserSettings]) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.users = [(user.name, user.digest()) for user in users]
+
+    def user(self, authorization: bytes) -> str | None:
+        """The name of the user whose token ``authorization`` carries, if any."""
+        scheme, token = authorization[:7], authorization[7:]
+        presented = hashlib.sha256(token).digest()
+        found = None
+        for name, digest in self.users:
+            if hmac.compare_digest(presented, digest):
+                found = name
+        return found if scheme.lower() == b"bearer " and token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not is_open(scope["path"]):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            name = self.user(dict(scope["headers"]).get(b"authorization", b""))
+            if name is None:
                 response = JSONResponse(
                     {"error": "unauthorized", "message": "send Authorization: Bearer <token>"},
                     status_code=401,
@@ -62,7 +78,7 @@ class BearerAuth:
                 )
                 await response(scope, receive, send)
                 return
-            set_owner(scope, DEFAULT_USER)
+            set_owner(scope, name)
         await self.app(scope, receive, send)
 
 
@@ -71,19 +87,18 @@ def build_http_app(
 ) -> ASGIApp:
     """The app; ``result_urls``: the links' signer the tools use (default: the settings')."""
     cfg = settings.mcp
-    token = cfg.auth_token.get_secret_value()
-    if not is_loopback(cfg.host) and not token:
+    users = cfg.accounts()
+    if not is_loopback(cfg.host) and not users:
         raise ConfigError(
-            f"mcp.host is {cfg.host}, beyond loopback: set mcp.auth_token (or "
-            "RETOUCH_MCP__AUTH_TOKEN) so that only your clients can edit"
+            f"mcp.host is {cfg.host}, beyond loopback: add [[mcp.users]] or set "
+            "mcp.auth_token (or RETOUCH_MCP__AUTH_TOKEN) so that only your clients can edit"
         )
     security = None
-    if not is_loopback(cfg.host):
-        names = [cfg.host, "localhost", "127.0.0.1"]
-        if cfg.public_url:
-            from urllib.parse import urlsplit
-
-            names.append(urlsplit(cfg.public_url).hostname or cfg.host)
+    public = urlsplit(cfg.public_url).hostname if cfg.public_url else None
+    if not is_loopback(cfg.host) or public:
+        # On loopback, the SDK's own names, and the public one a TLS proxy in front passes on.
+        names = [cfg.host] if not is_loopback(cfg.host) else ["[::1]"]
+        names += ["localhost", "127.0.0.1", *([public] if public else [])]
         security = TransportSecuritySettings(
             allowed_hosts=[f"{n}:*" for n in names] + names,
             allowed_origins=[f"http://{n}:*" for n in names] + [f"https://{n}" for n in names],
@@ -132,4 +147,4 @@ def build_http_app(
             yield
 
     app.router.lifespan_context = lifespan
-    return BearerAuth(app, token) if token else app
+    return BearerAuth(app, users) if users else app

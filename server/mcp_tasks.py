@@ -79,15 +79,12 @@ def status_message(task: Task) -> str:
 
 
 async def owned_task(editor: Editor, owner: str, task_id: str) -> Task:
-    """The owner's task, or the JSON-RPC error both forms give for an unknown id (a task
-    stored without an owner is the local owner's)."""
+    """The owner's task, or the JSON-RPC error both forms give for an unknown id (the
+    Editor answers another owner's id as an unknown one)."""
     try:
-        record = await editor.store.get(task_id)
+        return await editor.check_task(task_id, owner=owner)
     except NotFound:
-        record = None
-    if record is None or (record.owner or LOCAL) != owner:
-        raise MCPError(INVALID_PARAMS, "Failed to retrieve task: Task not found")
-    return record.public()
+        raise MCPError(INVALID_PARAMS, "Failed to retrieve task: Task not found") from None
 
 
 def requester(ctx: ServerRequestContext[Any, Any]) -> str:

@@ -13,8 +13,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Scope
 
+from tools.models import LOCAL_OWNER
+
 #: The owner of requests made over stdio and from the command line.
-LOCAL = "local"
+LOCAL = LOCAL_OWNER
 #: The key under ``scope["state"]`` (``request.state``) that holds the owner.
 STATE_KEY = "retouch_owner"
 
@@ -30,6 +32,7 @@ def owner_of_request(request: Request) -> str:
 
 
 def owner_of(ctx: Any) -> str:
-    """The owner of an MCP tool call or resource read: ``ctx`` is the tool's ``Context``."""
-    request = getattr(ctx.request_context, "request", None)
+    """The owner of an MCP request: ``ctx`` is a tool's ``Context`` or the SDK's
+    ``ServerRequestContext``."""
+    request = getattr(getattr(ctx, "request_context", ctx), "request", None)
     return owner_of_request(request) if isinstance(request, Request) else LOCAL

@@ -20,7 +20,7 @@ import httpx
 from tools.config import Settings, load_settings
 from tools.errors import ImageError, RetouchError
 from tools.media import EXTENSIONS
-from tools.models import EditRequest, Task
+from tools.models import LOCAL_OWNER, EditRequest, Task
 from tools.service import Editor
 
 
@@ -95,10 +95,10 @@ async def run(args: argparse.Namespace) -> int:
         if args.command == "edit":
             return await edit(editor, args)
         if args.command == "task":
-            task = await editor.check_task(args.task_id)
+            task = await editor.check_task(args.task_id, owner=LOCAL_OWNER)
             print(task.model_dump_json(indent=2) if args.json else describe(task))
         elif args.command == "tasks":
-            for t in await editor.list_tasks(limit=args.limit):
+            for t in await editor.list_tasks(owner=LOCAL_OWNER, limit=args.limit):
                 cost = f" {t.cost} {t.currency}" if t.cost is not None else ""
                 print(
                     f"{t.id}  {t.status.value:<9} {t.function:<22} {t.vendor:<10}"
@@ -131,16 +131,16 @@ async def edit(editor: Editor, args: argparse.Namespace) -> int:
         line = f"{task.status.value}: {task.progress or ''}"
         print(f"\r\033[K{line}" if tty else line, end="" if tty else "\n", file=sys.stderr)
 
-    task = await editor.edit_image(request)
+    task = await editor.edit_image(request, owner=LOCAL_OWNER)
     print(f"task {task.id} queued with {task.vendor}", file=sys.stderr)
     print(f"retouch: {editor.settings.store.where()}", file=sys.stderr)
-    task = await editor.check_task(task.id, args.timeout, on_progress=show)
+    task = await editor.check_task(task.id, args.timeout, on_progress=show, owner=LOCAL_OWNER)
     if tty:
         print(file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for result in task.results:
-        data, mime = await editor.result(task.id, result.index, task)
+        data, mime = await editor.result(task.id, result.index, owner=LOCAL_OWNER)
         dest = out / f"{task.id[:8]}-{result.index}.{EXTENSIONS.get(mime, 'bin')}"
         await asyncio.to_thread(dest.write_bytes, data)
         print(dest)

@@ -11,7 +11,9 @@ typo in ``[vendors.x]`` is an error naming that key. A front end declares its ow
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import re
 import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -33,6 +35,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tools.errors import ConfigError
+from tools.models import LOCAL_OWNER
 from tools.vendors import registry
 
 MB = 1024 * 1024
@@ -137,12 +140,73 @@ class WorkerSettings(Section):
     callback_timeout_s: float = Field(3600, gt=0)
 
 
+#: The user that ``mcp.auth_token`` names.
+DEFAULT_USER = "default"
+#: What a token in an ``Authorization: Bearer`` header may be made of (RFC 6750's b64token).
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+#: A user name: no ``:``, so it never meets another front end's owners (``tg:<id>``).
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class UserSettings(Section):
+    """One ``[[mcp.users]]`` entry: a name (the owner of what the user makes) and a bearer
+    token, given as itself or only as its SHA-256 so that the file holds no secret."""
+
+    name: str
+    token: SecretStr | None = None
+    token_sha256: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not USER_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a user name: 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        if value.lower() == LOCAL_OWNER:
+            raise ValueError(f"{value!r} is reserved for stdio and the command line")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _usable_token(cls, value: SecretStr | None) -> SecretStr | None:
+        token = value.get_secret_value() if value is not None else ""
+        if value is not None and len(token) < 16:
+            raise ValueError("a token needs at least 16 characters (use a long random one)")
+        if value is not None and not TOKEN_CHARS.fullmatch(token):
+            raise ValueError("a token may hold letters, digits and - . _ ~ + / (then = only)")
+        return value
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("token_sha256 is the token's SHA-256 as 64 hex digits")
+        return value.lower() if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_token(self) -> UserSettings:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError(f"user {self.name!r}: give exactly one of token and token_sha256")
+        return self
+
+    def digest(self) -> bytes:
+        """The SHA-256 of the user's token."""
+        if self.token is not None:
+            return hashlib.sha256(self.token.get_secret_value().encode()).digest()
+        return bytes.fromhex(self.token_sha256 or "")
+
+
 class MCPSettings(Section):
     transport: Literal["stdio", "http"] = "stdio"
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
     path: str = "/mcp"
     auth_token: SecretStr = SecretStr("")
+    users: list[UserSettings] = Field(
+        default_factory=list, description="bearer tokens for HTTP, each naming an owner"
+    )
     public_url: str = Field("", description="Base URL of this server for vendors and users")
     preview_px: int = Field(512, ge=64, le=2048)
     stateless: bool = Field(
@@ -163,6 +227,31 @@ class MCPSettings(Section):
                 "print(secrets.token_urlsafe(32))'), or leave it unset"
             )
         return value
+
+    @model_validator(mode="after")
+    def _distinct_users(self) -> MCPSettings:
+        names: set[str] = set()
+        tokens: dict[bytes, str] = {}
+        for i, user in enumerate(self.accounts()):
+            legacy = i == len(self.users)  # auth_token's user comes last
+            if user.name.lower() in names:
+                if legacy:
+                    raise ValueError("users: 'default' names mcp.auth_token's user; rename yours")
+                raise ValueError(f"users: two users are named {user.name!r} (case aside)")
+            if (other := tokens.get(user.digest())) is not None:
+                this = "mcp.auth_token" if legacy else f"user {user.name!r}"
+                raise ValueError(f"{this} has the token of user {other!r}: give each its own")
+            names.add(user.name.lower())
+            tokens[user.digest()] = user.name
+        return self
+
+    def accounts(self) -> list[UserSettings]:
+        """Every user HTTP accepts: ``users``, then ``auth_token`` as the user ``default``."""
+        token = self.auth_token.get_secret_value()
+        if not token:
+            return list(self.users)
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        return [*self.users, UserSettings(name=DEFAULT_USER, token_sha256=digest)]
 
 
 class VendorSettings(BaseModel):

@@ -9,6 +9,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_SEED = 2_147_483_647
+#: The owner of what is done on this machine (stdio, the command line), and of the tasks
+#: stored before tasks had owners.
+LOCAL_OWNER = "local"
 
 
 def plain_nullables(schema: dict[str, Any]) -> None:

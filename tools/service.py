@@ -159,11 +159,18 @@ class Editor:
         key: str | None = None,
     ) -> Task:
         """Validate, store the task with its inputs, and return it (optionally waiting).
-        With ``key``, a request made again with the same key returns the first one's task."""
-        if key is not None and (known := await self.store.find_by_key(key)) is not None:
-            if wait_seconds > 0:
-                return await self.check_task(known.id, wait_seconds, on_progress)
-            return known.public()
+
+        The task is ``owner``'s, and the earlier results and uploads it takes as inputs must
+        be too (None, for trusted callers only: stored without an owner, which makes it the
+        local owner's; earlier results unscoped, no uploads). With ``key``, a request made
+        again by the same owner with the same key returns the first one's task; another
+        owner's key is another."""
+        if key is not None:
+            key = key if owner is None else _owners_key(owner, key)
+            if (known := await self.store.find_by_key(key)) is not None:
+                if wait_seconds > 0:
+                    return await self.check_task(known.id, wait_seconds, on_progress)
+                return known.public()
         catalog.validate(request)
         vendor = self.route(request)
         vendor.check(request)
@@ -193,10 +200,18 @@ class Editor:
         return record.public()
 
     async def check_task(
-        self, task_id: str, wait_seconds: float = 0, on_progress: Progress | None = None
+        self,
+        task_id: str,
+        wait_seconds: float = 0,
+        on_progress: Progress | None = None,
+        *,
+        owner: str | None = None,
     ) -> Task:
-        """The task as stored; with ``wait_seconds``, wait up to that long for its end."""
-        record = await self.store.get(task_id)
+        """The task as stored; with ``wait_seconds``, wait up to that long for its end.
+
+        Front ends pass the asking ``owner``: another owner's task is then NotFound, exactly
+        as an unknown id is. None (no scoping) is for trusted callers that hold the id."""
+        record = await self.store.get(task_id, owner=owner)
         deadline = time.monotonic() + min(max(wait_seconds, 0), 3600)
         seen = record.progress
         with self.notifier.watching(task_id) if on_progress else contextlib.nullcontext():
@@ -212,7 +227,10 @@ class Editor:
             self.notifier.forget(task_id)
         return record.public()
 
-    async def cancel_task(self, task_id: str) -> Task:
+    async def cancel_task(self, task_id: str, *, owner: str | None = None) -> Task:
+        """Cancel a task that has not ended (``owner`` as for :meth:`check_task`)."""
+        if owner is not None:
+            await self.store.get(task_id, owner=owner)
         record = await self.store.request_cancel(task_id)
         if record.status == "queued" and await self.store.finish(
             task_id, None, TaskStatus.canceled
@@ -222,14 +240,20 @@ class Editor:
         return record.public()
 
     async def list_tasks(self, *, owner: str | None = None, limit: int = 20) -> list[Task]:
+        """The newest tasks first: ``owner``'s, or everyone's with None."""
         return [r.public() for r in await self.store.list(owner=owner, limit=limit)]
 
-    async def result(self, task_id: str, index: int, task: Task | None = None) -> tuple[bytes, str]:
+    async def result(
+        self, task_id: str, index: int, task: Task | None = None, *, owner: str | None = None
+    ) -> tuple[bytes, str]:
         """A stored result's bytes and MIME type (for resources and downloads); ``task``:
-        the task as just returned, which saves reading it again."""
+        the task as just returned, which saves reading it again without an ``owner``
+        (``owner`` as for :meth:`check_task`)."""
         if not media.RESULT_URI.match(f"retouch://tasks/{task_id}/{index}"):
             raise NotFound("no such result")
         known = [r.model_dump() for r in task.results] if task and task.id == task_id else None
+        if owner is not None:
+            known = (await self.store.get(task_id, owner=owner)).results
         return await self.store.read_result(task_id, index, known)
 
     # ---- uploads -------------------------------------------------------------------------
@@ -326,16 +350,16 @@ class Editor:
             ) from None
 
     async def _load(self, source: str, label: str, owner: str | None = None) -> media.InputImage:
+        async def owners_result(task_id: str, index: int) -> bytes:
+            return (await self.result(task_id, index, owner=owner))[0]
+
         async def upload_bytes(upload_id: str) -> bytes:
             return (await self.upload(upload_id, owner)).data
 
         async with self._downloads:
             return await media.load(
-                source, self.policy, self.fetcher, self._result_bytes, label, upload_bytes
+                source, self.policy, self.fetcher, owners_result, label, upload_bytes
             )
-
-    async def _result_bytes(self, task_id: str, index: int) -> bytes:
-        return (await self.store.read_result(task_id, index))[0]
 
     # ---- what front ends ask about their users' tasks and the vendors ---------------------
 
@@ -359,6 +383,12 @@ class Editor:
     async def tasks(self, task_ids: Sequence[str]) -> list[Task]:
         """The tasks among ``task_ids`` still stored, in no particular order."""
         return [r.public() for r in await self.store.get_many(task_ids)]
+
+
+def _owners_key(owner: str, key: str) -> str:
+    """An idempotency key as stored: the owner's name first (the separator is in no owner
+    name), so that one owner's key never finds another owner's task."""
+    return f"{owner}\x1f{key}"
 
 
 def _recordable(request: EditRequest) -> dict[str, Any]:

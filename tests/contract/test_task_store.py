@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import png
 from tools import media
 from tools.errors import NotFound
-from tools.models import ImageFailure, ResultImage, TaskStatus
+from tools.models import LOCAL_OWNER, ImageFailure, ResultImage, TaskStatus
 from tools.store import Store, blob_key
 
 
@@ -267,6 +267,32 @@ async def test_get_list_and_counts(store: Store) -> None:
     assert await store.get_many([]) == []
     record = await store.get(theirs)
     assert (record.owner, record.status, record.function) == ("them", "queued", "adjust")
+
+
+async def test_get_for_an_owner_answers_another_owners_task_as_an_unknown_one(
+    store: Store,
+) -> None:
+    theirs = await new_task(store, owner="them")
+    unknown = "0" * 32
+    assert (await store.get(theirs, owner="them")).id == theirs
+    assert (await store.get(theirs)).id == theirs  # no owner: no scoping
+    with pytest.raises(NotFound) as foreign:
+        await store.get(theirs, owner="me")
+    with pytest.raises(NotFound) as missing:
+        await store.get(unknown, owner="me")
+    assert str(foreign.value).replace(theirs, "<id>") == str(missing.value).replace(unknown, "<id>")
+    assert foreign.value.code == missing.value.code
+
+
+async def test_a_task_stored_without_an_owner_is_the_local_owners(store: Store) -> None:
+    old = await new_task(store)  # as tasks were stored before owners were kept
+    mine = await new_task(store, owner=LOCAL_OWNER)
+    theirs = await new_task(store, owner="them")
+    assert (await store.get(old, owner=LOCAL_OWNER)).id == old
+    with pytest.raises(NotFound):
+        await store.get(old, owner="them")
+    assert [t.id for t in await store.list(owner=LOCAL_OWNER)] == [mine, old]
+    assert [t.id for t in await store.list(owner="them")] == [theirs]
 
 
 # ---- blobs ---------------------------------------------------------------------------------

@@ -214,8 +214,10 @@ class Store(abc.ABC):
     async def find_by_key(self, key: str) -> TaskRecord | None: ...
 
     @abc.abstractmethod
-    async def get(self, task_id: str) -> TaskRecord:
-        """The task; NotFound if there is none."""
+    async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:
+        """The task; NotFound if there is none, or (given ``owner``) if it is another
+        owner's: the same error either way, so that an id says nothing about other owners.
+        A task stored without an owner is LOCAL_OWNER's, here and in ``list``."""
 
     @abc.abstractmethod
     async def list(

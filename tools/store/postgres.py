@@ -22,7 +22,7 @@ import asyncpg
 
 from tools.errors import NotFound
 from tools.media import InputImage
-from tools.models import ImageFailure, ResultImage, TaskStatus
+from tools.models import LOCAL_OWNER, ImageFailure, ResultImage, TaskStatus
 from tools.notifier import TaskEvent
 from tools.store.base import (
     JSON_FIELDS,
@@ -299,8 +299,13 @@ class PostgresStore(Store):
         row = await self.pool.fetchrow("SELECT * FROM tasks WHERE idempotency_key = $1", key)
         return TaskRecord.from_row(row) if row else None
 
-    async def get(self, task_id: str) -> TaskRecord:
-        row = await self.pool.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
+    async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:
+        if owner is None:
+            row = await self.pool.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
+        else:
+            row = await self.pool.fetchrow(
+                f"SELECT * FROM tasks WHERE id = $1 AND {_of('$2', owner)}", task_id, owner
+            )
         if row is None:
             raise NotFound(f"no task {task_id!r}")
         return TaskRecord.from_row(row)
@@ -311,7 +316,7 @@ class PostgresStore(Store):
         where, params = ["TRUE"], [limit]
         if owner is not None:
             params.append(owner)
-            where.append("owner = $2")
+            where.append(_of("$2", owner))
         if unfinished:
             where.append("status IN ('queued', 'running')")
         rows = await self.pool.fetch(
@@ -587,3 +592,9 @@ _UNPEND = """unpended AS (
                       GROUP BY s ORDER BY s) AS c
                 WHERE blobs.sha256 = c.sha
             )"""
+
+
+def _of(param: str, owner: str) -> str:
+    """The condition that a task is ``owner``'s, given as ``param``: the local owner's tasks
+    include those stored without one. Other owners' keep to the index."""
+    return f"(owner = {param} OR owner IS NULL)" if owner == LOCAL_OWNER else f"owner = {param}"

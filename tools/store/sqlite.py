@@ -20,7 +20,7 @@ import aiosqlite
 
 from tools.errors import NotFound
 from tools.media import InputImage
-from tools.models import ImageFailure, ResultImage, TaskStatus
+from tools.models import LOCAL_OWNER, ImageFailure, ResultImage, TaskStatus
 from tools.notifier import TaskEvent
 from tools.store.base import (
     JSON_FIELDS,
@@ -222,8 +222,11 @@ class SQLiteStore(Store):
         )
         return TaskRecord.from_row(rows[0]) if rows else None
 
-    async def get(self, task_id: str) -> TaskRecord:
-        rows = await self.db.execute_fetchall("SELECT * FROM tasks WHERE id = ?", (task_id,))
+    async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:
+        rows = await self.db.execute_fetchall(
+            f"SELECT * FROM tasks WHERE id = ?{'' if owner is None else ' AND ' + _of(owner)}",
+            (task_id,) if owner is None else (task_id, owner),
+        )
         if not rows:
             raise NotFound(f"no task {task_id!r}")
         return TaskRecord.from_row(rows[0])
@@ -233,7 +236,7 @@ class SQLiteStore(Store):
     ) -> list[TaskRecord]:
         where, params = [], []
         if owner is not None:
-            where.append("owner = ?")
+            where.append(_of(owner))
             params.append(owner)
         if unfinished:
             where.append("status IN ('queued', 'running')")
@@ -498,3 +501,9 @@ class SQLiteStore(Store):
             f"SELECT * FROM tasks WHERE id IN ({marks})", tuple(task_ids)
         )
         return [TaskRecord.from_row(r) for r in rows]
+
+
+def _of(owner: str) -> str:
+    """The condition that a task is ``owner``'s (one parameter: the owner): the local
+    owner's tasks include those stored without one. Other owners' keep to the index."""
+    return "(owner = ? OR owner IS NULL)" if owner == LOCAL_OWNER else "owner = ?"
