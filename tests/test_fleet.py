@@ -20,11 +20,11 @@ from mcp import Client, StdioServerParameters
 from tests.conftest import DATA, MakeSettings, data_uri, decode
 from tests.fakes.dashscope import FakeDashScope
 from tests.fakes.http import make_png
+from tests.pg import empty_url
 from tests.test_mcp import ROOT, env
 from tools.config import Settings
 from tools.models import EditRequest, TaskStatus
 from tools.service import Editor
-from tools.store.sqlite import SQLiteStore
 
 WORKER = [sys.executable, "-m", "tools.worker"]
 
@@ -32,19 +32,19 @@ WORKER = [sys.executable, "-m", "tools.worker"]
 class Workers:
     """``retouch-worker`` processes on one config, each logging to its own file."""
 
-    def __init__(self, settings: Settings, folder: Path) -> None:
-        self.config = settings.source
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, count: int = 1) -> list[str]:
-        """Start ``count`` workers; return their ids once each has started."""
+    def start(self, settings: Settings, count: int = 1) -> list[str]:
+        """Start ``count`` workers on these settings' config file (and this process's
+        environment); return their ids once each has started."""
         first = len(self.procs)
         for i in range(first, first + count):
             with open(self.log(i), "wb") as err:
                 self.procs.append(
                     subprocess.Popen(
-                        [*WORKER, "--config", self.config],
+                        [*WORKER, "--config", settings.source],
                         cwd=str(ROOT),
                         env=env(),
                         stdout=subprocess.DEVNULL,
@@ -85,12 +85,17 @@ class Workers:
 
 
 @pytest.fixture
-def workers(settings_for_fleet: Settings, tmp_path: Path) -> Iterator[Workers]:
-    fleet = Workers(settings_for_fleet, tmp_path)
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    fleet = Workers(tmp_path)
     try:
         yield fleet
     finally:
         fleet.kill_all()
+
+
+@pytest.fixture
+def settings_for_fleet(make_settings: MakeSettings, fake: FakeDashScope) -> Settings:
+    return fleet_settings(make_settings, fake)
 
 
 @pytest.fixture
@@ -99,8 +104,7 @@ def fake() -> Iterator[FakeDashScope]:
         yield server
 
 
-@pytest.fixture
-def settings_for_fleet(make_settings: MakeSettings, fake: FakeDashScope) -> Settings:
+def fleet_settings(make_settings: MakeSettings, fake: FakeDashScope) -> Settings:
     """DashScope's own limits (2 tasks at once, 2 submissions a second, 18 queries a second
     under the account's 20) with a poll every 50 ms, so that the query cap binds."""
     return make_settings(
@@ -127,23 +131,25 @@ def test_most_in_a_second_counts_sliding_windows() -> None:
     assert most_in_a_second([0.0, 0.5, 0.99, 1.5]) == 3
 
 
-async def running_owners(store: SQLiteStore) -> list[str]:
-    rows = await store.db.execute_fetchall(
-        "SELECT lease_owner FROM tasks WHERE status = 'running' AND lease_owner IS NOT NULL"
-    )
-    return [r[0] for r in rows]
-
-
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_four_workers_keep_the_account_limits(
-    settings_for_fleet: Settings, fake: FakeDashScope, workers: Workers
+    backend: str,
+    make_settings: MakeSettings,
+    fake: FakeDashScope,
+    workers: Workers,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Four worker processes, 20 wanx tasks of 0.5 s: the fake's own log shows no second with
+    """Four worker processes, 20 wanx tasks of 1 s: the fake's own log shows no second with
     more than 2 submissions or 20 queries, never more than 2 tasks at once, and no 429."""
-    fake.task_seconds = 0.5
+    if backend == "postgres":  # the environment reaches the workers too
+        monkeypatch.setenv("RETOUCH_STORE__URL", await empty_url())
+    settings = fleet_settings(make_settings, fake)
+    assert bool(settings.store.url.get_secret_value()) == (backend == "postgres")
+    fake.task_seconds = 1.0
     fake.qps_limit, fake.submit_rps_limit, fake.concurrency_limit = 20, 2, 2
-    ids = set(workers.start(4))
+    ids = set(workers.start(settings, 4))
     count = 20
-    async with Editor(settings_for_fleet, run_worker=False) as front:
+    async with Editor(settings, run_worker=False) as front:
         tasks = [
             await front.edit_image(
                 EditRequest(
@@ -155,17 +161,16 @@ async def test_four_workers_keep_the_account_limits(
             )
             for i in range(count)
         ]
-        store = front.store
-        assert isinstance(store, SQLiteStore)
         owners: set[str] = set()
         most_running = 0
         started = time.monotonic()
         while time.monotonic() - started < 60:  # a guard against a hang, not a measurement
-            held = await running_owners(store)
+            unfinished = await front.store.list(unfinished=True, limit=count)
+            if not unfinished:
+                break
+            held = [t.lease_owner for t in unfinished if t.status == "running" and t.lease_owner]
             owners.update(held)
             most_running = max(most_running, len(held))
-            if not await store.list(unfinished=True):
-                break
             await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
         done = [await front.check_task(t.id) for t in tasks]
@@ -174,7 +179,7 @@ async def test_four_workers_keep_the_account_limits(
     queries = [r.time for r in fake.requests_to("task")]
     refused = [r for r in fake.requests if r.status == 429]
     print(
-        f"\nfleet: 4 workers, {count} tasks in {elapsed:.1f} s; most in one second: "
+        f"\nfleet ({backend}): 4 workers, {count} tasks in {elapsed:.1f} s; most in one second: "
         f"{most_in_a_second(submissions)} submissions (cap 2), {most_in_a_second(queries)} "
         f"queries (cap 20); most at once: {fake.max_concurrent_seen} at the vendor, "
         f"{most_running} running in the store (cap 2); 429s: {len(refused)}; "
@@ -211,7 +216,7 @@ async def test_a_front_end_without_a_worker_queues_and_a_worker_finishes(
         )
         task = started.structured_content
         assert task["status"] == "queued", task  # nobody runs it yet
-        workers.start()
+        workers.start(settings_for_fleet)
         done = await client.call_tool("check_task", {"task_id": task["id"], "wait_seconds": 30})
         task = done.structured_content
         assert task["status"] == "succeeded", (task, workers.logs())
@@ -225,7 +230,7 @@ async def test_a_stopped_worker_hands_its_task_to_the_next(
     settings_for_fleet: Settings, fake: FakeDashScope, workers: Workers
 ) -> None:
     fake.task_plan = ["RUNNING"]  # the vendor works on it until the test says otherwise
-    [first] = workers.start()
+    [first] = workers.start(settings_for_fleet)
     async with Editor(settings_for_fleet, run_worker=False) as front:
         task = await front.edit_image(
             EditRequest(images=[data_uri(make_png(512, 512))], function="colorization", vendor="ds")
@@ -240,7 +245,7 @@ async def test_a_stopped_worker_hands_its_task_to_the_next(
         handed = await front.store.get(task.id)
         assert (handed.status, handed.lease_owner, handed.lease_until) == ("running", None, 0)
         fake.tasks[handed.vendor_task_id].plan = ("SUCCEEDED",)  # type: ignore[index]
-        [second] = workers.start()
+        [second] = workers.start(settings_for_fleet)
         done = await front.check_task(task.id, wait_seconds=30)
     assert done.status == TaskStatus.succeeded, (done, workers.logs())
     assert second != first and fake.submissions == 1  # polled again, never sent twice
