@@ -7,7 +7,8 @@ caps switched on: 2 unfinished tasks, 2 submissions a second, 20 task queries a 
 answers 429 Throttling.RateQuota above any of them, and counts every request in a sliding
 one-second window, refused ones too). Retouch runs DashScope's defaults (``max_concurrent =
 2``, ``submit_rps = 2``, ``query_rps = 18``) with a poll every 50 ms, so that the query cap
-binds as well. Task durations are drawn from 0.2–1.0 s (seeded; the same for every run).
+binds as well (``--submit-rps``, ``--query-rps``: other rates, e.g. the caps themselves).
+Task durations are drawn from 0.2–1.0 s (seeded; the same for every run).
 
 Measured, from the vendor's own counters: the most submissions, queries and unfinished
 tasks it saw in any second, its 429s; and wall time from the first task queued to the
@@ -67,7 +68,9 @@ def start_workers(config: str, count: int, folder: Path) -> list[subprocess.Pope
     return procs
 
 
-async def one_run(workers: int, durations: list[float], tag: int) -> dict[str, Any]:
+async def one_run(
+    workers: int, durations: list[float], tag: int, rates: dict[str, float]
+) -> dict[str, Any]:
     from tools.models import EditRequest
     from tools.service import Editor
 
@@ -81,7 +84,11 @@ async def one_run(workers: int, durations: list[float], tag: int) -> dict[str, A
             folder,
             "[worker]\nidle_poll_s = 0.1\n"
             + dashscope_toml(
-                "dashscope", fake.base_url, poll_interval_s=0.05, poll_max_interval_s=0.05
+                "dashscope",
+                fake.base_url,
+                poll_interval_s=0.05,
+                poll_max_interval_s=0.05,
+                **rates,
             ),
         )
         procs = await asyncio.to_thread(start_workers, cfg.source, workers, folder)
@@ -139,7 +146,8 @@ async def one_run(workers: int, durations: list[float], tag: int) -> dict[str, A
 async def main_async(args: Any) -> None:
     rng = random.Random(13)
     durations = [rng.uniform(0.2, 1.0) for _ in range(args.tasks)]
-    runs = [await one_run(w, durations, tag) for tag, w in enumerate(args.workers)]
+    rates = {"submit_rps": args.submit_rps, "query_rps": args.query_rps}
+    runs = [await one_run(w, durations, tag, rates) for tag, w in enumerate(args.workers)]
     rows = []
     for r in runs:
         held = all(r[k] <= cap for k, cap in CAPS.items()) and r["429"] == 0
@@ -173,8 +181,9 @@ async def main_async(args: Any) -> None:
             "caps held",
         ],
         rows,
-        f"Fleet: {args.tasks} wanx tasks of 0.2–1.0 s, polled every 50 ms, DashScope's caps "
-        "enforced by the fake",
+        f"Fleet: {args.tasks} wanx tasks of 0.2–1.0 s, polled every 50 ms, submit_rps "
+        f"{args.submit_rps:g}, query_rps {args.query_rps:g}; DashScope's caps enforced by the "
+        "fake",
     )
 
 
@@ -186,6 +195,10 @@ def main(argv: list[str] | None = None) -> None:
         type=lambda v: [int(x) for x in v.split(",")],
         default=[1, 4],
         help="worker processes per run, comma-separated (default 1,4)",
+    )
+    p.add_argument("--submit-rps", type=float, default=2, help="default 2 (DashScope's)")
+    p.add_argument(
+        "--query-rps", type=float, default=18, help="default 18 (DashScope's); 20 is the cap"
     )
     args = p.parse_args(argv)
     if args.tasks is None:
