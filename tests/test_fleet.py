@@ -271,3 +271,13 @@ def test_front_ends_take_no_worker_flag(
     assert bot_main.main(["--config", settings.source, "--no-worker"]) == 2
     assert bot_main.main(["--config", settings.source]) == 2
     assert asked == [False, True]
+
+
+def test_a_worker_with_a_bad_config_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tools.worker.__main__ import main
+
+    assert main(["--config", str(tmp_path / "missing.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "retouch-worker: config file not found" in err
