@@ -17,7 +17,17 @@ import time
 
 from bench._common import ROOT, machine
 
-ORDER = ["store", "blobs", "gateway", "context", "queueing", "polling", "engine", "telegram"]
+ORDER = [
+    "store",
+    "blobs",
+    "gateway",
+    "context",
+    "queueing",
+    "polling",
+    "engine",
+    "telegram",
+    "fleet_caps",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """``retouch-bot`` (or ``python -m bots``): run the Telegram bot.
 
-    retouch-bot [--config config.toml] [--host 0.0.0.0 --port 8443]
+    retouch-bot [--config config.toml] [--host 0.0.0.0 --port 8443] [--no-worker]
 
 Long polling by default; webhook mode when ``telegram.webhook_url`` is set (``--host`` and
 ``--port`` say where to listen). A missing token or a bad config is one line on stderr and
@@ -27,6 +27,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="config file (default: $RETOUCH_CONFIG or ./config.toml)")
     parser.add_argument("--host", default="0.0.0.0", help="webhook mode: address to listen on")
     parser.add_argument("--port", type=int, default=8443, help="webhook mode: port to listen on")
+    parser.add_argument(
+        "--no-worker",
+        dest="worker",
+        action="store_false",
+        help="only queue tasks and deliver results: separate retouch-worker processes on the "
+        "same store run the tasks (default: this process runs them too)",
+    )
     return parser.parse_args(argv)
 
 
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 "no bot token: set telegram.token in the config file or TELEGRAM_BOT_TOKEN"
             )
         setup_logging(settings.log_level)
-        app = build_application(settings)
+        app = build_application(settings, run_worker=args.worker)
     except ConfigError as exc:
         print(f"retouch-bot: {exc.message}", file=sys.stderr)
         return 2

@@ -34,6 +34,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="accept local file paths as images (default: on for stdio, off for HTTP)",
     )
+    parser.add_argument(
+        "--no-worker",
+        dest="worker",
+        action="store_false",
+        help="only queue tasks and answer: separate retouch-worker processes on the same "
+        "store run the tasks (default: this process runs them too)",
+    )
     return parser.parse_args(argv)
 
 
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"retouch-mcp: {settings.store.where()}", file=sys.stderr, flush=True)
     local_paths = args.allow_local_paths if args.allow_local_paths is not None else not http
     if not http:
-        build_server(settings, allow_local_paths=local_paths).run("stdio")
+        build_server(settings, allow_local_paths=local_paths, run_worker=args.worker).run("stdio")
         return
     import uvicorn
 
@@ -75,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         urls = ResultURLs.from_settings(settings)
-        mcp = build_server(settings, allow_local_paths=local_paths, result_urls=urls)
+        mcp = build_server(
+            settings, allow_local_paths=local_paths, result_urls=urls, run_worker=args.worker
+        )
         app = build_http_app(mcp, settings, urls)
     except ConfigError as exc:
         sys.exit(f"retouch-mcp: {exc.message}")
@@ -86,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         f"  vendors: {', '.join(settings.enabled_vendors())}\n"
         f"  data: {settings.store.where()}\n"
         f"  upload page: {urls.base}/upload\n"
+        f"  tasks: {'run here' if args.worker else 'run by retouch-worker processes'}\n"
         f"  connect: claude mcp add --transport http retouch {url}\n"
         f"       or: npx @modelcontextprotocol/inspector  (Streamable HTTP, URL above)\n"
         f"  stop with Ctrl-C",

@@ -84,9 +84,10 @@ class SharedEditor:
     to leave closes it.
     """
 
-    def __init__(self, settings: Settings, *, allow_local_paths: bool) -> None:
+    def __init__(self, settings: Settings, *, allow_local_paths: bool, run_worker: bool) -> None:
         self._settings = settings
         self._allow_local_paths = allow_local_paths
+        self._run_worker = run_worker
         self._editor: Editor | None = None
         self._users = 0
         self._lock = asyncio.Lock()
@@ -96,7 +97,9 @@ class SharedEditor:
         async with self._lock:
             if self._editor is None:
                 self._editor = await Editor(
-                    self._settings, allow_local_paths=self._allow_local_paths
+                    self._settings,
+                    allow_local_paths=self._allow_local_paths,
+                    run_worker=self._run_worker,
                 ).start()
             self._users += 1
             editor = self._editor
@@ -173,11 +176,17 @@ def reports_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 
 def build_server(
-    settings: Settings, *, allow_local_paths: bool = False, result_urls: ResultURLs | None = None
+    settings: Settings,
+    *,
+    allow_local_paths: bool = False,
+    result_urls: ResultURLs | None = None,
+    run_worker: bool = True,
 ) -> MCPServer[Editor]:
-    """The MCP server; with ``result_urls`` (served over HTTP) results carry signed links."""
+    """The MCP server; with ``result_urls`` (served over HTTP) results carry signed links.
+    Without ``run_worker`` it only queues tasks (``retouch-worker`` processes on the same
+    store run them) and serves their results from the store."""
     preview_px = settings.mcp.preview_px
-    lifespan = SharedEditor(settings, allow_local_paths=allow_local_paths)
+    lifespan = SharedEditor(settings, allow_local_paths=allow_local_paths, run_worker=run_worker)
 
     async def render(editor: Editor, task: Task) -> CallToolResult:
         return await task_result(editor, task, preview_px, result_urls)

@@ -1,40 +1,44 @@
-"""Rate limiting, backoff and Retry-After caps, shared by the worker's calls to every vendor."""
+"""Rate limits, backoff and Retry-After caps, shared by the worker's calls to every vendor.
+
+A vendor's rate limits hold for its whole account, so the turns are kept in the store that
+every worker process shares (``Store.take_turn``), not in any one process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tools.store import Store
 
 #: Base of the capped, jittered backoff between retries (tests lower it).
 BACKOFF_BASE_S = 1.0
 #: A vendor's Retry-After (or poll hint) is honoured up to this: a broken or hostile answer
 #: ("retry in a day") must not park a task, and its concurrency slot, for that long.
 MAX_RETRY_AFTER_S = 120.0
+#: A call reaches its vendor within this many seconds of its turn (uploads before a
+#: submission included), so its turn can be counted as ended this long after it was taken
+#: (a synchronous call that runs longer keeps no turn for its whole length).
+TURN_HOLD_S = 2.0
 
 
-class RateLimiter:
-    """A token bucket: at most ``rate`` acquisitions a second, bursts of ``burst``."""
-
-    def __init__(self, rate: float, burst: float | None = None) -> None:
-        self.rate = rate
-        # No burst by default: a bucket of `rate` tokens admits 2 × rate in some 1 s windows,
-        # which is enough to trip a vendor's account-wide cap (DashScope: 20 queries/s).
-        self.capacity = burst if burst is not None else 1.0
-        self.tokens = self.capacity
-        self.stamp = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                await asyncio.sleep((1 - self.tokens) / self.rate)
+@contextlib.asynccontextmanager
+async def turn(store: Store, vendor: str, kind: str, rate: float) -> AsyncIterator[None]:
+    """Wait for a turn to call ``vendor`` (``kind``: "submit" or "query") and hold it while
+    the call inside runs: at most ``rate`` calls a second, evenly spaced, across every
+    process on ``store`` (``Store.take_turn``). A process that dies mid-call holds its turn
+    for ``TURN_HOLD_S`` + 1 s."""
+    while (taken := await store.take_turn(vendor, kind, rate, hold_s=TURN_HOLD_S)).id is None:
+        await asyncio.sleep(taken.wait)
+    try:
+        yield
+    finally:
+        # Not ended (the store is unreachable): the turn ends by itself after its hold.
+        with contextlib.suppress(Exception):
+            await store.end_turn(taken.id)
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:

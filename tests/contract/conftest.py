@@ -44,7 +44,8 @@ async def postgres_s3_store(tmp_path: Path, request: pytest.FixtureRequest) -> S
 
 
 #: name → an open, empty store (closed by the fixture); ``request`` gives a factory the
-#: session's servers.
+#: session's servers. Called again in one test, a factory opens the same database again, as
+#: a second process would (before the test has written anything).
 STORES: dict[str, Callable[[Path, pytest.FixtureRequest], Awaitable[Store]]] = {
     "sqlite": sqlite_store,
     "sqlite+s3": sqlite_s3_store,
@@ -109,6 +110,17 @@ BLOB_STORES: dict[str, Callable[[Path, pytest.FixtureRequest], Awaitable[Blobs]]
 @pytest.fixture(params=list(STORES))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     opened = await STORES[request.param](tmp_path, request)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def twin(
+    store: Store, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Store]:
+    """The database of ``store`` opened a second time: what another process sees."""
+    backend = request.node.callspec.params["store"]
+    opened = await STORES[backend](tmp_path, request)
     yield opened
     await opened.close()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tools.errors import ConfigError
-from tools.store.base import Store, TaskRecord, new_task_id
+from tools.store.base import Store, TaskRecord, Turn, new_task_id
 from tools.store.blobs import BlobStore, FileBlobStore, blob_key
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ __all__ = [
     "FileBlobStore",
     "Store",
     "TaskRecord",
+    "Turn",
     "blob_key",
     "new_task_id",
     "open_blob_store",

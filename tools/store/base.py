@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from tools.media import InputImage
 from tools.models import ErrorInfo, ImageFailure, ResultImage, Task, TaskStatus
@@ -129,6 +129,14 @@ class UploadRecord:
     sha256: str
     created_at: float
     expires_at: float
+
+
+class Turn(NamedTuple):
+    """``Store.take_turn``'s answer: the turn's id if it was taken, else how many seconds to
+    wait before asking again."""
+
+    id: int | None
+    wait: float
 
 
 def new_task_id() -> str:
@@ -292,6 +300,28 @@ class Store(abc.ABC):
     async def request_cancel(self, task_id: str) -> TaskRecord:
         """Mark an unfinished task for cancelling (the worker holding it ends it); return
         it. NotFound if there is none."""
+
+    # ---- vendors' rate limits ----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def take_turn(self, vendor: str, kind: str, rate: float, *, hold_s: float) -> Turn:
+        """Take a turn for one call of ``kind`` ("submit", "query") to ``vendor``, counted for
+        every process on this store (a vendor's limits are per account), or learn how long
+        to wait (then nothing is taken). A turn is refused while another was taken less than
+        ``1 / rate`` s ago, or while ``max(1, floor(rate))`` turns are held. A turn is held
+        until one second after its call ends (``end_turn``) or after ``hold_s`` has passed
+        since it was taken, whichever is first. All times are the store's one clock.
+
+        So if each call reaches the vendor after its turn was taken and within ``hold_s`` of
+        it, no 1 s window at the vendor holds more than ``rate`` calls, however their
+        arrivals jitter: all the calls in one window had their turns held at once. No burst
+        either: turns are evenly spaced (a bucket of ``rate`` tokens would let ``2 × rate``
+        through some windows, enough to trip an account's cap).
+        """
+
+    @abc.abstractmethod
+    async def end_turn(self, turn_id: int) -> None:
+        """The call made on this turn has ended (answered or not)."""
 
     # ---- clean-up ----------------------------------------------------------------------
 

@@ -63,7 +63,7 @@ async def migrate(db: aiosqlite.Connection, migrations: Migrations) -> list[str]
     return done
 
 
-#: The core's set: tasks, blobs, idempotency keys, uploads.
+#: The core's set: tasks, blobs, idempotency keys, uploads, vendors' rate limits.
 CORE = Migrations("core")
 migration = CORE.step
 
@@ -187,3 +187,31 @@ async def m007_uploads(db: aiosqlite.Connection) -> None:
     )
     await db.execute("CREATE INDEX uploads_expiry ON uploads (expires_at)")
     await db.execute("CREATE INDEX uploads_sha ON uploads (sha256)")
+
+
+@migration
+async def m008_rate_turns(db: aiosqlite.Connection) -> None:
+    """Turns to call a vendor, kept for every process on the store (a vendor's limits are per
+    account): one row per turn of a vendor and kind of call ("submit", "query"), held until
+    ``free_at``. Rows past their time are deleted as new turns are taken."""
+    await db.execute(
+        """
+        CREATE TABLE rate_turns (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            vendor TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            taken_at REAL NOT NULL,
+            free_at REAL NOT NULL
+        )
+        """
+    )
+    await db.execute("CREATE INDEX rate_turns_key ON rate_turns (vendor, kind, free_at)")
+    await db.execute(
+        """
+        CREATE TRIGGER rate_turns_forget AFTER INSERT ON rate_turns
+        BEGIN
+            DELETE FROM rate_turns WHERE vendor = NEW.vendor AND kind = NEW.kind
+                AND id < NEW.id AND free_at <= NEW.taken_at;
+        END
+        """
+    )

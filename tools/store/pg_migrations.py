@@ -67,7 +67,8 @@ async def migrate(db: asyncpg.Connection, migrations: PgMigrations) -> list[str]
         await db.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
 
-#: The core's set: tasks, blobs and the links between them, task events.
+#: The core's set: tasks, blobs and the links between them, task events, uploads, vendors'
+#: rate limits.
 CORE = PgMigrations("core")
 migration = CORE.step
 
@@ -216,3 +217,22 @@ async def m004_uploads(db: asyncpg.Connection) -> None:
     )
     await db.execute("CREATE INDEX uploads_expiry ON uploads (expires_at)")
     await db.execute("CREATE INDEX uploads_sha ON uploads (sha256)")
+
+
+@migration
+async def m005_rate_turns(db: asyncpg.Connection) -> None:
+    """Turns to call a vendor, kept for every process on the store (a vendor's limits are per
+    account): one row per turn of a vendor and kind of call ("submit", "query"), held until
+    ``free_at``. Rows past their time are deleted as new turns are taken."""
+    await db.execute(
+        """
+        CREATE TABLE rate_turns (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            vendor TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            taken_at DOUBLE PRECISION NOT NULL,
+            free_at DOUBLE PRECISION NOT NULL
+        )
+        """
+    )
+    await db.execute("CREATE INDEX rate_turns_key ON rate_turns (vendor, kind, free_at)")

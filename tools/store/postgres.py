@@ -30,6 +30,7 @@ from tools.store.base import (
     WRITABLE,
     Store,
     TaskRecord,
+    Turn,
     UploadRecord,
     new_task_id,
 )
@@ -522,6 +523,63 @@ class PostgresStore(Store):
             task_id,
         )
         return TaskRecord.from_row(row) if row else await self.get(task_id)
+
+    # ---- vendors' rate limits ----------------------------------------------------------
+
+    async def take_turn(self, vendor: str, kind: str, rate: float, *, hold_s: float) -> Turn:
+        """Turns of one vendor and kind are taken one at a time (an advisory lock held to the
+        end of the transaction), and the statement that looks and takes starts after the
+        lock is held: it sees every turn taken before, and its clock is later than theirs.
+        It also forgets the turns no longer needed. Only a refused turn asks a second time,
+        for how long to wait (a hint for sleeping; it grants nothing)."""
+        interval = 1.0 / rate
+        slots = max(1, int(rate))
+        async with self.pool.acquire() as db, db.transaction():
+            await db.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"turn:{vendor}:{kind}"
+            )
+            taken = await db.fetchval(
+                f"""
+                WITH c AS (SELECT {NOW} AS now),
+                gone AS (
+                    DELETE FROM rate_turns USING c WHERE vendor = $1 AND kind = $2
+                        AND free_at <= c.now AND taken_at <= c.now - $4
+                )
+                INSERT INTO rate_turns (vendor, kind, taken_at, free_at)
+                SELECT $1, $2, c.now, c.now + $3 + 1.0 FROM c
+                WHERE NOT EXISTS (SELECT 1 FROM rate_turns WHERE vendor = $1 AND kind = $2
+                                  AND taken_at > c.now - $4)
+                  AND (SELECT count(*) FROM rate_turns WHERE vendor = $1 AND kind = $2
+                       AND free_at > c.now) < $5
+                RETURNING id
+                """,
+                vendor,
+                kind,
+                hold_s,
+                interval,
+                slots,
+            )
+        if taken is not None:
+            return Turn(int(taken), 0.0)
+        last, held, first_free, now = await self.pool.fetchrow(
+            f"""SELECT max(taken_at), count(*) FILTER (WHERE free_at > c.now),
+                       min(free_at) FILTER (WHERE free_at > c.now), c.now
+                FROM (SELECT {NOW} AS now) c
+                LEFT JOIN rate_turns ON vendor = $1 AND kind = $2
+                GROUP BY c.now""",
+            vendor,
+            kind,
+        )
+        wait = last + interval - now if last is not None else 0.0
+        if held >= slots and first_free is not None:
+            # a turn still in flight may end sooner than its hold: ask again soon
+            wait = max(wait, min(first_free - now, max(interval, 0.05)))
+        return Turn(None, max(wait, 0.001))
+
+    async def end_turn(self, turn_id: int) -> None:
+        await self.pool.execute(
+            f"UPDATE rate_turns SET free_at = least(free_at, {NOW} + 1.0) WHERE id = $1", turn_id
+        )
 
     # ---- clean-up ----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from tools.store.base import (
     WRITABLE,
     Store,
     TaskRecord,
+    Turn,
     UploadRecord,
     new_task_id,
 )
@@ -35,6 +36,9 @@ from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, FileBlobStore
 from tools.store.migrations import CORE, migrate
 
 COLUMNS = [f.name for f in fields(TaskRecord)]
+#: The database's clock in Unix seconds (to the millisecond), the same value throughout one
+#: statement.
+NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
 class SQLiteStore(Store):
@@ -86,7 +90,9 @@ class SQLiteStore(Store):
                 await self.db.rollback()
                 raise
 
-    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    async def execute(
+        self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()
+    ) -> list[sqlite3.Row]:
         """One write statement, atomic on its own; returns its rows (RETURNING).
 
         The connection is in autocommit mode, so a lone statement is its own transaction:
@@ -399,6 +405,46 @@ class SQLiteStore(Store):
                     raise NotFound(f"result {index} of task {task_id} was cleaned up") from None
                 return data, result["mime_type"]
         raise NotFound(f"task {task_id} has no result {index}")
+
+    # ---- vendors' rate limits ----------------------------------------------------------
+
+    async def take_turn(self, vendor: str, kind: str, rate: float, *, hold_s: float) -> Turn:
+        """One statement looks and takes: it holds the database's write lock from its start,
+        and reads the clock once (SQLite's ``'now'`` is fixed within a statement), so turns
+        taken by any process are ordered and spaced by that one clock. Only a refused turn
+        asks a second time, for how long to wait (a hint for sleeping; it grants nothing)."""
+        interval = 1.0 / rate
+        key = {"vendor": vendor, "kind": kind}
+        taken = await self.execute(
+            f"""INSERT INTO rate_turns (vendor, kind, taken_at, free_at)
+                SELECT :vendor, :kind, c.now, c.now + :hold + 1.0 FROM (SELECT {NOW} AS now) c
+                WHERE NOT EXISTS (SELECT 1 FROM rate_turns WHERE vendor = :vendor
+                                  AND kind = :kind AND taken_at > c.now - :interval)
+                  AND (SELECT COUNT(*) FROM rate_turns WHERE vendor = :vendor AND kind = :kind
+                       AND free_at > c.now) < :slots
+                RETURNING id""",
+            {**key, "hold": hold_s, "interval": interval, "slots": max(1, int(rate))},
+        )
+        if taken:
+            return Turn(int(taken[0][0]), 0.0)
+        rows = await self.db.execute_fetchall(
+            f"""SELECT MAX(taken_at), COUNT(CASE WHEN free_at > c.now THEN 1 END),
+                       MIN(CASE WHEN free_at > c.now THEN free_at END), c.now
+                FROM rate_turns, (SELECT {NOW} AS now) c
+                WHERE vendor = :vendor AND kind = :kind""",
+            key,
+        )
+        last, held, first_free, now = rows[0]
+        wait = last + interval - now if last is not None else 0.0
+        if held >= max(1, int(rate)) and first_free is not None:
+            # a turn still in flight may end sooner than its hold: ask again soon
+            wait = max(wait, min(first_free - now, max(interval, 0.05)))
+        return Turn(None, max(wait, 0.001))
+
+    async def end_turn(self, turn_id: int) -> None:
+        await self.execute(
+            f"UPDATE rate_turns SET free_at = min(free_at, {NOW} + 1.0) WHERE id = ?", (turn_id,)
+        )
 
     # ---- clean-up ----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from tools.errors import (
     VendorRejected,
     VendorTimeout,
 )
-from tools.limits import RateLimiter, capped, delay
+from tools.limits import capped, delay, turn
 from tools.models import Expand, TaskStatus
 from tools.notifier import Notifier
 from tools.store import Store, TaskRecord
@@ -64,8 +64,6 @@ class Driver:
         self.downloads = downloads
         self.intake = intake
         self.notifier = notifier
-        self.submit_limits = {n: RateLimiter(v.settings.submit_rps) for n, v in vendors.items()}
-        self.query_limits = {n: RateLimiter(v.settings.query_rps) for n, v in vendors.items()}
 
     async def run(self, record: TaskRecord) -> bool:
         """Drive the task to its end; True if it was queued again for a fallback vendor."""
@@ -105,7 +103,6 @@ class Driver:
                 vendor,
                 record,
                 lambda: vendor.submit(job),
-                limiter=self.submit_limits,
                 submitting=True,
             )
             notes += job.notes
@@ -166,15 +163,16 @@ class Driver:
         record: TaskRecord,
         fn: Callable[[], Awaitable[T]],
         *,
-        limiter: dict[str, RateLimiter],
         submitting: bool = False,
     ) -> T:
         """Call the vendor, retrying what is retryable with capped, jittered backoff.
 
-        A submission is marked (``submit_started_at``) just before each attempt leaves, after
-        the rate limiter, and unmarked when the vendor's answer shows nothing was created: a
-        process that dies while waiting for its turn or between retries has sent nothing,
-        and its task is submitted by the next process instead of failed as "maybe billed".
+        Each attempt waits for its turn at the vendor's account-wide rate (``submit_rps`` or
+        ``query_rps``, kept in the store for every process). A submission is marked
+        (``submit_started_at``) just before each attempt leaves, after its turn, and unmarked
+        when the vendor's answer shows nothing was created: a process that dies while waiting
+        for its turn or between retries has sent nothing, and its task is submitted by the
+        next process instead of failed as "maybe billed".
 
         A *query* that is throttled is not counted against ``max_retries``: the vendor has the
         task and bills it, so Retouch keeps asking (backing off) for up to
@@ -182,13 +180,19 @@ class Driver:
         """
         attempt = 0
         throttled_until: float | None = None
+        settings = vendor.settings
+        kind, rate = (
+            ("submit", settings.submit_rps) if submitting else ("query", settings.query_rps)
+        )
         while True:
-            await limiter[vendor.name].acquire()
-            if submitting:  # one write: the progress, and the marker where a rerun could bill
-                marker = {} if vendor.idempotent_submit else {"submit_started_at": time.time()}
-                await self._update(record, progress=f"working with {vendor.name}", **marker)
             try:
-                return await fn()
+                async with turn(self.store, vendor.name, kind, rate):
+                    if submitting:  # one write: the progress, and the marker if a rerun bills
+                        marker = {"submit_started_at": time.time()}
+                        if vendor.idempotent_submit:
+                            marker = {}
+                        await self._update(record, progress=f"working with {vendor.name}", **marker)
+                    return await fn()
             except VendorError as exc:
                 ambiguous = submitting and exc.details.get("maybe_submitted")
                 patient = not submitting and isinstance(exc, Throttled)
@@ -235,7 +239,6 @@ class Driver:
                 vendor,
                 record,
                 functools.partial(vendor.poll, pending.vendor_task_id),
-                limiter=self.query_limits,
             )
             polls += 1
             if isinstance(outcome, Finished):

@@ -1,0 +1,97 @@
+"""The store's rate limits (``Store.take_turn``): evenly spaced turns per vendor and kind of
+call, held while their calls run and one second after, shared by every process on the store,
+never a burst."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tools.limits import turn
+from tools.store import Store
+
+HOLD = 2.0
+
+
+async def test_a_turn_is_taken_then_refused_until_its_time(store: Store) -> None:
+    first = await store.take_turn("ds", "submit", 10, hold_s=HOLD)
+    assert first.id is not None and first.wait == 0.0
+    await store.end_turn(first.id)
+    refused = await store.take_turn("ds", "submit", 10, hold_s=HOLD)
+    assert refused.id is None and 0 < refused.wait <= 0.1 + 0.01
+    started = time.monotonic()
+    async with turn(store, "ds", "submit", 10):
+        # a tenth of a second after the first (the clock counts milliseconds: a little slack)
+        assert time.monotonic() - started >= refused.wait - 0.01
+
+
+async def test_a_refusal_takes_nothing(store: Store) -> None:
+    assert (await store.take_turn("ds", "query", 4, hold_s=HOLD)).id is not None
+    for _ in range(5):
+        assert (await store.take_turn("ds", "query", 4, hold_s=HOLD)).id is None
+    await asyncio.sleep(0.26)  # one interval after the first turn, however often refused
+    assert (await store.take_turn("ds", "query", 4, hold_s=HOLD)).id is not None
+
+
+async def test_each_vendor_and_kind_of_call_has_its_own_turns(store: Store) -> None:
+    for vendor, kind in [("a", "submit"), ("a", "query"), ("b", "submit"), ("b", "query")]:
+        assert (await store.take_turn(vendor, kind, 1, hold_s=HOLD)).id is not None
+    assert (await store.take_turn("a", "submit", 1, hold_s=HOLD)).id is None
+
+
+async def test_a_turn_is_held_until_a_second_after_its_call(store: Store) -> None:
+    """Two a second: two turns held at once, the third waits for one to end and a second
+    more, whatever the spacing allows (a late request cannot share a vendor's second)."""
+    a = await store.take_turn("ds", "submit", 2, hold_s=30)
+    await asyncio.sleep(0.5)
+    b = await store.take_turn("ds", "submit", 2, hold_s=30)
+    assert a.id is not None and b.id is not None
+    await asyncio.sleep(0.5)
+    assert (await store.take_turn("ds", "submit", 2, hold_s=30)).id is None  # both in flight
+    await store.end_turn(a.id)
+    ended = time.monotonic()
+    refused = await store.take_turn("ds", "submit", 2, hold_s=30)
+    assert refused.id is None and refused.wait > 0
+    while (third := await store.take_turn("ds", "submit", 2, hold_s=30)).id is None:
+        await asyncio.sleep(third.wait)
+    assert time.monotonic() - ended >= 1.0 - 0.01
+
+
+async def test_a_turn_whose_call_never_ends_is_freed_after_its_hold(store: Store) -> None:
+    assert (await store.take_turn("ds", "submit", 1, hold_s=0.2)).id is not None  # never ended
+    started = time.monotonic()
+    while (again := await store.take_turn("ds", "submit", 1, hold_s=0.2)).id is None:
+        await asyncio.sleep(again.wait)
+    assert 1.2 - 0.05 <= time.monotonic() - started < 3
+
+
+async def test_many_callers_at_once_get_one_turn(store: Store, twin: Store) -> None:
+    answers = await asyncio.gather(
+        *(s.take_turn("ds", "submit", 2, hold_s=HOLD) for _ in range(10) for s in (store, twin))
+    )
+    assert sum(1 for a in answers if a.id is not None) == 1
+    assert all(0 < a.wait <= 0.5 for a in answers if a.id is None)
+
+
+async def test_turns_shared_by_two_handles_keep_the_rate(store: Store, twin: Store) -> None:
+    """Eight callers on two handles (two processes) call as fast as they are let: over 1.5 s
+    no more turns than 20 a second allow, none in a burst, and the rate is really used."""
+    rate, seconds = 20, 1.5
+    taken: list[float] = []
+    stop = time.monotonic() + seconds
+
+    async def caller(handle: Store) -> None:
+        while True:
+            async with turn(handle, "ds", "query", rate):
+                now = time.monotonic()
+                if now >= stop:
+                    return
+                taken.append(now)
+                await asyncio.sleep(0.01)  # the call
+
+    await asyncio.gather(*(caller(h) for h in (store, twin) for _ in range(4)))
+    taken.sort()
+    assert len(taken) <= seconds * rate + 1
+    assert len(taken) >= seconds * rate / 2  # a loaded machine still gets half the rate
+    most = max(sum(1 for t in taken if s <= t < s + 1) for s in taken)
+    assert most <= rate

@@ -1,0 +1,75 @@
+"""``retouch-worker`` (or ``python -m tools.worker``): a process that only runs tasks.
+
+    retouch-worker [--config config.toml]
+
+Start any number, on any machine, with the same config as the front ends (the same store):
+each claims queued tasks from the store and drives them to their end, within the vendors'
+account-wide limits that the store keeps for all of them, and cleans the store up hourly.
+SIGTERM or Ctrl-C stops it at once and hands its tasks back for another process to take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from tools.config import Settings, load_settings
+from tools.errors import ConfigError
+from tools.memory import tune_malloc
+from tools.service import Editor
+
+log = logging.getLogger("retouch.worker")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="retouch-worker", description="Run Retouch's tasks (no front end)."
+    )
+    parser.add_argument(
+        "--config",
+        help="config.toml to read (default: $RETOUCH_CONFIG or ./config.toml): the same as "
+        "the front ends', so that all use one store",
+    )
+    return parser.parse_args(argv)
+
+
+async def run(settings: Settings) -> None:
+    """Run a worker until SIGTERM or SIGINT, then hand its tasks back."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Editor(settings, run_worker=True) as editor:
+        assert editor.worker is not None
+        print(
+            f"retouch-worker {editor.worker.id}: {settings.store.where()}; "
+            f"vendors: {', '.join(editor.vendors)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        await stop.wait()
+        log.info("stopping: handing %d tasks back", len(editor.worker.running))
+
+
+def main(argv: list[str] | None = None) -> int:
+    tune_malloc()  # before any thread starts
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"retouch-worker: {exc.message}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
