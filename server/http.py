@@ -37,7 +37,8 @@ OPEN_EXACT = ("/upload",)
 ADDED_USERS_TTL_S = 2.0
 
 log = logging.getLogger("retouch.http")
-Digests = list[tuple[str, bytes]]
+#: Users as the guard compares them: (name, or None for a revoked one; token's SHA-256).
+Digests = list[tuple[str | None, bytes]]
 
 
 def is_loopback(host: str) -> bool:
@@ -58,11 +59,11 @@ class BearerAuth:
     of a known user, and records that user as the request's owner.
 
     The users are the config file's and those ``added`` at run time (read from the store
-    again every ``ADDED_USERS_TTL_S`` at most). The presented token's SHA-256 is compared
-    with every user's, each in constant time and all of them every time, so neither the
-    answer's time nor its path says which user (or how much of a token) matched. Tokens are
-    never logged. ``open_when_empty`` (loopback without configured users): while there is no
-    user at all, requests pass as they are.
+    again every ``ADDED_USERS_TTL_S`` at most; a revoked one matches no one). The presented
+    token's SHA-256 is compared with every user's, each in constant time and all of them
+    every time, so neither the answer's time nor its path says which user (or how much of a
+    token) matched. Tokens are never logged. ``open_when_empty`` (loopback without
+    configured users): until a user is added, requests pass as they are.
     """
 
     def __init__(
@@ -74,7 +75,7 @@ class BearerAuth:
         open_when_empty: bool = False,
     ) -> None:
         self.app = app
-        self.users = [(user.name, user.digest()) for user in users]
+        self.users: Digests = [(user.name, user.digest()) for user in users]
         self.added = added
         self.open_when_empty = open_when_empty
         self._added: tuple[float, Digests] = (-ADDED_USERS_TTL_S, [])
@@ -199,5 +200,5 @@ def build_http_app(
         editor: Editor | None = getattr(app.state, "editor", None)
         return await editor.users.digests() if editor is not None else []
 
-    # On loopback without configured users, open until someone adds one (retouch users add).
+    # On loopback without configured users, open until a user is added (retouch users add).
     return BearerAuth(app, users, added=added, open_when_empty=not users)

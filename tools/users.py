@@ -74,10 +74,12 @@ class Users:
             raise NotFound(f"no user {name!r} to revoke (retouch users list shows them)")
         return _user(record)
 
-    async def digests(self) -> list[tuple[str, bytes]]:
-        """The unrevoked users added at run time: (name, SHA-256 of the token)."""
-        records = await self.store.users()
-        return [(r.name, bytes.fromhex(r.token_sha256)) for r in records if r.revoked_at is None]
+    async def digests(self) -> list[tuple[str | None, bytes]]:
+        """Every user added at run time: (its name, None once revoked; its token's SHA-256)."""
+        return [
+            (None if r.revoked_at is not None else r.name, bytes.fromhex(r.token_sha256))
+            for r in await self.store.users()
+        ]
 
 
 def _user(record: UserRecord) -> User:
