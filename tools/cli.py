@@ -79,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
     revoke = users_sub.add_parser("revoke", help="refuse a user's token from now on")
     revoke.add_argument("name")
     budget = users_sub.add_parser("budget", help="show an owner's budget, or set its limits")
-    budget.add_argument("name", help="a user, local, or another front end's owner (tg:<id>)")
+    budget.add_argument("name", help="a user, local, or another front end's owner")
     for period in ("day", "month"):
         budget.add_argument(
             f"--{period}",
