@@ -14,6 +14,7 @@ from bots.menus import apply_setting, settings_view, vendor_view
 from bots.rendering import ICONS, describe_task
 from bots.replies import UserError, say
 from bots.state import Runtime, runtime
+from tools import budgets
 from tools.models import TaskStatus
 
 # ---- texts ---------------------------------------------------------------------------------
@@ -139,7 +140,8 @@ async def cmd_status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
             + (f" ({task.progress})" if task.progress else "")
         )
     head = "Running now:\n" + "\n".join(lines) if lines else "Nothing is running."
-    await say(message, f"{head}\n\n{await rt.limits.summary(user.id)}")
+    spending = budgets.describe(await rt.editor.budget(owner(user.id)))
+    await say(message, f"{head}\n\n{await rt.limits.summary(user.id)}\n{spending}")
 
 
 async def cmd_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

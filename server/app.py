@@ -43,9 +43,10 @@ from server.owners import owner_of
 from server.result_urls import ResultURLs
 from server.tasks_ext import TasksExtension
 from server.tasks_legacy import LegacyTasks
+from tools import budgets
 from tools.config import Settings
 from tools.errors import RetouchError
-from tools.models import EditRequest, Expand, FunctionInfo, Task
+from tools.models import Budget, EditRequest, Expand, FunctionInfo, Task
 from tools.service import Editor
 
 INSTRUCTIONS = """\
@@ -70,8 +71,18 @@ class FunctionList(BaseModel):
     functions: list[FunctionInfo]
 
 
+SPENDING = "Your spending (today and this month, UTC, per currency) and limits now"
+
+
 class TaskList(BaseModel):
     tasks: list[Task]
+    spending: Budget | None = Field(None, description=SPENDING)
+
+
+class CheckedTask(Task):
+    """A task, and its owner's spending."""
+
+    spending: Budget | None = Field(None, description=SPENDING)
 
 
 class SharedEditor:
@@ -290,13 +301,16 @@ def build_server(
         ctx: Context[Editor],
         task_id: str,
         wait_seconds: Annotated[float, Field(ge=0, le=600)] = 0,
-    ) -> Annotated[CallToolResult, Task]:
-        """The state of a task; with wait_seconds, wait up to that long for it to finish."""
+    ) -> Annotated[CallToolResult, CheckedTask]:
+        """The state of a task; with wait_seconds, wait up to that long for it to finish.
+        Also your spending and what is left of your budget."""
         editor = ctx.request_context.lifespan_context
+        owner = owner_of(ctx)
         task = await editor.check_task(
-            task_id, wait_seconds, on_progress=progress(ctx), owner=owner_of(ctx)
+            task_id, wait_seconds, on_progress=progress(ctx), owner=owner
         )
-        return await task_result(editor, task, preview_px, result_urls)
+        spending = await editor.budget(owner)
+        return await task_result(editor, task, preview_px, result_urls, spending)
 
     @mcp.tool()
     @reports_errors
@@ -309,11 +323,21 @@ def build_server(
     @reports_errors
     async def list_tasks(
         ctx: Context[Editor], limit: Annotated[int, Field(ge=1, le=100)] = 10
-    ) -> TaskList:
-        """Your most recent tasks, newest first."""
+    ) -> Annotated[CallToolResult, TaskList]:
+        """Your most recent tasks, newest first, and your spending and what is left of your
+        budget."""
         editor = ctx.request_context.lifespan_context
-        tasks = await editor.list_tasks(owner=owner_of(ctx), limit=limit)
-        return TaskList(tasks=[linked(t) for t in tasks])
+        owner = owner_of(ctx)
+        tasks = await editor.list_tasks(owner=owner, limit=limit)
+        spending = await editor.budget(owner)
+        listed = TaskList(tasks=[linked(t) for t in tasks], spending=spending)
+        return CallToolResult(
+            content=[
+                TextContent(type="text", text=listed.model_dump_json(indent=2)),
+                TextContent(type="text", text=budgets.describe(spending)),
+            ],
+            structured_content=listed.model_dump(mode="json"),
+        )
 
     @mcp.resource(
         RESULT_TEMPLATE,
@@ -393,13 +417,23 @@ async def completions(
 
 
 async def task_result(
-    editor: Editor, task: Task, preview_px: int, urls: ResultURLs | None = None
+    editor: Editor,
+    task: Task,
+    preview_px: int,
+    urls: ResultURLs | None = None,
+    spending: Budget | None = None,
 ) -> CallToolResult:
     """A task as a tool result: text, structured record, previews and resource links; with
-    ``urls``, a signed link to each full image (``results[i].url`` and a line of text)."""
+    ``urls``, a signed link to each full image (``results[i].url`` and a line of text); with
+    ``spending``, the owner's (``spending`` and a last line of text)."""
     if urls is not None:
         task = urls.with_urls(task)
-    content: list[Any] = [TextContent(type="text", text=describe(task))]
+    text = describe(task)
+    structured = task.model_dump(mode="json")
+    if spending is not None:
+        text += "\n" + budgets.describe(spending)
+        structured["spending"] = spending.model_dump(mode="json")
+    content: list[Any] = [TextContent(type="text", text=text)]
     for item in task.results:
         data, _ = await editor.result(task.id, item.index, task)
         preview = await asyncio.to_thread(make_preview, data, preview_px)
@@ -415,9 +449,7 @@ async def task_result(
             )
         )
     return CallToolResult(
-        content=content,
-        structured_content=task.model_dump(mode="json"),
-        is_error=task.status.value == "failed",
+        content=content, structured_content=structured, is_error=task.status.value == "failed"
     )
 
 

@@ -1,13 +1,16 @@
 """The streamable-HTTP app: MCP at ``/mcp``, uploads (``POST /uploads``, the ``/upload``
 page), result links (``/results/…``), vendor callbacks, a health check, and the bearer-token
-guard that HTTP needs whenever it listens beyond loopback."""
+guard that HTTP needs whenever it listens beyond loopback or has users."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import AsyncIterator
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -29,6 +32,13 @@ from tools.service import Editor
 #: itself; a result link carries its own signature).
 OPEN_PATHS = ("/health", "/callbacks/", "/results/")
 OPEN_EXACT = ("/upload",)
+#: How long the guard keeps its copy of the users added at run time (``retouch users``, the
+#: console): a user revoked there is refused by every process within this many seconds.
+ADDED_USERS_TTL_S = 2.0
+
+log = logging.getLogger("retouch.http")
+#: Users as the guard compares them: (name, or None for a revoked one; token's SHA-256).
+Digests = list[tuple[str | None, bytes]]
 
 
 def is_loopback(host: str) -> bool:
@@ -48,37 +58,75 @@ class BearerAuth:
     """Refuses requests to paths that are not open without ``Authorization: Bearer <token>``
     of a known user, and records that user as the request's owner.
 
-    The presented token's SHA-256 is compared with every user's, each in constant time and
-    all of them every time, so neither the answer's time nor its path says which user (or
-    how much of a token) matched. Tokens are never logged.
+    The users are the config file's and those ``added`` at run time (read from the store
+    again every ``ADDED_USERS_TTL_S`` at most; a revoked one matches no one). The presented
+    token's SHA-256 is compared with every user's, each in constant time and all of them
+    every time, so neither the answer's time nor its path says which user (or how much of a
+    token) matched. Tokens are never logged. ``open_when_empty`` (loopback without
+    configured users): until a user is added, requests pass as they are.
     """
 
-    def __init__(self, app: ASGIApp, users: list[UserSettings]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        users: list[UserSettings],
+        *,
+        added: Callable[[], Awaitable[Digests]] | None = None,
+        open_when_empty: bool = False,
+    ) -> None:
         self.app = app
-        self.users = [(user.name, user.digest()) for user in users]
+        self.users: Digests = [(user.name, user.digest()) for user in users]
+        self.added = added
+        self.open_when_empty = open_when_empty
+        self._added: tuple[float, Digests] = (-ADDED_USERS_TTL_S, [])
+        self._reading = asyncio.Lock()
 
-    def user(self, authorization: bytes) -> str | None:
+    async def accounts(self) -> Digests:
+        """Every user now: the config file's, then those added at run time."""
+        if self.added is None:
+            return self.users
+        async with self._reading:
+            read_at, added = self._added
+            if time.monotonic() - read_at >= ADDED_USERS_TTL_S:
+                added = await self.added()
+                self._added = (time.monotonic(), added)
+        return self.users + added
+
+    @staticmethod
+    def user(authorization: bytes, accounts: Digests) -> str | None:
         """The name of the user whose token ``authorization`` carries, if any."""
         scheme, token = authorization[:7], authorization[7:]
         presented = hashlib.sha256(token).digest()
         found = None
-        for name, digest in self.users:
+        for name, digest in accounts:
             if hmac.compare_digest(presented, digest):
                 found = name
         return found if scheme.lower() == b"bearer " and token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not is_open(scope["path"]):
-            name = self.user(dict(scope["headers"]).get(b"authorization", b""))
-            if name is None:
+            try:
+                accounts = await self.accounts()
+            except Exception as exc:  # the store is down: no one can be told apart
+                log.warning("cannot read the users: %s", type(exc).__name__)
                 response = JSONResponse(
-                    {"error": "unauthorized", "message": "send Authorization: Bearer <token>"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
+                    {"error": "unavailable", "message": "the users cannot be read now"},
+                    status_code=503,
+                    headers={"Retry-After": "5"},
                 )
                 await response(scope, receive, send)
                 return
-            set_owner(scope, name)
+            if accounts or not self.open_when_empty:
+                name = self.user(dict(scope["headers"]).get(b"authorization", b""), accounts)
+                if name is None:
+                    response = JSONResponse(
+                        {"error": "unauthorized", "message": "send Authorization: Bearer <token>"},
+                        status_code=401,
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
+                    await response(scope, receive, send)
+                    return
+                set_owner(scope, name)
         await self.app(scope, receive, send)
 
 
@@ -147,4 +195,10 @@ def build_http_app(
             yield
 
     app.router.lifespan_context = lifespan
-    return BearerAuth(app, users) if users else app
+
+    async def added() -> Digests:
+        editor: Editor | None = getattr(app.state, "editor", None)
+        return await editor.users.digests() if editor is not None else []
+
+    # On loopback without configured users, open until a user is added (retouch users add).
+    return BearerAuth(app, users, added=added, open_when_empty=not users)

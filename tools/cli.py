@@ -3,6 +3,7 @@
 retouch edit photo.jpg --function stylization_all --prompt "oil painting" --out edited/
 retouch task <id>          retouch tasks          retouch functions
 retouch upload photo.jpg --server https://retouch.example.com   (prints retouch://uploads/<id>)
+retouch users list|add NAME|revoke NAME|budget NAME [--day 5 CNY] [--per-hour 20] ...
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import sys
 from pathlib import Path
 
 import httpx
+from pydantic import ValidationError
 
+from tools import budgets
 from tools.config import Settings, load_settings
-from tools.errors import ImageError, RetouchError
+from tools.errors import ImageError, InvalidParameter, RetouchError
 from tools.media import EXTENSIONS
-from tools.models import LOCAL_OWNER, EditRequest, Task
+from tools.models import LOCAL_OWNER, Budget, BudgetLimits, EditRequest, Task
 from tools.service import Editor
 
 
@@ -67,6 +70,30 @@ def parser() -> argparse.ArgumentParser:
         "--token", help=f"bearer token (default: ${TOKEN_ENV}, else mcp.auth_token)"
     )
     upload.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+
+    users = sub.add_parser("users", help="HTTP users and owners' budgets")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    users_sub.add_parser("list", help="every user: where it is from, its state, today's use")
+    add = users_sub.add_parser("add", help="add a user; prints its token, this once only")
+    add.add_argument("name")
+    revoke = users_sub.add_parser("revoke", help="refuse a user's token from now on")
+    revoke.add_argument("name")
+    budget = users_sub.add_parser("budget", help="show an owner's budget, or set its limits")
+    budget.add_argument("name", help="a user, local, or another front end's owner")
+    for period in ("day", "month"):
+        budget.add_argument(
+            f"--{period}",
+            nargs=2,
+            action="append",
+            default=[],
+            metavar=("AMOUNT", "CURRENCY"),
+            help=f"most the owner's tasks may cost a {period} (UTC), per currency",
+        )
+    budget.add_argument("--per-hour", type=int, dest="edits_per_hour", help="edits an hour")
+    budget.add_argument("--concurrent", type=int, help="edits queued or running at once")
+    budget.add_argument(
+        "--clear", action="store_true", help="forget the limits set here (the config's apply)"
+    )
     return p
 
 
@@ -94,6 +121,8 @@ async def run(args: argparse.Namespace) -> int:
     async with Editor(settings, allow_local_paths=True, run_worker=worker) as editor:
         if args.command == "edit":
             return await edit(editor, args)
+        if args.command == "users":
+            return await users(editor, args)
         if args.command == "task":
             task = await editor.check_task(args.task_id, owner=LOCAL_OWNER)
             print(task.model_dump_json(indent=2) if args.json else describe(task))
@@ -149,6 +178,78 @@ async def edit(editor: Editor, args: argparse.Namespace) -> int:
     else:
         print(describe(task), file=sys.stderr)
     return 0 if task.status.value == "succeeded" else 1
+
+
+async def users(editor: Editor, args: argparse.Namespace) -> int:
+    """``retouch users …``: what the console does, from a terminal."""
+    if args.users_command == "list":
+        for user in await editor.users.list():
+            state = "active" if user.active else "revoked"
+            created = f"{user.created_at:%Y-%m-%d %H:%M}" if user.created_at else "-"
+            spent = (await editor.budget(user.name)).day
+            today = ", ".join(f"{budgets.amount(s.used + s.pending)} {c}" for c, s in spent.items())
+            print(f"{user.name:<24} {user.source:<6} {state:<7} {created:<16} {today or '-'}")
+    elif args.users_command == "add":
+        user, token = await editor.users.add(args.name)
+        print(
+            f"user {user.name} added; its token, shown this once (only its SHA-256 is kept):",
+            file=sys.stderr,
+        )
+        print(token)
+    elif args.users_command == "revoke":
+        user = await editor.users.revoke(args.name)
+        print(f"user {user.name} revoked: its token is refused within a few seconds")
+    else:
+        print(describe_budget(await set_budget(editor, args)))
+    return 0
+
+
+async def set_budget(editor: Editor, args: argparse.Namespace) -> Budget:
+    """The owner's budget, after setting the limits the arguments give (if any) over the
+    ones set here before (none with ``--clear``)."""
+    costs: dict[str, dict[str, str]] = {"day": {}, "month": {}}
+    for period, given in costs.items():
+        for first, second in getattr(args, period):
+            amount, currency = (second, first) if _is_number(second) else (first, second)
+            given[currency.upper()] = amount
+    counts = {k: getattr(args, k) for k in ("edits_per_hour", "concurrent")}
+    counts = {k: v for k, v in counts.items() if v is not None}
+    if not any(costs.values()) and not counts and not args.clear:
+        return await editor.budget(args.name)
+    before = None if args.clear else await editor.budget_override(args.name)
+    data = before.model_dump() if before else {}
+    for period, given in costs.items():
+        data[period] = {**data.get(period, {}), **given}
+    try:
+        limits = BudgetLimits.model_validate({**data, **counts})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = {"edits_per_hour": "per-hour"}.get(str(err["loc"][0]), str(err["loc"][0]))
+        message = err["msg"].removeprefix("Value error, ")
+        raise InvalidParameter(f"--{flag}: {message}") from None
+    return await editor.set_budget(args.name, limits)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def describe_budget(budget: Budget) -> str:
+    return "\n".join(
+        [
+            f"budget of {budget.owner}:",
+            f"  today (UTC):     {budgets.describe_costs(budget.day)};"
+            f" starts again {budget.day_resets_at:%Y-%m-%d %H:%M} UTC",
+            f"  this month:      {budgets.describe_costs(budget.month)};"
+            f" starts again {budget.month_resets_at:%Y-%m-%d} UTC",
+            f"  edits last hour: {budgets.of(budget.edits_last_hour, budget.edits_per_hour)}",
+            f"  at once:         {budgets.of(budget.active, budget.concurrent)}",
+        ]
+    )
 
 
 def upload(settings: Settings, args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tools.errors import ConfigError
-from tools.models import LOCAL_OWNER
+from tools.models import LOCAL_OWNER, BudgetLimits
 from tools.vendors import registry
 
 MB = 1024 * 1024
@@ -254,6 +254,43 @@ class MCPSettings(Section):
         return [*self.users, UserSettings(name=DEFAULT_USER, token_sha256=digest)]
 
 
+#: An owner as ``[budgets.owners."…"]`` names it: a user, "local", or a front end's own.
+OWNER_NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,128}")
+
+
+class BudgetSettings(BudgetLimits):
+    """``[budgets]``: everyone's limits; ``[budgets.owners."<owner>"]``: one owner's, each
+    limit it leaves out being everyone's."""
+
+    owners: dict[str, BudgetLimits] = Field(default_factory=dict)
+
+    @field_validator("owners")
+    @classmethod
+    def _owner_names(cls, value: dict[str, BudgetLimits]) -> dict[str, BudgetLimits]:
+        for name in value:
+            if not OWNER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an owner (1-128 characters, no spaces)")
+        return value
+
+    def defaults(self) -> BudgetLimits:
+        return BudgetLimits.model_validate(self.model_dump(exclude={"owners"}))
+
+    def for_owner(self, owner: str) -> BudgetLimits:
+        """The owner's limits as the config sets them."""
+        return self.owners.get(owner, BudgetLimits()).over(self.defaults())
+
+    def currencies(self) -> dict[str, set[str]]:
+        """Each currency a cost limit names → where (``budgets.day``, …)."""
+        out: dict[str, set[str]] = {}
+        levels = {"budgets": self.defaults()}
+        levels |= {f'budgets.owners."{o}"': limits for o, limits in self.owners.items()}
+        for where, limits in levels.items():
+            for period in ("day", "month"):
+                for currency in getattr(limits, period):
+                    out.setdefault(currency, set()).add(f"{where}.{period}")
+        return out
+
+
 class VendorSettings(BaseModel):
     """Keys every vendor instance takes; a kind's adapter extends this with its own."""
 
@@ -295,6 +332,7 @@ class Settings(BaseSettings):
     media: MediaSettings = Field(default_factory=MediaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     mcp: MCPSettings = Field(default_factory=MCPSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     vendors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     log_level: str = "INFO"
 
@@ -352,6 +390,10 @@ class Settings(BaseSettings):
 
     def enabled_vendors(self) -> dict[str, VendorSettings]:
         return {n: v for n, v in self.vendor_settings().items() if v.enabled}
+
+    def billing_currencies(self) -> set[str]:
+        """The currencies the configured vendors bill in (the ones cost limits can bind)."""
+        return {v.currency.upper() for v in self.vendor_settings().values() if v.currency}
 
 
 SECRET_KEYS = ("api_key", "app_key", "token", "secret", "password")
@@ -442,4 +484,18 @@ def load_settings(
         if not value.is_absolute():
             setattr(store, attr, store.dir / value)
     settings.vendor_settings()  # validate vendor tables now, not on first use
+    billed = settings.billing_currencies()
+    for currency, where in sorted(settings.budgets.currencies().items()):
+        if currency not in billed:
+            raise ConfigError(
+                f"{source}: {sorted(where)[0]}.{currency}: {unbilled(currency, billed)}"
+            )
     return settings
+
+
+def unbilled(currency: str, billed: set[str]) -> str:
+    """Why a cost limit in ``currency`` is refused when the vendors bill in ``billed``."""
+    known = ", ".join(sorted(billed)) or "nothing: no vendor has a price"
+    return (
+        f"no vendor here bills in {currency} (they bill in {known}), so this limit would never bind"
+    )

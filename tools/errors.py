@@ -10,6 +10,8 @@
     │   ├── UnsafeURL              a URL points into private space or uses a forbidden scheme
     │   └── Unsupported            the chosen vendor cannot do this (names those that can)
     ├── NotFound                   no such task or result
+    ├── BudgetExceeded             the owner's budget would be crossed (names the limit
+    │                              and when it resets); nothing was sent
     ├── ConfigError                config.toml or the environment is wrong
     ├── EngineError                the local engine failed or ran past its limits
     └── VendorError                a cloud vendor refused or failed
@@ -87,6 +89,13 @@ class Unsupported(InputError):
 
 class NotFound(RetouchError):
     code = "not_found"
+
+
+class BudgetExceeded(RetouchError):
+    """A request its owner's budget does not allow: ``limit`` is "day", "month",
+    "edits_per_hour" or "concurrent"; the details say how much is used and when it resets."""
+
+    code = "budget_exceeded"
 
 
 class ConfigError(RetouchError):

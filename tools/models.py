@@ -1,10 +1,12 @@
-"""The types every part of Retouch speaks: requests, tasks and their results, uploads."""
+"""The types every part of Retouch speaks: requests, tasks and their results, uploads,
+users and budgets."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -209,3 +211,95 @@ class FunctionInfo(BaseModel):
     notes: dict[str, str] = Field(
         default_factory=dict, description="Per vendor: what it really does."
     )
+
+
+#: A currency as budgets name it: ISO 4217 codes (CNY, USD) and vendors' own units (PTC).
+CURRENCY = r"^[A-Z]{2,10}$"
+
+
+def _currencies(value: dict[str, float]) -> dict[str, float]:
+    out = {str(k).strip().upper(): v for k, v in value.items()}
+    bad = sorted(k for k in out if not re.fullmatch(CURRENCY, k))
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a currency code (2-10 letters, e.g. CNY, USD)")
+    if any(not 0 <= v < float("inf") for v in out.values()):
+        raise ValueError("a cost limit is a number of at least 0")
+    return out
+
+
+class BudgetLimits(BaseModel):
+    """What an owner may spend and start. A limit left out is the next level's: an override
+    set from the terminal or the console, then the config's for the owner, then the
+    config's for everyone; left out everywhere, there is no such limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    day: dict[str, float] = Field(
+        default_factory=dict, description="Currency → most that tasks asked for in a UTC day cost"
+    )
+    month: dict[str, float] = Field(
+        default_factory=dict, description="Currency → most for a UTC calendar month"
+    )
+    edits_per_hour: int | None = Field(None, ge=0, description="Edits in any 60 minutes")
+    concurrent: int | None = Field(None, ge=0, description="Edits queued or running at once")
+
+    @field_validator("day", "month")
+    @classmethod
+    def _currency_codes(cls, value: dict[str, float]) -> dict[str, float]:
+        return _currencies(value)
+
+    def over(self, base: BudgetLimits) -> BudgetLimits:
+        """These limits, with ``base``'s where these leave one out (currency by currency)."""
+        return BudgetLimits(
+            day={**base.day, **self.day},
+            month={**base.month, **self.month},
+            edits_per_hour=base.edits_per_hour
+            if self.edits_per_hour is None
+            else self.edits_per_hour,
+            concurrent=base.concurrent if self.concurrent is None else self.concurrent,
+        )
+
+    @property
+    def unlimited(self) -> bool:
+        return self == BudgetLimits()
+
+
+class Spend(BaseModel):
+    """One currency's spending in a period."""
+
+    used: float = Field(description="Billed by the tasks that ended")
+    pending: float = Field(0, description="Estimated for the tasks still queued or running")
+    limit: float | None = None
+    remaining: float | None = Field(None, description="limit − used − pending, at least 0")
+
+
+class Budget(BaseModel):
+    """An owner's limits and use now: costs per currency today and this month (UTC), edits
+    in the last hour, tasks queued or running."""
+
+    owner: str
+    day: dict[str, Spend] = Field(default_factory=dict)
+    day_resets_at: datetime
+    month: dict[str, Spend] = Field(default_factory=dict)
+    month_resets_at: datetime
+    edits_last_hour: int = 0
+    edits_per_hour: int | None = None
+    next_edit_at: datetime | None = Field(
+        None, description="When the oldest edit of the last hour leaves it (one more fits)"
+    )
+    active: int = Field(0, description="Tasks queued or running")
+    concurrent: int | None = None
+    limits: BudgetLimits = Field(description="The limits in effect")
+
+
+class User(BaseModel):
+    """An HTTP user: from the config file, or added from the terminal or the console."""
+
+    name: str
+    source: Literal["config", "store"]
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

@@ -17,12 +17,22 @@ from typing import Any
 
 import httpx
 
-from tools import catalog, media
-from tools.config import Settings
+from tools import budgets, catalog, media
+from tools.config import OWNER_NAME, Settings, unbilled
 from tools.errors import InvalidParameter, NotFound, RetouchError, Unsupported
-from tools.models import EditRequest, FunctionInfo, Task, TaskStatus, Upload
+from tools.models import (
+    Budget,
+    BudgetLimits,
+    EditRequest,
+    FunctionInfo,
+    Task,
+    TaskStatus,
+    Upload,
+)
 from tools.notifier import Notifier
 from tools.store import Store, open_store
+from tools.store.base import Admission, OwnerUsage
+from tools.users import Users
 from tools.vendors.base import Vendor
 from tools.vendors.registry import kinds_that_can, vendor_class
 from tools.worker import Intake, Worker
@@ -55,12 +65,14 @@ class Editor:
         self.run_worker = run_worker
         self.store: Store
         self.intake: Intake
+        self.users: Users
         self.vendors: dict[str, Vendor] = {}
         self.worker: Worker | None = None
         self.notifier = Notifier()
         self._downloads = asyncio.Semaphore(settings.media.max_concurrent_downloads)
         self._janitor: asyncio.Task[None] | None = None
-        #: The time uploads expire by (tests set it; the store's clean-up uses real time).
+        #: The time uploads expire by and budgets count by (tests set it; the store's
+        #: clean-up and leases use real time).
         self.clock: Callable[[], float] = time.time
 
     # ---- life cycle ----------------------------------------------------------------------
@@ -70,6 +82,7 @@ class Editor:
         self.store = await open_store(cfg.store)
         await self.store.listen(self.notifier.event)  # other processes' changes wake us too
         self.intake = Intake(self.store, self.notifier)
+        self.users = Users(cfg, self.store, lambda: self.clock())
         # User downloads never follow the environment's proxies or redirects on their own.
         self.fetcher = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self.http = httpx.AsyncClient(
@@ -164,7 +177,8 @@ class Editor:
         be too (None, for trusted callers only: stored without an owner, which makes it the
         local owner's; earlier results unscoped, no uploads). With ``key``, a request made
         again by the same owner with the same key returns the first one's task; another
-        owner's key is another."""
+        owner's key is another. The owner's budget is checked before anything is loaded,
+        and again, atomically, as the task is stored (BudgetExceeded)."""
         if key is not None:
             key = key if owner is None else _owners_key(owner, key)
             if (known := await self.store.find_by_key(key)) is not None:
@@ -174,6 +188,7 @@ class Editor:
         catalog.validate(request)
         vendor = self.route(request)
         vendor.check(request)
+        admission = await self._admission(owner, vendor, request) if owner is not None else None
         images = await asyncio.gather(
             *(self._load(src, f"image {i + 1}", owner) for i, src in enumerate(request.images))
         )
@@ -192,6 +207,8 @@ class Editor:
             mask=mask_sha,
             owner=owner,
             key=key,
+            created_at=self.clock(),
+            admission=admission,
         )
         if self.worker:
             self.worker.wake()
@@ -298,6 +315,60 @@ class Editor:
         # Anyone can post a callback: its result URLs are fetched like user URLs.
         await self.intake.take(record, vendor, outcome, client=self.fetcher, policy=self.policy)
         return record.id
+
+    # ---- budgets and users ---------------------------------------------------------------
+
+    async def budget(self, owner: str) -> Budget:
+        """The owner's limits in effect and use now (``tools/budgets.py`` says how)."""
+        periods = budgets.Periods.at(self.clock())
+        usage = await self.store.owner_usage(owner, periods.windows)
+        return budgets.report(owner, await self.limits(owner), usage, periods, self._price)
+
+    async def limits(self, owner: str) -> BudgetLimits:
+        """The owner's limits: the override set at run time, over the config's."""
+        configured = self.settings.budgets.for_owner(owner)
+        override = (await self.store.budget_overrides(owner)).get(owner)
+        return configured if override is None else override.over(configured)
+
+    async def budget_override(self, owner: str) -> BudgetLimits | None:
+        """The owner's override set at run time, if any."""
+        return (await self.store.budget_overrides(owner)).get(owner)
+
+    async def set_budget(self, owner: str, limits: BudgetLimits | None) -> Budget:
+        """Set the owner's override of the configured limits (None removes it), from the
+        terminal or the console; every process uses it from the owner's next request."""
+        if not OWNER_NAME.fullmatch(owner):
+            raise InvalidParameter(f"{owner!r} is not an owner", parameter="owner")
+        billed = self.settings.billing_currencies()
+        for currency in sorted({*limits.day, *limits.month} if limits else ()):
+            if currency not in billed:
+                raise InvalidParameter(unbilled(currency, billed), parameter="currency")
+        await self.store.set_budget_override(
+            owner, None if limits is None or limits.unlimited else limits
+        )
+        return await self.budget(owner)
+
+    async def _admission(
+        self, owner: str, vendor: Vendor, request: EditRequest
+    ) -> Admission | None:
+        """The check of the owner's budget for this request, run once now (before anything
+        is loaded) and again when the task is stored; None when the owner has no limits."""
+        limits = await self.limits(owner)
+        if limits.unlimited:
+            return None
+        periods = budgets.Periods.at(self.clock())
+        cost, currency = budgets.estimate(self._price, vendor.name, request.function, request.n)
+
+        def check(usage: OwnerUsage) -> None:
+            budgets.check(limits, usage, periods, cost, currency, self._price)
+
+        admission = Admission(periods.windows, check)
+        check(await self.store.owner_usage(owner, periods.windows))
+        return admission
+
+    def _price(self, vendor: str, function: str) -> tuple[float | None, str | None]:
+        known = self.vendors.get(vendor)
+        return known.price_for(function) if known is not None else (None, None)
 
     # ---- helpers -------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ requires the lease still held. A task ends once (``finish``). Images are blobs: 
 (size, type, dimensions), the bytes in the store's ``BlobStore``, linked to the tasks that use
 them so that clean-up keeps them while any task does, or an upload that has not expired. A
 backend that hears other processes' changes hands them on as task events (``listen``).
-``tests/contract/`` checks all of it on every backend.
+HTTP users added at run time and owners' budget overrides are kept here too, and a task can
+be stored only if its owner's use allows it, checked in the same transaction
+(``Admission``). ``tests/contract/`` checks all of it on every backend.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from tools.media import InputImage
-from tools.models import ErrorInfo, ImageFailure, ResultImage, Task, TaskStatus
+from tools.models import BudgetLimits, ErrorInfo, ImageFailure, ResultImage, Task, TaskStatus
 from tools.notifier import TaskEvent
 from tools.store.blobs import BlobStore
 
@@ -139,6 +141,57 @@ class Turn(NamedTuple):
     wait: float
 
 
+@dataclass(frozen=True)
+class UserRecord:
+    """An HTTP user added at run time: only its token's SHA-256 (hex) is kept."""
+
+    name: str
+    token_sha256: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Where the periods an owner's use is counted over begin (Unix times)."""
+
+    hour: float
+    day: float
+    month: float
+
+
+@dataclass(frozen=True)
+class ActiveTask:
+    """A task still queued or running, as much as its estimated cost needs."""
+
+    vendor: str
+    function: str
+    n: int
+
+
+@dataclass(frozen=True)
+class OwnerUsage:
+    """What an owner has used, as the store counts it: the tasks queued or running, the
+    tasks asked for since ``Windows.hour`` (and when the first of them was), and what the
+    ended tasks asked for since ``Windows.day`` and ``Windows.month`` cost, by currency."""
+
+    active: list[ActiveTask]
+    edits: int
+    first_edit_at: float | None
+    day_cost: dict[str, float]
+    month_cost: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A check of the owner's use that ``create_task`` runs in the transaction that stores
+    the task, so that requests arriving together, in any process, are counted one after
+    the other: ``check`` raises to refuse (and nothing is stored)."""
+
+    windows: Windows
+    check: Callable[[OwnerUsage], None]
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -214,9 +267,13 @@ class Store(abc.ABC):
         owner: str | None = None,
         notes: list[str] | None = None,
         key: str | None = None,
+        created_at: float | None = None,
+        admission: Admission | None = None,
     ) -> TaskRecord:
         """A new queued task using stored blobs; with ``key``, the task already made with
-        that key if any (then nothing is created)."""
+        that key if any (then nothing is created). ``created_at``: the time the task was
+        asked for (budgets count by it; default now). With ``admission`` (and an
+        ``owner``), the owner's use is checked first, in the same transaction."""
 
     @abc.abstractmethod
     async def find_by_key(self, key: str) -> TaskRecord | None: ...
@@ -241,6 +298,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def usage(self, owner: str, since: float) -> tuple[int, float | None]:
         """How many tasks ``owner`` created at or after ``since``, and when the first was."""
+
+    @abc.abstractmethod
+    async def owner_usage(self, owner: str, windows: Windows) -> OwnerUsage:
+        """What ``owner`` has used (see ``OwnerUsage``); the local owner's use includes the
+        tasks stored without an owner."""
 
     @abc.abstractmethod
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
@@ -322,6 +384,29 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def end_turn(self, turn_id: int) -> None:
         """The call made on this turn has ended (answered or not)."""
+
+    # ---- users and budget overrides ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_user(self, name: str, token_sha256: str, created_at: float) -> UserRecord | None:
+        """Add a user (names are unique, case aside); None if an unrevoked user has that
+        name. A revoked user's name may be added again: the new token replaces the old."""
+
+    @abc.abstractmethod
+    async def users(self) -> list[UserRecord]:
+        """Every user added here, revoked ones too, by name."""
+
+    @abc.abstractmethod
+    async def revoke_user(self, name: str, revoked_at: float) -> UserRecord | None:
+        """Revoke the unrevoked user of that name (case aside); None if there is none."""
+
+    @abc.abstractmethod
+    async def set_budget_override(self, owner: str, limits: BudgetLimits | None) -> None:
+        """Set the owner's override of the configured limits; None removes it."""
+
+    @abc.abstractmethod
+    async def budget_overrides(self, owner: str | None = None) -> dict[str, BudgetLimits]:
+        """Owner → override: every owner's, or only ``owner``'s (if it has one)."""
 
     # ---- clean-up ----------------------------------------------------------------------
 

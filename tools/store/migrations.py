@@ -63,7 +63,8 @@ async def migrate(db: aiosqlite.Connection, migrations: Migrations) -> list[str]
     return done
 
 
-#: The core's set: tasks, blobs, idempotency keys, uploads, vendors' rate limits.
+#: The core's set: tasks, blobs, idempotency keys, uploads, vendors' rate limits, users
+#: and budget overrides.
 CORE = Migrations("core")
 migration = CORE.step
 
@@ -215,3 +216,31 @@ async def m008_rate_turns(db: aiosqlite.Connection) -> None:
         END
         """
     )
+
+
+@migration
+async def m010_users_and_budgets(db: aiosqlite.Connection) -> None:
+    """HTTP users added at run time (only their token's SHA-256; names unique case aside),
+    owners' budget overrides (JSON limits), and an index to count an owner's tasks by the
+    time they were asked for."""
+    await db.execute(
+        """
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            token_sha256 TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        )
+        """
+    )
+    await db.execute("CREATE UNIQUE INDEX users_name ON users (lower(name))")
+    await db.execute(
+        """
+        CREATE TABLE budget_overrides (
+            owner TEXT PRIMARY KEY,
+            limits TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """
+    )
+    await db.execute("CREATE INDEX tasks_owner_created ON tasks (owner, created_at)")

@@ -68,7 +68,7 @@ async def migrate(db: asyncpg.Connection, migrations: PgMigrations) -> list[str]
 
 
 #: The core's set: tasks, blobs and the links between them, task events, uploads, vendors'
-#: rate limits.
+#: rate limits, users and budget overrides.
 CORE = PgMigrations("core")
 migration = CORE.step
 
@@ -236,3 +236,30 @@ async def m005_rate_turns(db: asyncpg.Connection) -> None:
         """
     )
     await db.execute("CREATE INDEX rate_turns_key ON rate_turns (vendor, kind, free_at)")
+
+
+@migration
+async def m010_users_and_budgets(db: asyncpg.Connection) -> None:
+    """HTTP users added at run time (only their token's SHA-256; names unique case aside),
+    and owners' budget overrides (JSON limits). Owners' tasks are counted by the time they
+    were asked for through ``tasks_owner_created`` (m001)."""
+    await db.execute(
+        """
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            token_sha256 TEXT NOT NULL UNIQUE,
+            created_at DOUBLE PRECISION NOT NULL,
+            revoked_at DOUBLE PRECISION
+        )
+        """
+    )
+    await db.execute("CREATE UNIQUE INDEX users_name ON users (lower(name))")
+    await db.execute(
+        """
+        CREATE TABLE budget_overrides (
+            owner TEXT PRIMARY KEY,
+            limits JSONB NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )
+        """
+    )

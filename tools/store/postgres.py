@@ -5,7 +5,9 @@ Times are the database's clock (seconds since the epoch), so leases mean the sam
 machine. A claim takes a per-vendor advisory lock, so that two processes claiming at once
 cannot both fill the vendor's capacity, and skips rows other statements hold (``FOR UPDATE
 SKIP LOCKED``). Task changes are announced by a trigger (``pg_migrations.m003``) and heard on
-one connection that LISTENs and reconnects by itself (``listen``).
+one connection that LISTENs and reconnects by itself (``listen``). A task whose owner's use
+is checked first (an ``Admission``) is stored under a per-owner advisory lock, so that the
+owner's requests are counted one after the other across processes.
 """
 
 from __future__ import annotations
@@ -22,16 +24,21 @@ import asyncpg
 
 from tools.errors import NotFound
 from tools.media import InputImage
-from tools.models import LOCAL_OWNER, ImageFailure, ResultImage, TaskStatus
+from tools.models import LOCAL_OWNER, BudgetLimits, ImageFailure, ResultImage, TaskStatus
 from tools.notifier import TaskEvent
 from tools.store.base import (
     JSON_FIELDS,
     ORPHAN_GRACE_S,
     WRITABLE,
+    ActiveTask,
+    Admission,
+    OwnerUsage,
     Store,
     TaskRecord,
     Turn,
     UploadRecord,
+    UserRecord,
+    Windows,
     new_task_id,
 )
 from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, blob_key
@@ -254,28 +261,18 @@ class PostgresStore(Store):
         owner: str | None = None,
         notes: list[str] | None = None,
         key: str | None = None,
+        created_at: float | None = None,
+        admission: Admission | None = None,
     ) -> TaskRecord:
         """A new queued task and its links, in one statement; with ``key``, the task already
-        made with that key if any."""
+        made with that key if any. With an ``admission``, the owner's use is counted and
+        the task stored in one transaction holding the owner's advisory lock: the owner's
+        other requests wait for it, then count this task."""
         links = [("input", i, sha) for i, sha in enumerate(inputs)]
         if mask:
             links.append(("mask", 0, mask))
         roles, idxs, shas = (list(c) for c in zip(*links, strict=True)) if links else ([], [], [])
-        row = await self.pool.fetchrow(
-            f"""
-            WITH new AS (
-                INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,
-                    created_at, updated_at, notes, idempotency_key)
-                VALUES ($1, 'queued', $2, $3, $4, $5, $6::jsonb, $7, {NOW}, {NOW}, $8::jsonb, $9)
-                ON CONFLICT (idempotency_key) DO NOTHING
-                RETURNING *
-            ), linked AS (
-                INSERT INTO task_blobs (task_id, role, idx, sha256)
-                SELECT new.id, l.role, l.idx, l.sha
-                FROM new, unnest($10::text[], $11::int[], $12::text[]) AS l (role, idx, sha)
-            ), {_UNPEND.format(shas="$12")}
-            SELECT * FROM new
-            """,
+        values = (
             new_task_id(),
             function,
             vendor,
@@ -288,7 +285,19 @@ class PostgresStore(Store):
             roles,
             idxs,
             shas,
+            created_at,
         )
+        if admission is None or owner is None:
+            row = await self.pool.fetchrow(_CREATE, *values)
+        else:
+            async with self.pool.acquire() as db, db.transaction():
+                await db.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"owner:{owner}"
+                )
+                if key is not None and (made := await self._by_key(db, key)) is not None:
+                    return made
+                admission.check(await self._usage(db, owner, admission.windows))
+                row = await db.fetchrow(_CREATE, *values)
         if row is None:  # made before with this key
             made = await self.find_by_key(key or "")
             if made is None:
@@ -296,9 +305,12 @@ class PostgresStore(Store):
             return made
         return TaskRecord.from_row(row)
 
-    async def find_by_key(self, key: str) -> TaskRecord | None:
-        row = await self.pool.fetchrow("SELECT * FROM tasks WHERE idempotency_key = $1", key)
+    async def _by_key(self, db: asyncpg.Pool | asyncpg.Connection, key: str) -> TaskRecord | None:
+        row = await db.fetchrow("SELECT * FROM tasks WHERE idempotency_key = $1", key)
         return TaskRecord.from_row(row) if row else None
+
+    async def find_by_key(self, key: str) -> TaskRecord | None:
+        return await self._by_key(self.pool, key)
 
     async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:
         if owner is None:
@@ -343,6 +355,39 @@ class PostgresStore(Store):
             since,
         )
         return int(row[0]), row[1]
+
+    async def owner_usage(self, owner: str, windows: Windows) -> OwnerUsage:
+        return await self._usage(self.pool, owner, windows)
+
+    async def _usage(
+        self, db: asyncpg.Pool | asyncpg.Connection, owner: str, since: Windows
+    ) -> OwnerUsage:
+        who = _of("$1", owner)
+        active = await db.fetch(
+            f"SELECT vendor, function, n FROM tasks WHERE {who}"
+            " AND status IN ('queued', 'running')",
+            owner,
+        )
+        edits, first = await db.fetchrow(
+            f"SELECT count(*), min(created_at) FROM tasks WHERE {who} AND created_at >= $2",
+            owner,
+            since.hour,
+        )
+        costs = await db.fetch(
+            "SELECT currency, sum(cost) FILTER (WHERE created_at >= $2), sum(cost)"
+            f" FROM tasks WHERE {who} AND created_at >= $3 AND cost IS NOT NULL"
+            " AND currency IS NOT NULL GROUP BY currency",
+            owner,
+            since.day,
+            since.month,
+        )
+        return OwnerUsage(
+            active=[ActiveTask(*row) for row in active],
+            edits=int(edits),
+            first_edit_at=first,
+            day_cost={c: float(day or 0) for c, day, _ in costs},
+            month_cost={c: float(month) for c, _, month in costs},
+        )
 
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
         """The tasks among ``task_ids`` that exist, in no particular order."""
@@ -640,6 +685,57 @@ class PostgresStore(Store):
             removed, total = removed + count, total - freed
         return removed
 
+    # ---- users and budget overrides ----------------------------------------------------
+
+    async def add_user(self, name: str, token_sha256: str, created_at: float) -> UserRecord | None:
+        async with self.pool.acquire() as db, db.transaction():
+            await db.execute(
+                "DELETE FROM users WHERE lower(name) = lower($1) AND revoked_at IS NOT NULL", name
+            )
+            # An unrevoked user of that name (added by another process meanwhile too) wins.
+            added = await db.fetchval(
+                "INSERT INTO users (name, token_sha256, created_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING RETURNING name",
+                name,
+                token_sha256,
+                created_at,
+            )
+        return UserRecord(name, token_sha256, created_at) if added else None
+
+    async def users(self) -> list[UserRecord]:
+        rows = await self.pool.fetch(
+            "SELECT name, token_sha256, created_at, revoked_at FROM users ORDER BY lower(name)"
+        )
+        return [UserRecord(*row) for row in rows]
+
+    async def revoke_user(self, name: str, revoked_at: float) -> UserRecord | None:
+        row = await self.pool.fetchrow(
+            "UPDATE users SET revoked_at = $1 WHERE lower(name) = lower($2)"
+            " AND revoked_at IS NULL RETURNING name, token_sha256, created_at, revoked_at",
+            revoked_at,
+            name,
+        )
+        return UserRecord(*row) if row else None
+
+    async def set_budget_override(self, owner: str, limits: BudgetLimits | None) -> None:
+        if limits is None:
+            await self.pool.execute("DELETE FROM budget_overrides WHERE owner = $1", owner)
+            return
+        await self.pool.execute(
+            "INSERT INTO budget_overrides (owner, limits, updated_at)"
+            f" VALUES ($1, $2::jsonb, {NOW}) ON CONFLICT (owner) DO UPDATE"
+            " SET limits = EXCLUDED.limits, updated_at = EXCLUDED.updated_at",
+            owner,
+            limits.model_dump_json(exclude_defaults=True),
+        )
+
+    async def budget_overrides(self, owner: str | None = None) -> dict[str, BudgetLimits]:
+        rows = await self.pool.fetch(
+            "SELECT owner, limits::text FROM budget_overrides WHERE owner = COALESCE($1, owner)",
+            owner,
+        )
+        return {row[0]: BudgetLimits.model_validate_json(row[1]) for row in rows}
+
 
 #: A CTE that counts puts as linked: each of the statement's ``shas`` (an array parameter,
 #: duplicates counted) takes one off its blob's ``pending``. The rows are taken in sha256
@@ -650,6 +746,25 @@ _UNPEND = """unpended AS (
                       GROUP BY s ORDER BY s) AS c
                 WHERE blobs.sha256 = c.sha
             )"""
+
+
+#: A new queued task and its links: one statement (parameters as ``create_task`` passes
+#: them; a NULL created_at is the database's clock).
+_CREATE = f"""
+    WITH new AS (
+        INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,
+            created_at, updated_at, notes, idempotency_key)
+        VALUES ($1, 'queued', $2, $3, $4, $5, $6::jsonb, $7, COALESCE($13::float8, {NOW}),
+            {NOW}, $8::jsonb, $9)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING *
+    ), linked AS (
+        INSERT INTO task_blobs (task_id, role, idx, sha256)
+        SELECT new.id, l.role, l.idx, l.sha
+        FROM new, unnest($10::text[], $11::int[], $12::text[]) AS l (role, idx, sha)
+    ), {_UNPEND.format(shas="$12")}
+    SELECT * FROM new
+"""
 
 
 def _of(param: str, owner: str) -> str:

@@ -20,16 +20,21 @@ import aiosqlite
 
 from tools.errors import NotFound
 from tools.media import InputImage
-from tools.models import LOCAL_OWNER, ImageFailure, ResultImage, TaskStatus
+from tools.models import LOCAL_OWNER, BudgetLimits, ImageFailure, ResultImage, TaskStatus
 from tools.notifier import TaskEvent
 from tools.store.base import (
     JSON_FIELDS,
     ORPHAN_GRACE_S,
     WRITABLE,
+    ActiveTask,
+    Admission,
+    OwnerUsage,
     Store,
     TaskRecord,
     Turn,
     UploadRecord,
+    UserRecord,
+    Windows,
     new_task_id,
 )
 from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, FileBlobStore, blob_key
@@ -184,10 +189,18 @@ class SQLiteStore(Store):
         owner: str | None = None,
         notes: list[str] | None = None,
         key: str | None = None,
+        created_at: float | None = None,
+        admission: Admission | None = None,
     ) -> TaskRecord:
-        """A new queued task; with ``key``, the task already made with that key if any."""
+        """A new queued task; with ``key``, the task already made with that key if any.
+        The transaction is immediate: it holds the database's write lock from the start, so
+        an admission's count and the insert are one step for every process."""
         task_id, now = new_task_id(), time.time()
         async with self.transaction() as db:
+            if admission is not None and owner is not None:
+                if key is not None and (made := await self._by_key(db, key)) is not None:
+                    return made
+                admission.check(await self._usage(db, owner, admission.windows))
             rows = await db.execute_fetchall(
                 "INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,"
                 " created_at, updated_at, notes, idempotency_key)"
@@ -202,17 +215,16 @@ class SQLiteStore(Store):
                     n,
                     json.dumps(request),
                     owner,
-                    now,
+                    now if created_at is None else created_at,
                     now,
                     json.dumps(notes or []),
                     key,
                 ),
             )
             if not rows:  # made before with this key
-                rows = await db.execute_fetchall(
-                    "SELECT * FROM tasks WHERE idempotency_key = ?", (key,)
-                )
-                return TaskRecord.from_row(next(iter(rows)))
+                made = await self._by_key(db, key or "")
+                assert made is not None  # the conflict was with it, in this transaction
+                return made
             links = [(task_id, "input", i, sha) for i, sha in enumerate(inputs)]
             if mask:
                 links.append((task_id, "mask", 0, mask))
@@ -222,11 +234,12 @@ class SQLiteStore(Store):
         self._linked([*inputs, mask])
         return TaskRecord.from_row(next(iter(rows)))
 
-    async def find_by_key(self, key: str) -> TaskRecord | None:
-        rows = await self.db.execute_fetchall(
-            "SELECT * FROM tasks WHERE idempotency_key = ?", (key,)
-        )
+    async def _by_key(self, db: aiosqlite.Connection, key: str) -> TaskRecord | None:
+        rows = await db.execute_fetchall("SELECT * FROM tasks WHERE idempotency_key = ?", (key,))
         return TaskRecord.from_row(rows[0]) if rows else None
+
+    async def find_by_key(self, key: str) -> TaskRecord | None:
+        return await self._by_key(self.db, key)
 
     async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:
         rows = await self.db.execute_fetchall(
@@ -538,6 +551,34 @@ class SQLiteStore(Store):
         count, oldest = rows[0]
         return int(count), oldest
 
+    async def owner_usage(self, owner: str, windows: Windows) -> OwnerUsage:
+        return await self._usage(self.db, owner, windows)
+
+    async def _usage(self, db: aiosqlite.Connection, owner: str, since: Windows) -> OwnerUsage:
+        who = _of(owner)
+        active = await db.execute_fetchall(
+            f"SELECT vendor, function, n FROM tasks WHERE {who}"
+            " AND status IN ('queued', 'running')",
+            (owner,),
+        )
+        [(edits, first)] = await db.execute_fetchall(
+            f"SELECT COUNT(*), MIN(created_at) FROM tasks WHERE {who} AND created_at >= ?",
+            (owner, since.hour),
+        )
+        costs = await db.execute_fetchall(
+            "SELECT currency, SUM(CASE WHEN created_at >= ? THEN cost ELSE 0 END), SUM(cost)"
+            f" FROM tasks WHERE {who} AND created_at >= ? AND cost IS NOT NULL"
+            " AND currency IS NOT NULL GROUP BY currency",
+            (since.day, owner, since.month),
+        )
+        return OwnerUsage(
+            active=[ActiveTask(*row) for row in active],
+            edits=int(edits),
+            first_edit_at=first,
+            day_cost={c: float(day) for c, day, _ in costs},
+            month_cost={c: float(month) for c, _, month in costs},
+        )
+
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
         """The tasks among ``task_ids`` that exist, in no particular order."""
         if not task_ids:
@@ -547,6 +588,52 @@ class SQLiteStore(Store):
             f"SELECT * FROM tasks WHERE id IN ({marks})", tuple(task_ids)
         )
         return [TaskRecord.from_row(r) for r in rows]
+
+    # ---- users and budget overrides ----------------------------------------------------
+
+    async def add_user(self, name: str, token_sha256: str, created_at: float) -> UserRecord | None:
+        async with self.transaction() as db:
+            await db.execute(
+                "DELETE FROM users WHERE lower(name) = lower(?) AND revoked_at IS NOT NULL", (name,)
+            )
+            added = await db.execute_fetchall(
+                "INSERT INTO users (name, token_sha256, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT DO NOTHING RETURNING name",
+                (name, token_sha256, created_at),
+            )
+        return UserRecord(name, token_sha256, created_at) if added else None
+
+    async def users(self) -> list[UserRecord]:
+        rows = await self.db.execute_fetchall(
+            "SELECT name, token_sha256, created_at, revoked_at FROM users ORDER BY lower(name)"
+        )
+        return [UserRecord(*row) for row in rows]
+
+    async def revoke_user(self, name: str, revoked_at: float) -> UserRecord | None:
+        rows = await self.execute(
+            "UPDATE users SET revoked_at = ? WHERE lower(name) = lower(?) AND revoked_at IS NULL"
+            " RETURNING name, token_sha256, created_at, revoked_at",
+            (revoked_at, name),
+        )
+        return UserRecord(*rows[0]) if rows else None
+
+    async def set_budget_override(self, owner: str, limits: BudgetLimits | None) -> None:
+        if limits is None:
+            await self.execute("DELETE FROM budget_overrides WHERE owner = ?", (owner,))
+            return
+        await self.execute(
+            "INSERT INTO budget_overrides (owner, limits, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (owner) DO UPDATE SET limits = excluded.limits,"
+            " updated_at = excluded.updated_at",
+            (owner, limits.model_dump_json(exclude_defaults=True), time.time()),
+        )
+
+    async def budget_overrides(self, owner: str | None = None) -> dict[str, BudgetLimits]:
+        rows = await self.db.execute_fetchall(
+            "SELECT owner, limits FROM budget_overrides WHERE owner = COALESCE(?, owner)",
+            (owner,),
+        )
+        return {row[0]: BudgetLimits.model_validate_json(row[1]) for row in rows}
 
 
 def _of(owner: str) -> str:
