@@ -325,10 +325,15 @@ def test_vendor_statistics_and_costs() -> None:
     a = by["a"]
     assert (a.hour.tasks, a.hour.ended, a.hour.succeeded) == (3, 2, 1)
     assert a.hour.success_rate == 0.5 and a.hour.errors == {"E_LIMIT": 1}
-    assert (a.day.tasks, a.day.p50, a.day.p95) == (4, 30.0, 100.0)
+    assert (a.day.tasks, a.day.p50, a.day.p95) == (4, 10.0, 100.0)  # the failed one's aside
     assert (a.running, a.queued, by["b"].queued, by["c"].day.tasks) == (1, 0, 1, 0)
     money = stats.costs(rows)
     assert money.by_vendor == {"CNY": {"a": 0.5}, "USD": {"a": 1.0}}
     assert money.by_owner == {"CNY": {"tg:1": 0.5}, "USD": {"alice": 1.0}}
     assert list(money.by_day) == ["CNY", "USD"]
+    days = stats.days_back(now, 3)
+    filled = stats.costs(rows, days).by_day["USD"]
+    assert sorted(filled) == days and sum(filled.values()) == 1.0 and len(set(days)) == 3
     assert stats.percentile([], 0.5) is None and stats.percentile([3.0], 0.95) == 3.0
+    assert stats.percentile([float(i) for i in range(1, 101)], 0.95) == 95.0
+    assert stats.percentile([1.0, 2.0], 0.5) == 1.0

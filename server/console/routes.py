@@ -313,7 +313,8 @@ class Console:
     async def costs_page(self, request: Request) -> Response:
         editor = self.editor(request)
         rows = await editor.task_summaries(editor.clock() - COST_DAYS * stats.DAY)
-        html = pages.costs(stats.costs(rows), COST_DAYS, self.csrf(request))
+        sums = stats.costs(rows, stats.days_back(editor.clock(), COST_DAYS))
+        html = pages.costs(sums, COST_DAYS, self.csrf(request))
         return secured(HTMLResponse(html))
 
     async def users_page(self, request: Request) -> Response:

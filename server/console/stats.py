@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -19,12 +21,13 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 @dataclass
 class Window:
-    """One vendor's tasks asked for in a window: how many, how they ended, how long."""
+    """One vendor's tasks asked for in a window: how many, how they ended, and how long
+    those that brought results took from being asked for to their end."""
 
     tasks: int = 0
     succeeded: int = 0
@@ -78,21 +81,31 @@ def vendor_stats(
                 window.succeeded += 1
             if row.error_code:
                 window.errors[row.error_code] += 1
-            if row.finished_at is not None:
+            if row.finished_at is not None and row.status in ("succeeded", "partial"):
                 window.durations.append(row.finished_at - row.created_at)
     return list(out.values())
 
 
 @dataclass
 class Costs:
-    """Spending of ended tasks, each currency apart: by vendor, by owner, by UTC day."""
+    """Spending of ended tasks, each currency apart (currency → vendor, owner or UTC day →
+    sum), counted on the day each task was asked for."""
 
     by_vendor: dict[str, dict[str, float]] = field(default_factory=dict)
     by_owner: dict[str, dict[str, float]] = field(default_factory=dict)
-    by_day: dict[str, dict[str, float]] = field(default_factory=dict)  # currency → day → sum
+    by_day: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def costs(rows: list[TaskSummary]) -> Costs:
+def days_back(now: float, count: int) -> list[str]:
+    """The last ``count`` UTC days up to ``now``'s, oldest first, as YYYY-MM-DD."""
+    return [
+        datetime.fromtimestamp(now - i * DAY, UTC).strftime("%Y-%m-%d")
+        for i in range(count - 1, -1, -1)
+    ]
+
+
+def costs(rows: list[TaskSummary], days: Sequence[str] = ()) -> Costs:
+    """The sums; each currency's ``by_day`` holds every one of ``days`` (0 where none)."""
     by_vendor: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     by_owner: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     by_day: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -103,5 +116,8 @@ def costs(rows: list[TaskSummary]) -> Costs:
         by_vendor[row.currency][row.vendor] += row.cost
         by_owner[row.currency][row.owner] += row.cost
         by_day[row.currency][day] += row.cost
+    for per_day in by_day.values():
+        for day in days:
+            per_day.setdefault(day, 0.0)
     plain = lambda d: {k: dict(v) for k, v in sorted(d.items())}  # noqa: E731
     return Costs(plain(by_vendor), plain(by_owner), plain(by_day))
