@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.console import add_console
+from server.console.routes import add_console
 from server.owners import set_owner
 from server.result_urls import ResultURLs, serve_result
 from server.uploads import Uploads

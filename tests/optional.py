@@ -92,7 +92,7 @@ CHROMIUM = "/usr/bin/chromium"
 @part("chromium")
 def _chromium() -> str | None:
     if importlib.util.find_spec("playwright") is None:
-        return "Playwright for Python is not installed; pip install -e '.[dev]'"
+        return "Playwright for Python is not installed; pip install -e '.[dev]' (make test does)"
     if not os.access(CHROMIUM, os.X_OK):
         return f"{CHROMIUM} is missing; apt-get install chromium (make system-deps)"
     return None

@@ -364,3 +364,12 @@ class Console:
         ]
         for path, method, handler in routes:
             mcp.custom_route(path, methods=[method])(handler)
+
+
+def add_console(mcp: MCPServer[Editor], settings: Settings) -> Console | None:
+    """Mount the console on the server's routes if ``[console]`` has a token."""
+    if not settings.console.enabled:
+        return None
+    console = Console(settings)
+    console.mount(mcp)
+    return console
