@@ -48,13 +48,13 @@ bench: $(VENV)/.dev
 chaos: $(VENV)/.dev
 	RETOUCH_CHAOS_KILLS=60 $(BIN)/python -m pytest -q -s tests/chaos
 
-## system-deps: Debian packages for the optional engine parts (tesseract, Real-ESRGAN's runtime)
+## system-deps: Debian packages for the optional parts (tesseract, Real-ESRGAN's runtime, chromium)
 system-deps:
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    tesseract-ocr tesseract-ocr-eng libvulkan1 libomp5 >/dev/null \
+	    tesseract-ocr tesseract-ocr-eng libvulkan1 libomp5 chromium >/dev/null \
 	  || echo "note: could not install the optional Debian packages"; \
-	else echo "note: run as root on Debian to install tesseract-ocr libvulkan1 libomp5"; fi
+	else echo "note: run as root on Debian to install tesseract-ocr libvulkan1 libomp5 chromium"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.console.routes import add_console
 from server.owners import set_owner
 from server.result_urls import ResultURLs, serve_result
 from server.uploads import Uploads
@@ -29,9 +30,10 @@ from tools.errors import ConfigError, RetouchError
 from tools.service import Editor
 
 #: Open without a token: prefixes, and exact paths (the upload page asks for the token
-#: itself; a result link carries its own signature).
-OPEN_PATHS = ("/health", "/callbacks/", "/results/")
-OPEN_EXACT = ("/upload",)
+#: itself; a result link carries its own signature; the console has its own sign-in and
+#: takes no bearer token).
+OPEN_PATHS = ("/health", "/callbacks/", "/results/", "/console/")
+OPEN_EXACT = ("/upload", "/console")
 #: How long the guard keeps its copy of the users added at run time (``retouch users``, the
 #: console): a user revoked there is refused by every process within this many seconds.
 ADDED_USERS_TTL_S = 2.0
@@ -177,6 +179,7 @@ def build_http_app(
     async def result(request: Request) -> Response:
         return await serve_result(request, urls)
 
+    add_console(mcp, settings)
     app: Starlette = mcp.streamable_http_app(
         streamable_http_path=cfg.path,
         stateless_http=cfg.stateless,

@@ -85,6 +85,19 @@ def _inspector() -> str | None:
     return None
 
 
+#: Debian's Chromium, which Playwright drives (never a browser Playwright downloads).
+CHROMIUM = "/usr/bin/chromium"
+
+
+@part("chromium")
+def _chromium() -> str | None:
+    if importlib.util.find_spec("playwright") is None:
+        return "Playwright for Python is not installed; pip install -e '.[dev]' (make test does)"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"{CHROMIUM} is missing; apt-get install chromium (make system-deps)"
+    return None
+
+
 def needs(*names: str) -> pytest.MarkDecorator:
     """Mark a test as needing the optional parts ``names``."""
     return pytest.mark.needs(*names)

@@ -322,6 +322,40 @@ class VendorSettings(BaseModel):
         return data
 
 
+class ConsoleSettings(Section):
+    """``[console]``: the operators' web page at ``/console``, off until a token is set.
+    Tokens are given as themselves or only as their SHA-256 (hex), as users' are."""
+
+    tokens: list[SecretStr] = Field(default_factory=list, description="operators' tokens")
+    token_sha256: list[str] = Field(
+        default_factory=list, description="operators' tokens as their SHA-256 (hex)"
+    )
+    session_hours: float = Field(12, gt=0, le=24 * 30, description="how long a sign-in lasts")
+
+    @field_validator("tokens")
+    @classmethod
+    def _long_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(len(token.get_secret_value()) < 16 for token in value):
+            raise ValueError("a console token needs at least 16 characters (a long random one)")
+        return value
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex_digests(cls, value: list[str]) -> list[str]:
+        if not all(re.fullmatch(r"[0-9a-fA-F]{64}", digest) for digest in value):
+            raise ValueError("token_sha256 holds tokens' SHA-256, 64 hex digits each")
+        return [digest.lower() for digest in value]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens or self.token_sha256)
+
+    def digests(self) -> list[bytes]:
+        """The SHA-256 of every operator's token."""
+        own = [hashlib.sha256(t.get_secret_value().encode()).digest() for t in self.tokens]
+        return own + [bytes.fromhex(d) for d in self.token_sha256]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RETOUCH_", env_nested_delimiter="__", extra="forbid"
@@ -333,6 +367,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     mcp: MCPSettings = Field(default_factory=MCPSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     vendors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     log_level: str = "INFO"
 

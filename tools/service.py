@@ -31,7 +31,7 @@ from tools.models import (
 )
 from tools.notifier import Notifier
 from tools.store import Store, open_store
-from tools.store.base import Admission, OwnerUsage
+from tools.store.base import Admission, OwnerUsage, TaskFilter, TaskRecord, TaskSummary
 from tools.users import Users
 from tools.vendors.base import Vendor
 from tools.vendors.registry import kinds_that_can, vendor_class
@@ -454,6 +454,43 @@ class Editor:
     async def tasks(self, task_ids: Sequence[str]) -> list[Task]:
         """The tasks among ``task_ids`` still stored, in no particular order."""
         return [r.public() for r in await self.store.get_many(task_ids)]
+
+    # ---- the console's queries ------------------------------------------------------------
+
+    async def task_page(
+        self, where: TaskFilter, *, before: int | None = None, limit: int = 50
+    ) -> list[TaskRecord]:
+        """The newest tasks matching ``where`` below ``seq`` ``before`` (everyone's)."""
+        return await self.store.page(where, before=before, limit=limit)
+
+    async def task_record(self, task_id: str) -> TaskRecord:
+        """A task as stored, with what only the store holds (attempts, polls, times)."""
+        return await self.store.get(task_id)
+
+    async def task_summaries(self, since: float) -> list[TaskSummary]:
+        """The tasks asked for since ``since`` and all unfinished ones, light."""
+        return await self.store.summaries(since)
+
+    async def task_image(self, task_id: str, role: str, index: int) -> bytes:
+        """The bytes of a task's input or result ``index`` (NotFound if none)."""
+        shas = await self.store.task_blobs(task_id, role)
+        if not 0 <= index < len(shas):
+            raise NotFound(f"task {task_id} has no {role} {index}")
+        return (await self.store.read_blob(shas[index])).data
+
+    async def run_again(self, task_id: str) -> Task:
+        """A new task with a task's request, inputs and owner (its budget checked again)."""
+        record = await self.store.get(task_id)
+        images = await self.store.task_images(task_id)
+
+        async def uri(sha: str) -> str:
+            return (await self.store.read_blob(sha)).data_uri()
+
+        request = {k: v for k, v in record.request.items() if k != "source_urls"}
+        request["images"] = [await uri(sha) for sha in images.get("input", [])]
+        if images.get("mask"):
+            request["mask"] = await uri(images["mask"][0])
+        return await self.edit_image(EditRequest.model_validate(request), owner=record.owner)
 
 
 def _owners_key(owner: str, key: str) -> str:

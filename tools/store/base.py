@@ -192,6 +192,37 @@ class Admission:
     check: Callable[[OwnerUsage], None]
 
 
+@dataclass(frozen=True)
+class TaskFilter:
+    """Which tasks a page of ``Store.page`` holds; a field left None does not filter.
+    ``since``/``until``: the time they were asked for, ``since <= created_at < until``."""
+
+    status: str | None = None
+    vendor: str | None = None
+    owner: str | None = None
+    function: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """The few fields of a task that statistics need (no request, no results)."""
+
+    seq: int
+    vendor: str
+    function: str
+    owner: str
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error_code: str | None
+    cost: float | None
+    currency: str | None
+    lease_until: float
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -290,6 +321,19 @@ class Store(abc.ABC):
     ) -> list[TaskRecord]:
         """The newest tasks first, of ``owner`` if given, only queued or running ones if
         ``unfinished``."""
+
+    @abc.abstractmethod
+    async def page(
+        self, where: TaskFilter, *, before: int | None = None, limit: int = 50
+    ) -> list[TaskRecord]:
+        """The newest tasks matching ``where`` whose ``seq`` is below ``before`` (keyset
+        paging: pass the last one's ``seq`` for the next page). An ``owner`` filter of the
+        local owner includes the tasks stored without one."""
+
+    @abc.abstractmethod
+    async def summaries(self, since: float) -> list[TaskSummary]:
+        """Every task asked for at or after ``since``, and every task still queued or
+        running, in ``seq`` order (a task stored without an owner is LOCAL_OWNER's)."""
 
     @abc.abstractmethod
     async def active(self, owner: str) -> list[TaskRecord]:

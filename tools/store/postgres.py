@@ -34,7 +34,9 @@ from tools.store.base import (
     Admission,
     OwnerUsage,
     Store,
+    TaskFilter,
     TaskRecord,
+    TaskSummary,
     Turn,
     UploadRecord,
     UserRecord,
@@ -337,6 +339,45 @@ class PostgresStore(Store):
             *params,
         )
         return [TaskRecord.from_row(r) for r in rows]
+
+    async def page(
+        self, where: TaskFilter, *, before: int | None = None, limit: int = 50
+    ) -> list[TaskRecord]:
+        conds, params = ["TRUE"], [limit]
+
+        def arg(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        for column in ("status", "vendor", "function"):
+            if (value := getattr(where, column)) is not None:
+                conds.append(f"{column} = {arg(value)}")
+        if where.owner is not None:
+            conds.append(_of(arg(where.owner), where.owner))
+        if where.since is not None:
+            conds.append(f"created_at >= {arg(where.since)}")
+        if where.until is not None:
+            conds.append(f"created_at < {arg(where.until)}")
+        if before is not None:
+            conds.append(f"seq < {arg(before)}")
+        rows = await self.pool.fetch(
+            f"SELECT * FROM tasks WHERE {' AND '.join(conds)} ORDER BY seq DESC LIMIT $1",
+            *params,
+        )
+        return [TaskRecord.from_row(r) for r in rows]
+
+    async def summaries(self, since: float) -> list[TaskSummary]:
+        rows = await self.pool.fetch(
+            """
+            SELECT seq, vendor, function, COALESCE(owner, $2) AS owner, status, created_at,
+                started_at, finished_at, error->>'code' AS error_code, cost, currency,
+                lease_until
+            FROM tasks WHERE created_at >= $1 OR status IN ('queued', 'running') ORDER BY seq
+            """,
+            since,
+            LOCAL_OWNER,
+        )
+        return [TaskSummary(**dict(r)) for r in rows]
 
     async def active(self, owner: str) -> list[TaskRecord]:
         """``owner``'s tasks still queued or running, newest first."""

@@ -30,7 +30,9 @@ from tools.store.base import (
     Admission,
     OwnerUsage,
     Store,
+    TaskFilter,
     TaskRecord,
+    TaskSummary,
     Turn,
     UploadRecord,
     UserRecord,
@@ -264,6 +266,26 @@ class SQLiteStore(Store):
             f"SELECT * FROM tasks {clause} ORDER BY seq DESC LIMIT ?", (*params, limit)
         )
         return [TaskRecord.from_row(r) for r in rows]
+
+    async def page(
+        self, where: TaskFilter, *, before: int | None = None, limit: int = 50
+    ) -> list[TaskRecord]:
+        conds, params = _filter(where, before)
+        clause = f"WHERE {' AND '.join(conds)}" if conds else ""
+        rows = await self.db.execute_fetchall(
+            f"SELECT * FROM tasks {clause} ORDER BY seq DESC LIMIT ?", (*params, limit)
+        )
+        return [TaskRecord.from_row(r) for r in rows]
+
+    async def summaries(self, since: float) -> list[TaskSummary]:
+        rows = await self.db.execute_fetchall(
+            f"""
+            SELECT {_SUMMARY}, json_extract(error, '$.code') AS error_code FROM tasks
+            WHERE created_at >= ? OR status IN ('queued', 'running') ORDER BY seq
+            """,
+            (since,),
+        )
+        return [_summary(r) for r in rows]
 
     async def claim(
         self, vendor: str, worker: str, *, capacity: int, lease_s: float
@@ -640,3 +662,38 @@ def _of(owner: str) -> str:
     """The condition that a task is ``owner``'s (one parameter: the owner): the local
     owner's tasks include those stored without one. Other owners' keep to the index."""
     return "(owner = ? OR owner IS NULL)" if owner == LOCAL_OWNER else "owner = ?"
+
+
+#: The columns of a ``TaskSummary`` but its error's code.
+_SUMMARY = (
+    "seq, vendor, function, COALESCE(owner, '" + LOCAL_OWNER + "') AS owner, status, "
+    "created_at, started_at, finished_at, cost, currency, lease_until"
+)
+
+
+def _summary(row: sqlite3.Row) -> TaskSummary:
+    code = row["error_code"]
+    return TaskSummary(**{**dict(row), "error_code": None if code is None else str(code)})
+
+
+def _filter(where: TaskFilter, before: int | None) -> tuple[list[str], list[Any]]:
+    """``Store.page``'s conditions and their parameters."""
+    conds: list[str] = []
+    params: list[Any] = []
+    for column in ("status", "vendor", "function"):
+        if (value := getattr(where, column)) is not None:
+            conds.append(f"{column} = ?")
+            params.append(value)
+    if where.owner is not None:
+        conds.append(_of(where.owner))
+        params.append(where.owner)
+    if where.since is not None:
+        conds.append("created_at >= ?")
+        params.append(where.since)
+    if where.until is not None:
+        conds.append("created_at < ?")
+        params.append(where.until)
+    if before is not None:
+        conds.append("seq < ?")
+        params.append(before)
+    return conds, params
