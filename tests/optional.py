@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,6 +83,35 @@ def _inspector() -> str | None:
             "the MCP Inspector CLI is not installed; npm install --prefix .inspector "
             "@modelcontextprotocol/inspector@2.12.0 (.ci/run does)"
         )
+    return None
+
+
+#: Debian's chromium (never a browser Playwright downloads), and the flags every test uses.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+#: The npm packages of ui/ (esbuild, ext-apps' AppBridge for the test host): npm ci --prefix ui.
+UI_MODULES = Path(__file__).resolve().parent.parent / "ui/node_modules"
+
+
+@part("chromium")
+def _chromium() -> str | None:
+    fix = "apt-get install -y chromium (make system-deps)"
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing; {fix}"
+    try:
+        done = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--version"],
+            capture_output=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{CHROMIUM} does not run: {exc}; {fix}"
+    if done.returncode != 0:
+        return f"{CHROMIUM} --version failed: {done.stderr.decode(errors='replace')[:200]}"
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed; pip install -e '.[dev]' (make test does)"
+    if not (UI_MODULES / ".bin/esbuild").exists() or not shutil.which("node"):
+        return "the test host's npm packages are missing; npm ci --prefix ui (make ui-deps)"
     return None
 
 
