@@ -3,11 +3,11 @@
 Hosts that render Apps show ``edit_image`` and ``check_task`` results in the editor page,
 ``ui://retouch/editor`` (``server/static/editor.html``, built from ``ui/``): status while the
 task runs, before/after with zoom, the variants, the full images, a painted mask for the next
-edit, and the user's own images, which the page sends to the app-only tool ``upload_image``.
-The page shows a task's input through ``retouch://tasks/<id>/inputs/<n>``.
+edit, and the user's own images, which the page sends to the app-only tool ``upload_image``;
+the app-only ``task_input`` gives it a task's input to show beside the results.
 
 A client that does not declare Apps gets what it always got: the tools' ``_meta`` links are
-all it sees of this; ``upload_image`` is neither listed to it nor served.
+all it sees of this; the app-only tools are neither listed to it nor served.
 """
 
 from __future__ import annotations
@@ -23,15 +23,13 @@ from mcp.server import MCPServer
 from mcp.server.apps import Apps, client_supports_apps
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp.shared.exceptions import MCPError
-from mcp.types import CallToolResult, TextContent
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, ImageContent, TextContent
 from pydantic import Field
 
-from server.mcp_tasks import owned_task
 from server.owners import owner_of
 from tools.config import Settings
-from tools.errors import RetouchError
+from tools.errors import NotFound, RetouchError
 from tools.models import Upload
 from tools.service import Editor
 
@@ -41,8 +39,9 @@ PAGE = Path(__file__).parent / "static" / "editor.html"
 #: hosts from before ``_meta.ui`` read (the ext-apps server helper writes both too).
 EDITOR_LINK: dict[str, Any] = {"ui": {"resourceUri": EDITOR_URI}, "ui/resourceUri": EDITOR_URI}
 UPLOAD_TOOL = "upload_image"
-#: A task's input images, for the page to show beside the results.
-INPUTS = "retouch://tasks/{task_id}/inputs/{index}"
+INPUT_TOOL = "task_input"
+#: The tools only the page calls.
+APP_ONLY = frozenset({UPLOAD_TOOL, INPUT_TOOL})
 #: Room in an MCP request for the JSON around an upload's base64.
 ENVELOPE_BYTES = 64 * 1024
 
@@ -59,7 +58,7 @@ def request_body_limit(settings: Settings) -> int:
 
 
 class EditorApp(Apps):
-    """The page and ``upload_image``, made with the SDK's Apps helpers."""
+    """The page, ``upload_image`` and ``task_input``, made with the SDK's Apps helpers."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
@@ -100,9 +99,30 @@ class EditorApp(Apps):
             except RetouchError as exc:
                 raise ToolError(exc.message) from None
 
+        @self.tool(
+            resource_uri=EDITOR_URI,
+            visibility=["app"],
+            name=INPUT_TOOL,
+            title="A task's input image",
+            description="Input image `index` of one of your tasks, to show beside its results. "
+            "For the editor page only.",
+        )
+        async def task_input(
+            ctx: Context[Editor], task_id: str, index: Annotated[int, Field(ge=0)] = 0
+        ) -> CallToolResult:
+            editor = ctx.request_context.lifespan_context
+            try:
+                data, mime = await input_image(editor, owner_of(ctx), task_id, index)
+            except RetouchError:
+                raise ToolError(f"no input {index} for task {task_id}") from None
+            encoded = base64.b64encode(data).decode("ascii")
+            return CallToolResult(
+                content=[ImageContent(type="image", data=encoded, mime_type=mime)]
+            )
+
     def install(self, mcp: MCPServer[Editor]) -> None:
-        """Add the page, ``upload_image`` and the task-input resource to ``mcp``; keep
-        ``upload_image`` from clients without Apps.
+        """Add the page and the app-only tools to ``mcp``, and keep them from clients
+        without Apps.
 
         Not through ``MCPServer(extensions=[...])``, which would also put
         ``io.modelcontextprotocol/ui`` among the server's capabilities for every client: Apps
@@ -112,8 +132,7 @@ class EditorApp(Apps):
             mcp.add_tool(tool.fn, meta=tool.meta, **tool.kwargs)
         for binding in self.resources():
             mcp.add_resource(binding.resource)
-        mcp.resource(INPUTS, name="input", description="An input image of a task")(task_input)
-        mcp.middleware.append(app_only_tools)
+        mcp.middleware.append(hidden_without_apps)
 
 
 def unknown_tool(name: str) -> CallToolResult:
@@ -122,30 +141,35 @@ def unknown_tool(name: str) -> CallToolResult:
     return CallToolResult(content=[text], is_error=True)
 
 
-async def app_only_tools(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-    """Server middleware: for a client without Apps, ``upload_image`` is not there (their
-    model would see it in ``tools/list``, and no page of theirs can call it)."""
-    if ctx.method not in ("tools/list", "tools/call") or client_supports_apps(ctx):
+async def hidden_without_apps(
+    ctx: ServerRequestContext[Any, Any], call_next: CallNext
+) -> HandlerResult:
+    """Server middleware: a client without Apps sees the server as it was. The app-only
+    tools are not there (its model would see them, and no page of its can call them), nor
+    is the page in ``resources/list`` (the spec lets servers leave ``ui://`` out)."""
+    if client_supports_apps(ctx):
         return await call_next(ctx)
     if ctx.method == "tools/call":
         params: Mapping[str, Any] = ctx.params or {}
-        if params.get("name") == UPLOAD_TOOL:
-            return unknown_tool(UPLOAD_TOOL)
+        if params.get("name") in APP_ONLY:
+            return unknown_tool(str(params["name"]))
         return await call_next(ctx)
     result = await call_next(ctx)
-    if isinstance(result, dict) and isinstance(result.get("tools"), list):
-        listed = result["tools"]
-        return {**result, "tools": [t for t in listed if t.get("name") != UPLOAD_TOOL]}
+    if ctx.method == "tools/list" and isinstance(result, dict):
+        tools = result.get("tools") or []
+        return {**result, "tools": [t for t in tools if t.get("name") not in APP_ONLY]}
+    if ctx.method == "resources/list" and isinstance(result, dict):
+        listed = result.get("resources") or []
+        return {**result, "resources": [r for r in listed if r.get("uri") != EDITOR_URI]}
     return result
 
 
-async def task_input(ctx: Context[Editor], task_id: str, index: str) -> bytes:
-    """Input image ``index`` of a task of the caller's (a resource, read by the page)."""
-    editor = ctx.request_context.lifespan_context
-    try:
-        await owned_task(editor, owner_of(ctx), task_id)
-        shas = await editor.store.task_blobs(task_id, "input")
-        image = await editor.store.read_blob(shas[int(index)])
-    except (MCPError, RetouchError, ValueError, IndexError):
-        raise ResourceError(f"no input {index} for task {task_id}") from None
-    return image.data
+async def input_image(editor: Editor, owner: str, task_id: str, index: int) -> tuple[bytes, str]:
+    """Input image ``index`` of the owner's task: its bytes and MIME type (NotFound for an
+    unknown task, another owner's, or an index it does not have)."""
+    await editor.check_task(task_id, owner=owner)
+    shas = await editor.store.task_blobs(task_id, "input")
+    if not 0 <= index < len(shas):
+        raise NotFound(f"the task has no input {index}")
+    image = await editor.store.read_blob(shas[index])
+    return image.data, image.mime_type

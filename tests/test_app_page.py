@@ -476,7 +476,7 @@ def test_variants_a_masked_edit_at_a_vendor_download_and_continue(
 def test_a_host_without_apps_gets_the_plain_result(host: Host) -> None:
     listed = host.connect(apps=False)
     names = [t["name"] for t in listed["tools"]]
-    assert "upload_image" not in names
+    assert "upload_image" not in names and "task_input" not in names
     answer = host.run(
         "edit_image", {"images": [data_uri(png())], "function": "adjust", "prompt": "flip"}
     )
@@ -488,12 +488,13 @@ def test_a_host_without_apps_gets_the_plain_result(host: Host) -> None:
     assert "succeeded" in host.page.locator("pre").inner_text()
 
 
-def test_upload_image_is_for_the_app_only(host: Host) -> None:
+def test_the_app_only_tools_are_kept_from_the_model(host: Host) -> None:
     listed = host.connect()
     tools = {t["name"]: t for t in listed["tools"]}
-    assert tools["upload_image"]["_meta"]["ui"]["visibility"] == ["app"]
+    for app_only in ("upload_image", "task_input"):
+        assert tools[app_only]["_meta"]["ui"]["visibility"] == ["app"]
+        assert app_only not in host.page.evaluate("host.modelTools()")
     assert tools["edit_image"]["_meta"]["ui"]["resourceUri"] == "ui://retouch/editor"
-    assert "upload_image" not in host.page.evaluate("host.modelTools()")
     assert {"edit_image", "check_task"} <= set(host.page.evaluate("host.modelTools()"))
 
 

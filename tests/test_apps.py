@@ -1,7 +1,7 @@
 """The MCP App's server side (``server/apps.py``) without a browser: the page as a ``ui://``
-resource, the tools that link it, ``upload_image`` (app-only, the same checks and owner as
-``POST /uploads``, refused to clients without Apps), a task's inputs as resources, and a
-client without Apps getting exactly the result it always got."""
+resource, the tools that link it, the app-only ``upload_image`` (the same checks and owner as
+``POST /uploads``) and ``task_input`` (a task's input, for its owner), both refused to clients
+without Apps, and a client without Apps getting exactly the result it always got."""
 
 from __future__ import annotations
 
@@ -24,13 +24,13 @@ from mcp.shared.exceptions import MCPError
 from PIL import Image
 
 from server.app import build_server
-from server.apps import EDITOR_URI, PAGE, UPLOAD_TOOL, request_body_limit
+from server.apps import EDITOR_URI, INPUT_TOOL, PAGE, UPLOAD_TOOL, request_body_limit
 from tests.conftest import DATA, MakeSettings, data_uri, png
 from tests.test_mcp import ROOT, env, free_port
 from tools.config import Settings
 
 APPS = advertise("io.modelcontextprotocol/ui", {"mimeTypes": ["text/html;profile=mcp-app"]})
-TOKEN = "apps-test-token"
+TOKENS = {"alice": "alice-apps-test-token", "bob": "bob-apps-test-token-2"}
 MAX_BYTES = 5_000_000
 
 
@@ -65,7 +65,8 @@ async def test_the_page_is_a_ui_resource_linked_from_edit_and_check(
             "ui": {"resourceUri": EDITOR_URI},
             "ui/resourceUri": EDITOR_URI,
         }
-    assert tools[UPLOAD_TOOL].meta == {"ui": {"resourceUri": EDITOR_URI, "visibility": ["app"]}}
+    for name in (UPLOAD_TOOL, INPUT_TOOL):
+        assert tools[name].meta == {"ui": {"resourceUri": EDITOR_URI, "visibility": ["app"]}}
     assert tools["list_functions"].meta is None
 
 
@@ -79,15 +80,24 @@ async def test_a_client_without_apps_gets_exactly_the_old_result(
         old = await plain.call_tool("edit_image", args)
         new = await rich.call_tool("edit_image", args)
         refused = await plain.call_tool(UPLOAD_TOOL, {"data": b64(png())})
+        hidden = await plain.call_tool(INPUT_TOOL, {"task_id": old.structured_content["id"]})
         unknown = await plain.call_tool("no_such_tool", {})
-    assert UPLOAD_TOOL not in plain_tools and UPLOAD_TOOL in rich_tools
-    assert sorted(plain_tools) == sorted(set(rich_tools) - {UPLOAD_TOOL})
+        templates = await plain.list_resource_templates()
+        plain_resources = [str(r.uri) for r in (await plain.list_resources()).resources]
+        rich_resources = [str(r.uri) for r in (await rich.list_resources()).resources]
+    assert {UPLOAD_TOOL, INPUT_TOOL} <= set(rich_tools)
+    assert sorted(plain_tools) == sorted(set(rich_tools) - {UPLOAD_TOOL, INPUT_TOOL})
+    assert EDITOR_URI not in plain_resources and EDITOR_URI in rich_resources
+    assert [str(t.uri_template) for t in templates.resource_templates] == [
+        "retouch://tasks/{task_id}/{index}"
+    ]
     assert [c.type for c in old.content] == [c.type for c in new.content]
     assert old.content[0].text.replace(old.structured_content["id"], "X") == new.content[
         0
     ].text.replace(new.structured_content["id"], "X")
     assert old.meta == new.meta
     assert refused.is_error and refused.content[0].text == "Unknown tool: upload_image"
+    assert hidden.is_error and hidden.content[0].text == "Unknown tool: task_input"
     assert unknown.is_error and unknown.content[0].text == "Unknown tool: no_such_tool"
 
 
@@ -103,9 +113,11 @@ async def test_upload_image_stores_an_image_for_edits(small_settings: Settings) 
             {"images": [upload["uri"]], "function": "adjust", "prompt": "rotate 90"},
         )
         task = edit.structured_content
-        [item] = (await c.read_resource(f"retouch://tasks/{task['id']}/inputs/0")).contents
+        shown = await c.call_tool(INPUT_TOOL, {"task_id": task["id"]})
     assert task["status"] == "succeeded"
-    assert base64.b64decode(item.blob) == (DATA / "text.png").read_bytes()
+    [item] = shown.content
+    assert item.type == "image" and item.mime_type == "image/png"
+    assert base64.b64decode(item.data) == (DATA / "text.png").read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -144,13 +156,22 @@ async def test_a_task_input_is_read_only_by_its_owner_and_only_if_it_exists(
             {"images": [data_uri(png())], "function": "adjust", "prompt": "rotate 90"},
         )
         task_id = edit.structured_content["id"]
-        for uri in (
-            f"retouch://tasks/{task_id}/inputs/1",
-            f"retouch://tasks/{task_id}/inputs/x",
-            f"retouch://tasks/{'0' * 32}/inputs/0",
-        ):
-            with pytest.raises(Exception, match="no input"):
-                await c.read_resource(uri)
+        answers = [
+            await c.call_tool(INPUT_TOOL, args)
+            for args in (
+                {"task_id": task_id, "index": 1},
+                {"task_id": "0" * 32},
+                {"task_id": "../../etc/passwd"},
+            )
+        ]
+        wrong = [
+            await c.call_tool(INPUT_TOOL, args)
+            for args in ({"task_id": task_id, "index": -1}, {"task_id": task_id, "index": "x"}, {})
+        ]
+    for answer in answers:
+        assert answer.is_error and "no input" in answer.content[0].text, answer
+    for answer in wrong:
+        assert answer.is_error and "validation error" in answer.content[0].text.lower(), answer
 
 
 # ---- over HTTP: owners, and uploads as large as media.max_bytes -------------------------
@@ -158,10 +179,11 @@ async def test_a_task_input_is_read_only_by_its_owner_and_only_if_it_exists(
 
 @pytest.fixture
 def live(make_settings: MakeSettings) -> Iterator[tuple[str, Settings]]:
-    """retouch-mcp over HTTP with a token (its owner: "default")."""
+    """retouch-mcp over HTTP with two users, alice and bob."""
     port = free_port()
+    users = "".join(f'[[mcp.users]]\nname = "{n}"\ntoken = "{t}"\n' for n, t in TOKENS.items())
     settings = make_settings(
-        f'[mcp]\nport = {port}\nauth_token = "{TOKEN}"\n[media]\nmax_bytes = {MAX_BYTES}\n'
+        f"[mcp]\nport = {port}\n{users}[media]\nmax_bytes = {MAX_BYTES}\n"
         '[vendors.local]\nesrgan = "off"\n'
     )
     proc = subprocess.Popen(
@@ -189,11 +211,11 @@ def live(make_settings: MakeSettings) -> Iterator[tuple[str, Settings]]:
 
 
 @asynccontextmanager
-async def remote(base: str) -> AsyncIterator[Client]:
+async def remote(base: str, user: str = "alice") -> AsyncIterator[Client]:
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
 
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKENS[user]}"}, timeout=60)
     async with (
         http,
         Client(streamable_http_client(f"{base}/mcp", http_client=http), extensions=[APPS]) as c,
@@ -212,27 +234,31 @@ def noise_png(side: int) -> bytes:
 async def test_uploads_and_inputs_belong_to_their_owner(live: tuple[str, Settings]) -> None:
     base, settings = live
     edit: dict[str, Any] = {"function": "adjust", "prompt": "rotate 90", "wait_seconds": 30}
-    async with remote(base) as theirs:
-        up = await theirs.call_tool(UPLOAD_TOOL, {"data": b64(png((30, 20)))})
-        their_upload = up.structured_content["uri"]
-        their_task = (
-            await theirs.call_tool("edit_image", {**edit, "images": [their_upload]})
+    async with remote(base, "alice") as alice, remote(base, "bob") as bob:
+        up = await alice.call_tool(UPLOAD_TOOL, {"data": b64(png((30, 20)))})
+        alices_upload = up.structured_content["uri"]
+        alices_task = (
+            await alice.call_tool("edit_image", {**edit, "images": [alices_upload]})
         ).structured_content
-        # The local owner (stdio, the CLI) on the same store is another owner.
-        async with client(settings) as mine:
-            own = await mine.call_tool(UPLOAD_TOOL, {"data": b64(png((20, 10)))})
-            my_upload = own.structured_content["uri"]
-            other = await mine.call_tool("edit_image", {**edit, "images": [their_upload]})
-            with pytest.raises(Exception, match="no input"):
-                await mine.read_resource(f"retouch://tasks/{their_task['id']}/inputs/0")
-        crossed = await theirs.call_tool("edit_image", {**edit, "images": [my_upload]})
-        [input_0] = (
-            await theirs.read_resource(f"retouch://tasks/{their_task['id']}/inputs/0")
-        ).contents
-    assert their_task["status"] == "succeeded"
-    assert other.is_error and "no such upload" in other.content[0].text
-    assert crossed.is_error and "no such upload" in crossed.content[0].text
-    assert Image.open(io.BytesIO(base64.b64decode(input_0.blob))).size == (30, 20)
+        bobs_upload = (
+            await bob.call_tool(UPLOAD_TOOL, {"data": b64(png((20, 10)))})
+        ).structured_content["uri"]
+        taken = await bob.call_tool("edit_image", {**edit, "images": [alices_upload]})
+        crossed = await alice.call_tool("edit_image", {**edit, "images": [bobs_upload]})
+        inputs = {"task_id": alices_task["id"]}
+        bobs_look = await bob.call_tool(INPUT_TOOL, inputs)
+        [input_0] = (await alice.call_tool(INPUT_TOOL, inputs)).content
+    # The local owner (stdio, the CLI) on the same store is another owner again.
+    async with client(settings) as local:
+        other = await local.call_tool("edit_image", {**edit, "images": [alices_upload]})
+        locals_look = await local.call_tool(INPUT_TOOL, inputs)
+    assert alices_task["status"] == "succeeded"
+    for refused in (taken, crossed, other):
+        assert refused.is_error and "no such upload" in refused.content[0].text
+    for look in (bobs_look, locals_look):
+        assert look.is_error and "no input" in look.content[0].text
+    assert input_0.mime_type == "image/png"
+    assert Image.open(io.BytesIO(base64.b64decode(input_0.data))).size == (30, 20)
 
 
 async def test_upload_image_takes_images_up_to_the_media_limit_over_http(

@@ -207,11 +207,14 @@ async function loadInput(taskId) {
   }
 }
 
+/** The task's input, from the app-only tool task_input (through the host). */
 async function readInput(taskId) {
-  const base64 = blobOf(await bridge.readResource(`retouch://tasks/${taskId}/inputs/0`));
+  const result = await bridge.callTool("task_input", { task_id: taskId, index: 0 });
+  const image = (result.content || []).find((c) => c.type === "image");
+  if (result.isError || !image) throw new Error(textOf(result) || "no input image");
   const first = state.toolArgs?.images?.[0];
   const ref = typeof first === "string" && first.startsWith("retouch://") ? first : null;
-  return imageFrom(base64, null, ref, "the input");
+  return imageFrom(image.data, image.mimeType, ref, "the input");
 }
 
 async function imageFrom(base64, mime, ref, label) {
