@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint format bench chaos system-deps clean
+.PHONY: run test lint format bench chaos system-deps ui ui-deps screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,13 +48,28 @@ bench: $(VENV)/.dev
 chaos: $(VENV)/.dev
 	RETOUCH_CHAOS_KILLS=60 $(BIN)/python -m pytest -q -s tests/chaos
 
-## system-deps: Debian packages for the optional parts (tesseract, Real-ESRGAN's runtime, chromium)
+## system-deps: Debian packages for the optional parts (tesseract, Real-ESRGAN's runtime, and
+##      chromium for the MCP App's browser tests)
 system-deps:
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    tesseract-ocr tesseract-ocr-eng libvulkan1 libomp5 chromium >/dev/null \
 	  || echo "note: could not install the optional Debian packages"; \
 	else echo "note: run as root on Debian to install tesseract-ocr libvulkan1 libomp5 chromium"; fi
+
+## ui-deps: the MCP App's npm packages (esbuild, ext-apps for the test host), from the lock file
+ui-deps: ui/node_modules/.package-lock.json
+
+ui/node_modules/.package-lock.json: ui/package-lock.json
+	npm ci --prefix ui --no-audit --no-fund --loglevel=error
+
+## ui: rebuild the MCP App's page, server/static/editor.html, from ui/src (needs Node.js)
+ui: ui-deps
+	node ui/build.mjs
+
+## screenshots: the README's pictures of the App (docs/app/*.png), taken by its browser test
+screenshots: $(VENV)/.dev ui-deps
+	RETOUCH_SCREENSHOTS=docs/app $(BIN)/python -m pytest -q tests/test_app_page.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -39,6 +39,7 @@ from mcp.types import (
 from PIL import Image
 from pydantic import AnyUrl, BaseModel, Field
 
+from server.apps import EDITOR_LINK, EditorApp
 from server.owners import owner_of
 from server.result_urls import ResultURLs
 from server.tasks_ext import TasksExtension
@@ -232,7 +233,7 @@ def build_server(
         editor = ctx.request_context.lifespan_context
         return FunctionList(functions=editor.list_functions(vendor))
 
-    @mcp.tool()
+    @mcp.tool(meta=EDITOR_LINK)
     @reports_errors
     async def edit_image(
         ctx: Context[Editor],
@@ -295,7 +296,7 @@ def build_server(
         )
         return await task_result(editor, task, preview_px, result_urls)
 
-    @mcp.tool()
+    @mcp.tool(meta=EDITOR_LINK)
     @reports_errors
     async def check_task(
         ctx: Context[Editor],
@@ -382,6 +383,7 @@ def build_server(
         matching = [v for v in values if v.startswith(argument.value)]
         return Completion(values=matching[:100], total=len(matching), has_more=len(matching) > 100)
 
+    EditorApp(settings).install(mcp)
     return mcp
 
 

@@ -15,12 +15,13 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 from mcp.server import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.apps import request_body_limit
 from server.console.routes import add_console
 from server.owners import set_owner
 from server.result_urls import ResultURLs, serve_result
@@ -183,6 +184,8 @@ def build_http_app(
     app: Starlette = mcp.streamable_http_app(
         streamable_http_path=cfg.path,
         stateless_http=cfg.stateless,
+        # Room for an upload_image call (base64) of the largest image media.max_bytes allows.
+        max_request_body_size=max(DEFAULT_MAX_REQUEST_BODY_SIZE, request_body_limit(settings)),
         transport_security=security,
         host=cfg.host,
     )

@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,16 +86,37 @@ def _inspector() -> str | None:
     return None
 
 
-#: Debian's Chromium, which Playwright drives (never a browser Playwright downloads).
-CHROMIUM = "/usr/bin/chromium"
+#: Debian's chromium (never a browser Playwright downloads), and the flags every test uses.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+#: The npm packages of ui/ (esbuild, ext-apps' AppBridge for the test host): npm ci --prefix ui.
+UI_MODULES = Path(__file__).resolve().parent.parent / "ui/node_modules"
 
 
 @part("chromium")
 def _chromium() -> str | None:
+    fix = "apt-get install -y chromium (make system-deps)"
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing; {fix}"
+    try:
+        done = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--version"],
+            capture_output=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{CHROMIUM} does not run: {exc}; {fix}"
+    if done.returncode != 0:
+        return f"{CHROMIUM} --version failed: {done.stderr.decode(errors='replace')[:200]}"
     if importlib.util.find_spec("playwright") is None:
-        return "Playwright for Python is not installed; pip install -e '.[dev]' (make test does)"
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"{CHROMIUM} is missing; apt-get install chromium (make system-deps)"
+        return "playwright is not installed; pip install -e '.[dev]' (make test does)"
+    return None
+
+
+@part("apphost")
+def _apphost() -> str | None:
+    if not (UI_MODULES / ".bin/esbuild").exists() or not shutil.which("node"):
+        return "the App test host's npm packages are missing; npm ci --prefix ui (make ui-deps)"
     return None
 
 
