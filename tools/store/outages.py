@@ -1,0 +1,84 @@
+"""Telling an outage from a failure: a store call that fails because its database cannot be
+reached raises ``StoreUnavailable`` (retryable), never the driver's own exception.
+
+An outage is a connection refused, reset or timed out (``OSError``), a connection the
+server closed or refused while starting or stopping (asyncpg's connection and shutdown
+errors, too many clients), SQLite's "database is locked" past its busy timeout, or an
+S3-compatible server that cannot be reached. A wrong statement, a constraint or a missing
+row is not: those keep their own errors. ``reports_outages`` applies the rule to every
+public coroutine of a store class, those added later included.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from tools.errors import StoreUnavailable
+
+C = TypeVar("C", bound=type)
+
+#: SQLite's primary result codes for a database another connection holds (busy, locked).
+_SQLITE_BUSY = {5, 6}
+#: asyncpg's errors that mean "the server is not there for you now" (by class name, so that
+#: a process that never imported asyncpg does not import it here).
+_ASYNCPG_OUTAGES = (
+    "PostgresConnectionError",  # class 08, and a connection closed in the middle of a call
+    "CannotConnectNowError",  # 57P03: starting up or shutting down
+    "AdminShutdownError",  # 57P01
+    "CrashShutdownError",  # 57P02
+    "TooManyConnectionsError",  # 53300
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database (or the blob store) cannot be reached just now."""
+    if isinstance(exc, OSError):  # refused, reset, unreachable, timed out
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_BUSY
+    asyncpg = sys.modules.get("asyncpg.exceptions")
+    if asyncpg is not None and isinstance(
+        exc, tuple(getattr(asyncpg, name) for name in _ASYNCPG_OUTAGES)
+    ):
+        return True
+    botocore = sys.modules.get("botocore.exceptions")
+    return botocore is not None and isinstance(
+        exc, botocore.ConnectionError | botocore.HTTPClientError
+    )
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    """The ``StoreUnavailable`` an outage is reported as (its cause named, not quoted: the
+    message of a connection error may hold the server's address)."""
+    return StoreUnavailable(cause=type(exc).__name__)
+
+
+def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(fn)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            raise unavailable(exc) from exc
+
+    return call
+
+
+def reports_outages(cls: C) -> C:
+    """A class decorator: each public coroutine method (and class method) of ``cls`` raises
+    ``StoreUnavailable`` for an outage."""
+    for name, value in list(vars(cls).items()):
+        if name.startswith("_"):
+            continue
+        if isinstance(value, classmethod) and inspect.iscoroutinefunction(value.__func__):
+            setattr(cls, name, classmethod(_guarded(value.__func__)))
+        elif inspect.iscoroutinefunction(value):
+            setattr(cls, name, _guarded(value))
+    return cls
