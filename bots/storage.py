@@ -36,6 +36,7 @@ from bots.pg_migrations import BOT_PG
 from tools.config import StoreSettings
 from tools.store import pg_migrations
 from tools.store.migrations import migrate
+from tools.store.outages import is_outage, unavailable
 
 #: The bot's database: a SQLite connection, or a pool of PostgreSQL connections.
 Db = aiosqlite.Connection | asyncpg.Pool
@@ -106,10 +107,16 @@ async def connect(path: Path | str) -> aiosqlite.Connection:
 
 async def _one(db: Db, sql: str, params: tuple[Any, ...]) -> list[Any]:
     """One statement, its own transaction (SQLite in autocommit mode; a pool's connection
-    outside any transaction). Its rows are read by column name or position."""
-    if isinstance(db, aiosqlite.Connection):
-        return list(await db.execute_fetchall(sql, params))
-    return list(await db.fetch(_numbered(sql), *params))
+    outside any transaction). Its rows are read by column name or position. While the
+    database cannot be reached: StoreUnavailable, as from the core's store."""
+    try:
+        if isinstance(db, aiosqlite.Connection):
+            return list(await db.execute_fetchall(sql, params))
+        return list(await db.fetch(_numbered(sql), *params))
+    except Exception as exc:
+        if is_outage(exc):
+            raise unavailable(exc) from exc
+        raise
 
 
 def _numbered(sql: str) -> str:
