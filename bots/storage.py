@@ -114,9 +114,11 @@ async def _one(db: Db, sql: str, params: tuple[Any, ...]) -> list[Any]:
             return list(await db.execute_fetchall(sql, params))
         return list(await db.fetch(_numbered(sql), *params))
     except Exception as exc:
-        if is_outage(exc):
-            raise unavailable(exc) from exc
-        raise
+        if not is_outage(exc):
+            raise
+        if isinstance(db, asyncpg.Pool):  # its idle connections may be broken: new ones
+            await db.expire_connections()
+        raise unavailable(exc) from exc
 
 
 def _numbered(sql: str) -> str:

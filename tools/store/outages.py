@@ -11,6 +11,7 @@ public coroutine of a store class, those added later included.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import sqlite3
@@ -32,11 +33,26 @@ _ASYNCPG_OUTAGES = (
     "AdminShutdownError",  # 57P01
     "CrashShutdownError",  # 57P02
     "TooManyConnectionsError",  # 53300
+    # A pooled connection the server cut while it was idle, used before the cut was noticed:
+    # its protocol still waits for the end of the server's farewell error.
+    "InternalClientError",
 )
 
 
 def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database (or the blob store) cannot be reached just now."""
+    """Whether ``exc`` says the database (or the blob store) cannot be reached just now, or
+    was raised while handling such an error (a rollback on a connection that is gone)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if _is_outage(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _is_outage(exc: BaseException) -> bool:
     if isinstance(exc, OSError):  # refused, reset, unreachable, timed out
         return True
     if isinstance(exc, sqlite3.OperationalError):
@@ -63,9 +79,15 @@ def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]
     async def call(*args: Any, **kwargs: Any) -> Any:
         try:
             return await fn(*args, **kwargs)
+        except StoreUnavailable:
+            raise  # from a call inside this one
         except Exception as exc:
             if not is_outage(exc):
                 raise
+            owner = args[0] if args else None
+            if owner is not None and not isinstance(owner, type):
+                with contextlib.suppress(AttributeError):
+                    await owner._after_outage()
             raise unavailable(exc) from exc
 
     return call
@@ -73,7 +95,8 @@ def _guarded(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]
 
 def reports_outages(cls: C) -> C:
     """A class decorator: each public coroutine method (and class method) of ``cls`` raises
-    ``StoreUnavailable`` for an outage."""
+    ``StoreUnavailable`` for an outage, after awaiting the instance's ``_after_outage()`` if
+    it has one (a pool drops the connections the outage may have left broken)."""
     for name, value in list(vars(cls).items()):
         if name.startswith("_"):
             continue

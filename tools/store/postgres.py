@@ -87,6 +87,11 @@ class PostgresStore(Store):
             raise
         return cls(pool, url, blobs)
 
+    async def _after_outage(self) -> None:
+        """Connections idle in the pool when the server went away may not know it yet: each
+        is replaced at its next use instead of failing once more after the server is back."""
+        await self.pool.expire_connections()
+
     async def close(self) -> None:
         if self._listening is not None:
             self._listening.cancel()
