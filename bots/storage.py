@@ -36,7 +36,22 @@ from bots.pg_migrations import BOT_PG
 from tools.config import StoreSettings
 from tools.store import pg_migrations
 from tools.store.migrations import migrate
+from tools.store.moving import Table, TableSet
 from tools.store.outages import is_outage, unavailable
+
+#: The bot's tables, in the order ``retouch migrate-store`` moves them into PostgreSQL (the
+#: entry point ``retouch.tables`` in pyproject.toml): the inbox too, so that updates not yet
+#: handled are handled after the move.
+TABLES = TableSet(
+    "telegram",
+    BOT_PG,
+    (
+        Table("tg_tasks", ("task_id",)),
+        Table("tg_messages", ("chat_id", "message_id")),
+        Table("tg_users", ("user_id",)),
+        Table("tg_inbox", ("update_id",)),
+    ),
+)
 
 #: The bot's database: a SQLite connection, or a pool of PostgreSQL connections.
 Db = aiosqlite.Connection | asyncpg.Pool
