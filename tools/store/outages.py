@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
@@ -105,3 +106,24 @@ def reports_outages(cls: C) -> C:
         elif inspect.iscoroutinefunction(value):
             setattr(cls, name, _guarded(value))
     return cls
+
+
+class _OneLine(logging.Filter):
+    """A record about an outage in one line: its traceback would say nothing more."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_outage(exc):
+            record.msg = f"{record.getMessage()} ({type(exc).__name__})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_ONE_LINE = _OneLine()
+
+
+def one_line_outages(logger: str) -> None:
+    """Log ``logger``'s records about outages without their tracebacks (a driver's pool
+    logs one at each failed attempt to reconnect while the database is down)."""
+    logging.getLogger(logger).addFilter(_ONE_LINE)  # once: a filter is added only once

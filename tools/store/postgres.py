@@ -46,7 +46,7 @@ from tools.store.base import (
     new_task_id,
 )
 from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, blob_key
-from tools.store.outages import reports_outages
+from tools.store.outages import one_line_outages, reports_outages
 from tools.store.pg_migrations import CORE, migrate
 
 log = logging.getLogger("retouch.store")
@@ -78,6 +78,7 @@ class PostgresStore(Store):
         cls, url: str, blobs: BlobStore, *, min_size: int = 1, max_size: int = 10
     ) -> PostgresStore:
         """The database at ``url``, migrated if need be, with its images in ``blobs``."""
+        one_line_outages("asyncpg.pool")
         pool = await asyncpg.create_pool(url, min_size=min(min_size, max_size), max_size=max_size)
         try:
             async with pool.acquire() as db:
