@@ -28,7 +28,7 @@ FIRST_WAIT_S = 0.25
 MAX_WAIT_S = 2.0
 
 
-def backoff(previous: float) -> float:
+def next_wait(previous: float) -> float:
     """The wait after ``previous`` (0: the first), doubling up to ``MAX_WAIT_S``."""
     return min(max(previous * 2, FIRST_WAIT_S), MAX_WAIT_S)
 
@@ -54,7 +54,7 @@ def _patiently(call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[A
             except StoreUnavailable:
                 if not wait:
                     log.warning("store unavailable: %s waits until it is back", call.__name__)
-                wait = backoff(wait)
+                wait = next_wait(wait)
                 await asyncio.sleep(wait)
 
     return again

@@ -24,7 +24,7 @@ from tools.store import Store, TaskRecord
 from tools.vendors.base import Vendor
 from tools.worker.driver import Driver
 from tools.worker.intake import Intake
-from tools.worker.patience import backoff, patient
+from tools.worker.patience import next_wait, patient
 
 log = logging.getLogger("retouch.worker")
 
@@ -100,7 +100,7 @@ class Worker:
             except StoreUnavailable as exc:
                 if not outage:
                     log.warning("%s; claiming again when it is back", exc.message)
-                outage = backoff(outage)
+                outage = next_wait(outage)
             else:
                 if outage:
                     log.info("the store is back: claiming tasks again")
