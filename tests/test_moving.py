@@ -32,7 +32,7 @@ from tests.s3server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, S3Server
 from tests.test_mcp import ROOT
 from tools.cli import main
 from tools.config import Settings
-from tools.models import EditRequest, TaskStatus
+from tools.models import BudgetLimits, EditRequest, TaskStatus
 from tools.service import Editor
 from tools.store import blob_key
 from tools.store.moving import CORE, table_sets
@@ -72,6 +72,8 @@ async def old(make_settings: MakeSettings) -> Old:
         assert (await editor.cancel_task(canceled.id)).status == TaskStatus.canceled
         tasks.append(canceled.id)
         upload = (await editor.put_upload(png((20, 20)), "tg:1")).uri
+        await editor.users.add("bob")  # a user added at run time, and an owner's budget
+        await editor.set_budget("tg:1", BudgetLimits(edits_per_hour=50))
     db = await storage.connect(settings.store.path)
     try:
         await storage.add_task(
@@ -138,6 +140,8 @@ async def serves_the_old_history(old: Old, settings: Settings) -> None:
         again = EditRequest(images=[data_uri(png())], function="adjust", prompt="rotate 90")
         assert (await editor.edit_image(again, owner="tg:1", key="k90")).id == old.tasks[0]
         assert (await editor.upload(old.upload.rsplit("/", 1)[1], "tg:1")).width == 20
+        assert [u.name for u in await editor.users.list() if u.active] == ["bob"]
+        assert (await editor.limits("tg:1")).edits_per_hour == 50
         new = await editor.edit_image(again, owner="tg:1", wait_seconds=30)  # seq goes on
         assert [t.id for t in await editor.list_tasks(owner="tg:1", limit=2)] == [
             new.id,
@@ -177,6 +181,8 @@ async def test_a_sqlite_store_moves_into_postgresql_and_a_second_run_changes_not
         "tasks": 4,
         "task_blobs": 7,
         "uploads": 1,
+        "users": 1,
+        "budget_overrides": 1,
         "tg_tasks": 1,
         "tg_messages": 1,
         "tg_users": 1,
@@ -362,5 +368,12 @@ async def test_a_move_killed_halfway_is_finished_by_running_it_again(
 
 
 def test_the_core_declares_its_tables_in_reference_order() -> None:
-    assert [t.name for t in CORE.tables] == ["blobs", "tasks", "task_blobs", "uploads"]
+    assert [t.name for t in CORE.tables] == [
+        "blobs",
+        "tasks",
+        "task_blobs",
+        "uploads",
+        "users",
+        "budget_overrides",
+    ]
     assert [s.name for s in table_sets()] == ["core", "telegram"]  # the bot's entry point

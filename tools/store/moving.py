@@ -5,11 +5,11 @@ images into the new store's blob store, so that a user who outgrows SQLite keeps
         [--to-blobs s3://bucket/prefix]
 
 Tables go over in an order that keeps every reference valid — blobs, tasks (their ``seq``
-kept, and the sequence moved past the last), the links, uploads — then each front end's own
-tables. A front end declares those as a ``TableSet`` in the entry-point group
-``retouch.tables`` (the tables in order, their keys, the PostgreSQL migrations that make
-them), so the core moves the bot's state without knowing the bot, and another front end's by
-declaring one more entry point.
+kept, and the sequence moved past the last), the links, uploads, users added at run time and
+owners' budgets — then each front end's own tables. A front end declares those as a
+``TableSet`` in the entry-point group ``retouch.tables`` (the tables in order, their keys,
+the PostgreSQL migrations that make them), so the core moves the bot's state without knowing
+the bot, and another front end's by declaring one more entry point.
 
 Idempotent and resumable. Rows go in batches, each one statement that inserts only the rows
 the target lacks; a row the target already has must equal the source's, or the move stops
@@ -79,7 +79,7 @@ class TableSet:
 #: A blob row arrives before the tasks that link it: marked pending for ORPHAN_GRACE_S, so
 #: that a Retouch already running on the target does not clean it up meanwhile.
 _PENDING = {"pending": "1", "grace_until": f"{NOW} + {ORPHAN_GRACE_S}"}
-#: The core's tables.
+#: The core's tables (not ``rate_turns``: a vendor's turns last seconds).
 CORE = TableSet(
     "core",
     pg_migrations.CORE,
@@ -88,6 +88,8 @@ CORE = TableSet(
         Table("tasks", ("id",), order=("seq",)),
         Table("task_blobs", ("task_id", "role", "idx")),
         Table("uploads", ("id",)),
+        Table("users", ("name",)),
+        Table("budget_overrides", ("owner",)),
     ),
 )
 
