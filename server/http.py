@@ -112,12 +112,9 @@ class BearerAuth:
                 accounts = await self.accounts()
             except Exception as exc:  # the store is down: no one can be told apart
                 log.warning("cannot read the users: %s", type(exc).__name__)
-                response = JSONResponse(
-                    {"error": "unavailable", "message": "the users cannot be read now"},
-                    status_code=503,
-                    headers={"Retry-After": "5"},
-                )
-                await response(scope, receive, send)
+                if not isinstance(exc, StoreUnavailable):
+                    exc = StoreUnavailable(cause=type(exc).__name__)
+                await unavailable_response(exc)(scope, receive, send)
                 return
             if accounts or not self.open_when_empty:
                 name = self.user(dict(scope["headers"]).get(b"authorization", b""), accounts)
@@ -133,14 +130,19 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-async def unavailable(request: Request, exc: Exception) -> Response:
+def unavailable_response(exc: StoreUnavailable) -> Response:
     """Any route's answer while the store cannot be reached: 503, and when to try again."""
-    assert isinstance(exc, StoreUnavailable)
     return JSONResponse(
         {"error": exc.code, "message": exc.message},
         status_code=503,
         headers={"Retry-After": str(exc.RETRY_AFTER_S)},
     )
+
+
+async def unavailable(request: Request, exc: Exception) -> Response:
+    """The app's handler of StoreUnavailable, whichever route raised it."""
+    assert isinstance(exc, StoreUnavailable)
+    return unavailable_response(exc)
 
 
 def build_http_app(
