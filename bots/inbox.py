@@ -12,6 +12,8 @@ twice (replayed, and fetched again because its confirmation never reached Telegr
 handled once, and a request message that already started a task starts no other
 (``edits.start_edit``). Handled updates are deleted once a day old, by a sweep at start and
 every :data:`PRUNE_EVERY_S` while the bot runs, so the inbox does not grow with its uptime.
+While the store is unavailable, updates are handled without being written down (their
+handlers answer "try again").
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from telegram import Message, Update
 from telegram.ext import Application
 
 from bots import storage
+from tools.errors import StoreUnavailable
 
 log = logging.getLogger("retouch.bot.inbox")
 
@@ -45,7 +48,12 @@ class InboxQueue(asyncio.Queue[Any]):
 
     async def put(self, item: Any) -> None:
         if isinstance(item, Update) and self.record is not None:
-            await self.record(item)
+            try:
+                await self.record(item)
+            except StoreUnavailable:
+                # Handled all the same, so the user hears "try again"; failing here would
+                # stop the poller for good (python-telegram-bot retries only its own errors).
+                log.warning("update %d not written down: store unavailable", item.update_id)
         await super().put(item)
 
 
@@ -78,9 +86,18 @@ class InboxApplication(Application):  # type: ignore[type-arg]
             if message is not None and self.holds(update):
                 self._held[(message.chat_id, message.message_id)] = uid
             else:
-                await storage.mark_update_done(db, uid)
+                await self._mark_done(db, uid)
         finally:
             self._in_hand.discard(uid)
+
+    @staticmethod
+    async def _mark_done(db: storage.Db, uid: int) -> None:
+        """Its handlers have run (and answered): an outage now is no news for the user. The
+        update stays open, to be handled again if the bot starts before it is swept."""
+        try:
+            await storage.mark_update_done(db, uid)
+        except StoreUnavailable:
+            log.warning("update %d handled but not marked so: store unavailable", uid)
 
     def prune_periodically(self, db: storage.Db) -> None:
         """Sweep handled updates older than :data:`KEEP_HANDLED_S` until shutdown."""
@@ -108,7 +125,7 @@ class InboxApplication(Application):  # type: ignore[type-arg]
         for message in messages:
             uid = self._held.pop((message.chat_id, message.message_id), None)
             if uid is not None and self.inbox_db is not None:
-                await storage.mark_update_done(self.inbox_db, uid)
+                await self._mark_done(self.inbox_db, uid)
 
 
 async def open_inbox(

@@ -36,6 +36,22 @@ from bots.pg_migrations import BOT_PG
 from tools.config import StoreSettings
 from tools.store import pg_migrations
 from tools.store.migrations import migrate
+from tools.store.moving import Table, TableSet
+from tools.store.outages import is_outage, unavailable
+
+#: The bot's tables, in the order ``retouch migrate-store`` moves them into PostgreSQL (the
+#: entry point ``retouch.tables`` in pyproject.toml): the inbox too, so that updates not yet
+#: handled are handled after the move.
+TABLES = TableSet(
+    "telegram",
+    BOT_PG,
+    (
+        Table("tg_tasks", ("task_id",)),
+        Table("tg_messages", ("chat_id", "message_id")),
+        Table("tg_users", ("user_id",)),
+        Table("tg_inbox", ("update_id",)),
+    ),
+)
 
 #: The bot's database: a SQLite connection, or a pool of PostgreSQL connections.
 Db = aiosqlite.Connection | asyncpg.Pool
@@ -106,10 +122,18 @@ async def connect(path: Path | str) -> aiosqlite.Connection:
 
 async def _one(db: Db, sql: str, params: tuple[Any, ...]) -> list[Any]:
     """One statement, its own transaction (SQLite in autocommit mode; a pool's connection
-    outside any transaction). Its rows are read by column name or position."""
-    if isinstance(db, aiosqlite.Connection):
-        return list(await db.execute_fetchall(sql, params))
-    return list(await db.fetch(_numbered(sql), *params))
+    outside any transaction). Its rows are read by column name or position. While the
+    database cannot be reached: StoreUnavailable, as from the core's store."""
+    try:
+        if isinstance(db, aiosqlite.Connection):
+            return list(await db.execute_fetchall(sql, params))
+        return list(await db.fetch(_numbered(sql), *params))
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        if isinstance(db, asyncpg.Pool):  # its idle connections may be broken: new ones
+            await db.expire_connections()
+        raise unavailable(exc) from exc
 
 
 def _numbered(sql: str) -> str:

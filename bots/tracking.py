@@ -13,7 +13,8 @@ Design (the state lives in ``tg_tasks``, see bots/storage.py):
   result message is recorded (``tg_messages``) and counted (``sent_items``) before the next
   is sent; at the end the row becomes ``'delivered'``. Transient failures (network, 429
   beyond the limiter's retries) put the row back to ``pending`` with a backoff; permanent
-  ones (bot blocked, chat gone) mark it ``'failed'``.
+  ones (bot blocked, chat gone) mark it ``'failed'``. A delivery the store's outage cut off
+  goes back to ``pending`` as soon as the store is back.
 * A clean stop lets deliveries in flight finish (10 s grace). A crash — or a delivery cut
   off after the grace — leaves the row ``'sending'``. At start-up such rows go back to
   ``pending`` and resume after the last result recorded as sent: results already delivered
@@ -40,7 +41,7 @@ from bots.rendering import cancel_keyboard, render_status
 from bots.replies import reply_parameters
 from bots.retry import retry_after_seconds
 from bots.sending import Sender, is_permanent, sent_rows
-from tools.errors import NotFound
+from tools.errors import NotFound, StoreUnavailable
 from tools.models import ResultImage, Task, TaskStatus
 from tools.service import Editor
 
@@ -128,6 +129,9 @@ class Tracker:
                 task = await self.editor.check_task(task_id, 2, on_progress=progress)
         except asyncio.CancelledError:
             raise
+        except StoreUnavailable:
+            log.warning("watching task %s: store unavailable; the scan will carry on", task_id)
+            return
         except Exception:
             log.exception("watching task %s failed; the scan will carry on", task_id)
             return
@@ -178,6 +182,8 @@ class Tracker:
                 await self.scan()
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable:
+                log.warning("delivery scan: store unavailable; scanning again later")
             except Exception:
                 log.exception("delivery scan failed")
             self.scans += 1
@@ -212,6 +218,8 @@ class Tracker:
                     return  # delivered already, or not due yet
                 try:
                     await self._deliver_claimed(row)
+                except StoreUnavailable:
+                    await self._hand_back(row)
                 except TelegramError as exc:
                     await self._delivery_failed(row, exc)
                 except Exception as exc:
@@ -248,6 +256,21 @@ class Tracker:
             )
         await storage.mark_delivered(db, row.task_id)
         log.info("task %s delivered to chat %s", row.task_id, row.chat_id)
+
+    async def _hand_back(self, row: storage.ChatTask) -> None:
+        """The store went away in the middle of a delivery: once it is back, the row is
+        pending again, due at once (results already sent are not sent again)."""
+        log.warning(
+            "task %s: store unavailable while delivering; resuming when it is back", row.task_id
+        )
+        wait = 0.25
+        while True:
+            try:
+                await storage.retry_later(self.db, row.task_id, "store unavailable", 0)
+                return
+            except StoreUnavailable:
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 2.0)
 
     async def _delivery_failed(self, row: storage.ChatTask, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}"

@@ -46,7 +46,7 @@ from server.tasks_ext import TasksExtension
 from server.tasks_legacy import LegacyTasks
 from tools import budgets
 from tools.config import Settings
-from tools.errors import RetouchError
+from tools.errors import RetouchError, StoreUnavailable
 from tools.models import Budget, EditRequest, Expand, FunctionInfo, Task
 from tools.service import Editor
 
@@ -349,6 +349,8 @@ def build_server(
         editor = ctx.request_context.lifespan_context
         try:
             data, mime = await editor.result(task_id, int(index), owner=owner_of(ctx))
+        except StoreUnavailable as exc:
+            raise ResourceError(exc.message) from None
         except (RetouchError, ValueError) as exc:
             raise ResourceError(f"no result {index} for task {task_id}: {exc}") from None
         return ResultBytes(data, mime)

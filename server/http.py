@@ -1,6 +1,7 @@
 """The streamable-HTTP app: MCP at ``/mcp``, uploads (``POST /uploads``, the ``/upload``
 page), result links (``/results/…``), vendor callbacks, a health check, and the bearer-token
-guard that HTTP needs whenever it listens beyond loopback or has users."""
+guard that HTTP needs whenever it listens beyond loopback or has users. While the store
+cannot be reached, a route that needs it answers 503 with Retry-After."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from server.owners import set_owner
 from server.result_urls import ResultURLs, serve_result
 from server.uploads import Uploads
 from tools.config import Settings, UserSettings
-from tools.errors import ConfigError, RetouchError
+from tools.errors import ConfigError, RetouchError, StoreUnavailable
 from tools.service import Editor
 
 #: Open without a token: prefixes, and exact paths (the upload page asks for the token
@@ -112,12 +113,9 @@ class BearerAuth:
                 accounts = await self.accounts()
             except Exception as exc:  # the store is down: no one can be told apart
                 log.warning("cannot read the users: %s", type(exc).__name__)
-                response = JSONResponse(
-                    {"error": "unavailable", "message": "the users cannot be read now"},
-                    status_code=503,
-                    headers={"Retry-After": "5"},
-                )
-                await response(scope, receive, send)
+                if not isinstance(exc, StoreUnavailable):
+                    exc = StoreUnavailable(cause=type(exc).__name__)
+                await unavailable_response(exc)(scope, receive, send)
                 return
             if accounts or not self.open_when_empty:
                 name = self.user(dict(scope["headers"]).get(b"authorization", b""), accounts)
@@ -131,6 +129,21 @@ class BearerAuth:
                     return
                 set_owner(scope, name)
         await self.app(scope, receive, send)
+
+
+def unavailable_response(exc: StoreUnavailable) -> Response:
+    """Any route's answer while the store cannot be reached: 503, and when to try again."""
+    return JSONResponse(
+        {"error": exc.code, "message": exc.message},
+        status_code=503,
+        headers={"Retry-After": str(exc.RETRY_AFTER_S)},
+    )
+
+
+async def unavailable(request: Request, exc: Exception) -> Response:
+    """The app's handler of StoreUnavailable, whichever route raised it."""
+    assert isinstance(exc, StoreUnavailable)
+    return unavailable_response(exc)
 
 
 def build_http_app(
@@ -167,6 +180,8 @@ def build_http_app(
             task_id = await editor.vendor_callback(
                 request.path_params["vendor"], body, dict(request.headers)
             )
+        except StoreUnavailable:
+            raise  # a 503 (below): the vendor sends its callback again
         except RetouchError as exc:
             return JSONResponse({"code": exc.code, "message": exc.message}, status_code=400)
         return JSONResponse({"code": 0, "task_id": task_id})
@@ -189,6 +204,7 @@ def build_http_app(
         transport_security=security,
         host=cfg.host,
     )
+    app.add_exception_handler(StoreUnavailable, unavailable)
     serve_mcp = app.router.lifespan_context
     shared_editor = mcp.settings.lifespan
     assert shared_editor is not None, "a server made by server.app.build_server"

@@ -120,6 +120,13 @@ def _apphost() -> str | None:
     return None
 
 
+@part("pg_ctl")
+def _pg_ctl() -> str | None:
+    from tests.pg import server_binaries
+
+    return server_binaries()[1] or None
+
+
 def needs(*names: str) -> pytest.MarkDecorator:
     """Mark a test as needing the optional parts ``names``."""
     return pytest.mark.needs(*names)

@@ -7,16 +7,26 @@ creates the database ``retouch_test_<random>``; the end of the run drops it. Eac
 on it starts from nothing; ``empty_url()`` is one schema for the whole run, emptied each time
 (quicker: its tables are migrated once). This module is a pytest plugin (``tests/conftest.py``
 loads it).
+
+A test that stops and starts the server uses a server of its own instead (``PrivateServer``,
+the fixture ``private_pg``): a cluster made by ``initdb`` in a temporary folder, listening on
+a free port of 127.0.0.1, so that the machine's server and other tests never notice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import glob
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -161,3 +171,121 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             await db.close()
 
     run_sync(drop)
+
+
+# ---- a server of the tests' own, to stop and start ---------------------------------------
+
+
+@functools.cache
+def server_binaries() -> tuple[Path | None, str]:
+    """The folder holding ``initdb`` and ``pg_ctl`` (the newest installed PostgreSQL's), or
+    None and why there is none."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=_version)
+    if found:
+        return Path(found[-1]).parent, ""
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        return Path(on_path).parent, ""
+    return None, "pg_ctl and initdb are not installed (apt-get install postgresql)"
+
+
+def _version(path: str) -> float:
+    try:
+        return float(Path(path).parent.parent.name)
+    except ValueError:
+        return 0.0
+
+
+class PrivateServer:
+    """A PostgreSQL cluster of the tests' own: ``initdb`` into a temporary folder, served on
+    a free port of 127.0.0.1 (trust authentication, fsync off). As root, its commands run as
+    the ``postgres`` user, since PostgreSQL refuses to run as root."""
+
+    def __init__(self) -> None:
+        bindir, why = server_binaries()
+        if bindir is None:
+            raise RuntimeError(why)
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="retouch-pg-"))
+        self.data = self.root / "data"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [str(self.bindir / tool), *args]
+        if self._as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    @property
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+            " -c full_page_writes=off"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "start",
+        )
+
+    def stop(self) -> None:
+        """Stop at once, as an administrator would: sessions are cut, new ones refused."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def close(self) -> None:
+        if self.running:
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    async def new_database(self) -> str:
+        """The URL of a new, empty database on this server."""
+        import asyncpg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        db = await asyncpg.connect(self.url)
+        try:
+            await db.execute(f"CREATE DATABASE {name}")
+        finally:
+            await db.close()
+        return with_database(self.url, name)
+
+
+_private: list[PrivateServer] = []
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivateServer]:
+    """The run's private PostgreSQL server (made on first use), running at the start of the
+    test; a test may stop it, and the fixture starts it again afterwards."""
+    from tests.optional import require
+
+    require("pg_ctl")
+    if not _private:
+        _private.append(PrivateServer())
+    server = _private[0]
+    if not server.running:
+        server.start()
+    yield server
+    if not server.running:
+        server.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _private:
+        _private.pop().close()

@@ -4,6 +4,7 @@ retouch edit photo.jpg --function stylization_all --prompt "oil painting" --out 
 retouch task <id>          retouch tasks          retouch functions
 retouch upload photo.jpg --server https://retouch.example.com   (prints retouch://uploads/<id>)
 retouch users list|add NAME|revoke NAME|budget NAME [--day 5 CNY] [--per-hour 20] ...
+retouch migrate-store --from sqlite:///srv/retouch/retouch.db --to postgresql://…   (moving house)
 """
 
 from __future__ import annotations
@@ -94,6 +95,29 @@ def parser() -> argparse.ArgumentParser:
     budget.add_argument(
         "--clear", action="store_true", help="forget the limits set here (the config's apply)"
     )
+
+    move = sub.add_parser(
+        "migrate-store",
+        help="copy a SQLite store (tasks, images, bot state) into PostgreSQL",
+        description="Copy tasks, images and the front ends' state from a SQLite store into "
+        "PostgreSQL. Safe to run again: it finishes a move cut short and copies nothing twice.",
+    )
+    move.add_argument(
+        "--from", dest="source", help="sqlite:///path/to/retouch.db (default: store.path)"
+    )
+    move.add_argument("--to", dest="target", help="postgresql://… (default: store.url)")
+    move.add_argument(
+        "--from-blobs",
+        dest="source_blobs",
+        help="the source's images folder (default: store.results_dir for store.path, else "
+        "results/ beside the database)",
+    )
+    move.add_argument(
+        "--to-blobs",
+        dest="target_blobs",
+        help="a folder or s3://bucket/prefix (default: store.blobs, else store.results_dir)",
+    )
+    move.add_argument("--batch", type=int, default=500, help="rows per statement (default 500)")
     return p
 
 
@@ -117,6 +141,8 @@ async def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.command == "upload":
         return await asyncio.to_thread(upload, settings, args)
+    if args.command == "migrate-store":
+        return await migrate_store(settings, args)
     worker = args.command == "edit"
     async with Editor(settings, allow_local_paths=True, run_worker=worker) as editor:
         if args.command == "edit":
@@ -137,6 +163,21 @@ async def run(args: argparse.Namespace) -> int:
             for f in editor.list_functions(args.vendor):
                 who = ", ".join(f.vendors) or "no enabled vendor"
                 print(f"{f.name:<28} {who}\n    {f.summary}")
+    return 0
+
+
+async def migrate_store(settings: Settings, args: argparse.Namespace) -> int:
+    from tools.store.moving import migrate_store
+
+    summary = await migrate_store(
+        settings.store,
+        source=args.source,
+        target=args.target,
+        source_blobs=args.source_blobs,
+        target_blobs=args.target_blobs,
+        batch=max(args.batch, 1),
+    )
+    print(summary.describe(), file=sys.stderr)
     return 0
 
 

@@ -13,6 +13,8 @@
     ├── BudgetExceeded             the owner's budget would be crossed (names the limit
     │                              and when it resets); nothing was sent
     ├── ConfigError                config.toml or the environment is wrong
+    ├── StoreUnavailable           the store's database cannot be reached now (retryable)
+    ├── StoreConflict              a store holds other data under the same ids (moving house)
     ├── EngineError                the local engine failed or ran past its limits
     └── VendorError                a cloud vendor refused or failed
         ├── AuthError              bad or missing key (never retried)
@@ -100,6 +102,27 @@ class BudgetExceeded(RetouchError):
 
 class ConfigError(RetouchError):
     code = "config_error"
+
+
+class StoreUnavailable(RetouchError):
+    """The store cannot be reached just now (its database is down, restarting, out of
+    connections or locked past its timeout). Nothing was changed: try again shortly."""
+
+    code = "store_unavailable"
+    retryable = True
+    #: Seconds a client is told to wait before trying again (HTTP's Retry-After).
+    RETRY_AFTER_S = 5
+
+    def __init__(self, cause: str | None = None) -> None:
+        super().__init__(
+            "store unavailable, try again in a few seconds (the database cannot be reached)",
+            cause=cause,
+            retry_after=self.RETRY_AFTER_S,
+        )
+
+
+class StoreConflict(RetouchError):
+    code = "store_conflict"
 
 
 class EngineError(RetouchError):

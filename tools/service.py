@@ -95,9 +95,7 @@ class Editor:
             self.vendors[name] = vendor_class(vs.kind)(name, vs, client)
         if self.run_worker:
             await asyncio.gather(*(v.warm_up() for v in self.vendors.values()))
-            self.worker = Worker(
-                self.store, self.vendors, cfg, self.http, self.intake, self.notifier
-            )
+            self.worker = Worker(self.store, self.vendors, cfg, self.http, self.notifier)
             await self.worker.start()
             self._janitor = asyncio.create_task(self._clean_periodically())
         return self

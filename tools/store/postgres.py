@@ -7,7 +7,9 @@ cannot both fill the vendor's capacity, and skips rows other statements hold (``
 SKIP LOCKED``). Task changes are announced by a trigger (``pg_migrations.m003``) and heard on
 one connection that LISTENs and reconnects by itself (``listen``). A task whose owner's use
 is checked first (an ``Admission``) is stored under a per-owner advisory lock, so that the
-owner's requests are counted one after the other across processes.
+owner's requests are counted one after the other across processes. While the database cannot
+be reached, calls raise ``StoreUnavailable`` (``outages.py``); the pool connects again as soon
+as it is back.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from tools.store.base import (
     new_task_id,
 )
 from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, blob_key
+from tools.store.outages import one_line_outages, reports_outages
 from tools.store.pg_migrations import CORE, migrate
 
 log = logging.getLogger("retouch.store")
@@ -58,6 +61,7 @@ LISTEN_CHECK_S = 10.0
 RECONNECT_MAX_S = 5.0
 
 
+@reports_outages
 class PostgresStore(Store):
     """A PostgreSQL database (a pool of connections), and the blob store holding the bytes."""
 
@@ -74,6 +78,7 @@ class PostgresStore(Store):
         cls, url: str, blobs: BlobStore, *, min_size: int = 1, max_size: int = 10
     ) -> PostgresStore:
         """The database at ``url``, migrated if need be, with its images in ``blobs``."""
+        one_line_outages("asyncpg.pool")
         pool = await asyncpg.create_pool(url, min_size=min(min_size, max_size), max_size=max_size)
         try:
             async with pool.acquire() as db:
@@ -82,6 +87,11 @@ class PostgresStore(Store):
             await pool.close()
             raise
         return cls(pool, url, blobs)
+
+    async def _after_outage(self) -> None:
+        """Connections idle in the pool when the server went away may not know it yet: each
+        is replaced at its next use instead of failing once more after the server is back."""
+        await self.pool.expire_connections()
 
     async def close(self) -> None:
         if self._listening is not None:

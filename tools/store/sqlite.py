@@ -1,6 +1,7 @@
 """The SQLite backend of the store (through aiosqlite, WAL): one database file, any number
 of processes on one machine. Blobs' bytes are in the store's ``BlobStore`` (files on disk
-by default), their rows here.
+by default), their rows here. A database still locked by another process when the busy
+timeout runs out is reported as ``StoreUnavailable`` (``outages.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from tools.store.base import (
 )
 from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, FileBlobStore, blob_key
 from tools.store.migrations import CORE, migrate
+from tools.store.outages import reports_outages
 
 COLUMNS = [f.name for f in fields(TaskRecord)]
 #: The database's clock in Unix seconds (to the millisecond), the same value throughout one
@@ -48,6 +50,7 @@ COLUMNS = [f.name for f in fields(TaskRecord)]
 NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
+@reports_outages
 class SQLiteStore(Store):
     """One SQLite database, and the blob store holding its images' bytes."""
 

@@ -1,5 +1,9 @@
 """The worker's loops: claim tasks from the store while a vendor has free slots, keep their
-leases alive, and run each claimed task through the driver."""
+leases alive, and run each claimed task through the driver.
+
+Through a database outage the process carries on: the claim loop backs off and, once the
+store answers again, renews the leases it holds before it claims anything; the tasks in hand
+wait for the store (``patience.py``) instead of failing."""
 
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ from collections import Counter
 import httpx
 
 from tools.config import Settings
+from tools.errors import StoreUnavailable
 from tools.notifier import Notifier, TaskEvent
 from tools.store import Store, TaskRecord
 from tools.vendors.base import Vendor
 from tools.worker.driver import Driver
 from tools.worker.intake import Intake
+from tools.worker.patience import next_wait, patient
 
 log = logging.getLogger("retouch.worker")
 
@@ -30,7 +36,6 @@ class Worker:
         vendors: dict[str, Vendor],
         settings: Settings,
         downloads: httpx.AsyncClient,
-        intake: Intake,
         notifier: Notifier,
     ) -> None:
         self.store = store
@@ -38,7 +43,10 @@ class Worker:
         self.settings = settings
         self.notifier = notifier
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.driver = Driver(self.id, store, vendors, settings, downloads, intake, notifier)
+        waits = patient(store)
+        self.driver = Driver(
+            self.id, waits, vendors, settings, downloads, Intake(waits, notifier), notifier
+        )
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -61,7 +69,10 @@ class Worker:
         for task in [*self._loops, *self.running.values()]:
             with contextlib.suppress(BaseException):
                 await task
-        await self.store.release(self.id)
+        try:
+            await self.store.release(self.id)
+        except StoreUnavailable:
+            log.warning("store unavailable: the tasks held here are free when their leases end")
         self.running.clear()
         self._held.clear()
 
@@ -79,31 +90,52 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         lease = self.settings.worker.lease_s
+        outage = 0.0  # the current wait while the store is unavailable, else 0
         while True:
             self._wake.clear()
-            for name, vendor in self.vendors.items():
-                try:
-                    claimed = await self.store.claim(
-                        name, self.id, capacity=vendor.settings.max_concurrent, lease_s=lease
-                    )
-                except Exception:
-                    log.exception("claiming tasks for %s failed", name)
-                    continue
-                for record in claimed:
-                    self.running[record.id] = asyncio.create_task(
-                        self._run(record), name=f"retouch-task-{record.id}"
-                    )
-                self._held[name] += len(claimed)
-                if self._held[name] >= vendor.settings.max_concurrent:
-                    self._full.add(name)  # tasks may be waiting: claim again as one ends
-                else:
-                    self._full.discard(name)
+            try:
+                if outage:  # back from an outage: keep what we hold before taking more
+                    await self.store.renew(self.id, list(self.running), lease)
+                await self._claim_all()
+            except StoreUnavailable as exc:
+                if not outage:
+                    log.warning("%s; claiming again when it is back", exc.message)
+                outage = next_wait(outage)
+            else:
+                if outage:
+                    log.info("the store is back: claiming tasks again")
+                outage = 0.0
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as
             # the event is set (stop() cancels us while finishing tasks wake us), and stop()
             # then waited for this loop forever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.worker.idle_poll_s):
+                async with asyncio.timeout(outage or self.settings.worker.idle_poll_s):
                     await self._wake.wait()
+
+    async def _claim_all(self) -> None:
+        """Claim for every vendor with free slots; StoreUnavailable if the store is down."""
+        lease = self.settings.worker.lease_s
+        for name, vendor in self.vendors.items():
+            try:
+                claimed = await self.store.claim(
+                    name, self.id, capacity=vendor.settings.max_concurrent, lease_s=lease
+                )
+            except StoreUnavailable:
+                raise
+            except Exception:
+                log.exception("claiming tasks for %s failed", name)
+                continue
+            for record in claimed:
+                if record.id in self.running:  # ours still: its lease had run out meanwhile
+                    continue
+                self.running[record.id] = asyncio.create_task(
+                    self._run(record), name=f"retouch-task-{record.id}"
+                )
+                self._held[name] += 1
+            if self._held[name] >= vendor.settings.max_concurrent:
+                self._full.add(name)  # tasks may be waiting: claim again as one ends
+            else:
+                self._full.discard(name)
 
     async def _lease_loop(self) -> None:
         lease = self.settings.worker.lease_s
