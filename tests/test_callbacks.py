@@ -215,6 +215,7 @@ async def test_only_a_task_waiting_on_that_vendor_takes_a_callback(
         # A queued task does not take a callback either (no worker may claim it meanwhile).
         assert app.editor.worker is not None
         await app.editor.worker.stop()
+        app.editor.worker = None  # stopped once: the Editor's close must not stop it again
         store: Any = app.editor.store
         await store.execute("UPDATE tasks SET status = 'queued' WHERE id = ?", (record.id,))
         answer = await app.post(app.done(record))
