@@ -32,7 +32,7 @@ from tests.test_secrets import http_app
 from tools.callbacks import SECRET_DIR, callback_secrets, load_secret
 from tools.cli import main as cli
 from tools.config import Settings
-from tools.errors import ConfigError, NotFound, VendorFault
+from tools.errors import ConfigError, NotFound, StoreUnavailable, VendorFault
 from tools.models import WITHHELD, EditRequest, ImageFailure, Task, TaskStatus, hide_paths
 from tools.service import Editor
 from tools.store import TaskRecord
@@ -329,6 +329,24 @@ async def test_deep_nesting_is_refused_before_the_parser(
         inner = json.dumps({"taskId": "1", "images": "[" * 60_000}).encode()  # JSON in a string
         with pytest.raises(NotFound):  # read without a RecursionError: no task "1" waits
             await app.editor.vendor_callback("softsugar", inner, {})
+
+
+async def test_a_store_outage_is_a_503_the_vendor_retries(
+    sugar_settings: Settings, fake: FakeSoftSugar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(sugar_settings, fake) as app:
+        record = await app.waiting()
+
+        async def down(*args: object) -> None:
+            raise StoreUnavailable(cause="test")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(app.editor.store, "find_by_vendor_task", down)
+            answer = await app.post(app.done(record))
+        assert answer.status_code == 503 and answer.headers["Retry-After"]
+        assert answer.json()["error"] == "store_unavailable"
+        await app.still_waiting(record)
+        assert (await app.post(app.done(record))).json()["ended"] is True
 
 
 @pytest.mark.parametrize(
