@@ -22,13 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server import callbacks
 from server.apps import request_body_limit
 from server.console.routes import add_console
 from server.owners import set_owner
 from server.result_urls import ResultURLs, serve_result
 from server.uploads import Uploads
 from tools.config import Settings, UserSettings
-from tools.errors import ConfigError, RetouchError, StoreUnavailable
+from tools.errors import ConfigError, StoreUnavailable
 from tools.service import Editor
 
 #: Open without a token: prefixes, and exact paths (the upload page asks for the token
@@ -172,19 +173,8 @@ def build_http_app(
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    @mcp.custom_route("/callbacks/{vendor}", methods=["POST"])
-    async def callback(request: Request) -> Response:
-        body = await request.body()
-        editor: Editor = request.app.state.editor
-        try:
-            task_id = await editor.vendor_callback(
-                request.path_params["vendor"], body, dict(request.headers)
-            )
-        except StoreUnavailable:
-            raise  # a 503 (below): the vendor sends its callback again
-        except RetouchError as exc:
-            return JSONResponse({"code": exc.code, "message": exc.message}, status_code=400)
-        return JSONResponse({"code": 0, "task_id": task_id})
+    mcp.custom_route("/callbacks/{vendor}/{secret}", methods=["POST"])(callbacks.callback)
+    mcp.custom_route("/callbacks/{vendor}", methods=["POST"])(callbacks.callback_without_secret)
 
     uploads = Uploads(settings)
     mcp.custom_route("/uploads", methods=["POST"])(uploads.post)

@@ -25,6 +25,7 @@ from tools.models import EditRequest, TaskStatus
 from tools.service import Editor
 
 KEY = "sk-test-dashscope"
+SUGAR_SECRET = "e2e-softsugar-callback-secret-0123456789"
 
 
 @pytest.fixture
@@ -235,8 +236,10 @@ def softsugar_server(make_settings: MakeSettings) -> Iterator[tuple[str, FakeSof
             f'[vendors.softsugar]\nkind = "softsugar"\napp_id = "{vendor.app_id}"\n'
             f'app_key = "{vendor.app_key}"\nbase_url = "{vendor.base_url}"\n'
             f'callback_url = "http://127.0.0.1:{port}/callbacks/softsugar"\n'
+            f'callback_secret = "{SUGAR_SECRET}"\n'
         )
-        vendor.callback_url = f"http://127.0.0.1:{port}/callbacks/softsugar"
+        # What the operator registers in the SoftSugar console: the URL and its secret.
+        vendor.callback_url = f"http://127.0.0.1:{port}/callbacks/softsugar/{SUGAR_SECRET}"
         proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--config", settings.source, "--transport", "http"],
             env=env(),

@@ -4,16 +4,42 @@ users and budgets."""
 from __future__ import annotations
 
 import re
+import tempfile
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 MAX_SEED = 2_147_483_647
 #: The owner of what is done on this machine (stdio, the command line), and of the tasks
 #: stored before tasks had owners.
 LOCAL_OWNER = "local"
+#: What a client sees for a vendor task id: that there is one, never which.
+WITHHELD = "withheld"
+_ROOTS = {"tmp", "var", "home", "root", "usr", "opt", "etc", "srv", "mnt", "media", "run"}
+_ROOTS |= {"proc", "sys", "dev", "data", "Users", "private", "Volumes"}
+_ROOTS |= {*Path(tempfile.gettempdir()).parts[1:2], *Path.home().parts[1:2]}
+#: An absolute path on the server (a POSIX one under a usual root, or a Windows one), not
+#: the path part of a URL: what comes before it is no host, port or path character.
+SERVER_PATH = re.compile(
+    r"(?<![\w.:/\]~%@-])/(?:" + "|".join(sorted(_ROOTS)) + r")(?:/[^\s'\"<>:;,()]*)+"
+    r"|\b[A-Za-z]:\\[^\s'\"<>:;,()]+"
+)
+
+
+def hide_paths(text: str) -> str:
+    """``text`` with every server file path cut to its last part (``…/in.png``): tools that
+    run on the server (Real-ESRGAN, tesseract, Pillow) name their files in their errors."""
+    return SERVER_PATH.sub(lambda m: "…/" + re.split(r"[/\\]", m.group().rstrip("/\\"))[-1], text)
 
 
 def plain_nullables(schema: dict[str, Any]) -> None:
@@ -146,12 +172,28 @@ class ImageFailure(BaseModel):
     code: str
     message: str
 
+    @field_validator("message")
+    @classmethod
+    def _no_paths(cls, message: str) -> str:
+        return hide_paths(message)
+
 
 class ErrorInfo(BaseModel):
+    """A task's error as clients see it: the vendor's task id and server paths left out."""
+
     model_config = ConfigDict(extra="allow")
 
     code: str
     message: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _public(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "vendor_task_id"}
+            if isinstance(data.get("message"), str):
+                data["message"] = hide_paths(data["message"])
+        return data
 
 
 def _task_schema(schema: dict[str, Any]) -> None:
@@ -182,7 +224,10 @@ class Task(BaseModel):
     finished_at: datetime | None = None
     progress: str | None = Field(None, description="What is happening now, in words.")
     attempts: int = 0
-    vendor_task_id: str | None = None
+    vendor_task_id: str | None = Field(
+        None,
+        description=f'"{WITHHELD}" once the vendor has the task: its own id stays on the server.',
+    )
     results: list[ResultImage] = Field(default_factory=list)
     failures: list[ImageFailure] = Field(default_factory=list)
     error: ErrorInfo | None = None
@@ -192,6 +237,17 @@ class Task(BaseModel):
     billed_images: int = 0
     cost: float | None = None
     currency: str | None = None
+
+    @field_validator("notes")
+    @classmethod
+    def _no_paths(cls, notes: list[str]) -> list[str]:
+        return [hide_paths(n) for n in notes]
+
+    @field_serializer("vendor_task_id")
+    def _withheld(self, value: str | None) -> str | None:
+        """Whoever knew a vendor task id could once end the task with a forged callback; the
+        id stays an attribute for Retouch's own code, and leaves in no dump."""
+        return WITHHELD if value else None
 
     @property
     def finished(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 
 from tools import budgets, catalog, media
+from tools.callbacks import callback_secrets, same_secret
 from tools.config import OWNER_NAME, Settings, unbilled
 from tools.errors import InvalidParameter, NotFound, RetouchError, Unsupported
 from tools.models import (
@@ -74,11 +76,15 @@ class Editor:
         #: The time uploads expire by and budgets count by (tests set it; the store's
         #: clean-up and leases use real time).
         self.clock: Callable[[], float] = time.time
+        self._callback_secrets: dict[str, str] = {}
+        self._decoy = secrets.token_urlsafe(32)  # compared when a name has no secret
+        self._taking: set[str] = set()  # tasks a callback is being taken for, in this process
 
     # ---- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> Editor:
         cfg = self.settings
+        self._callback_secrets = callback_secrets(cfg)
         self.store = await open_store(cfg.store)
         await self.store.listen(self.notifier.event)  # other processes' changes wake us too
         self.intake = Intake(self.store, self.notifier)
@@ -301,18 +307,42 @@ class Editor:
             raise NotFound(f"no such upload: retouch://uploads/{upload_id}")
         return await self.store.read_blob(record.sha256)
 
+    # ---- callbacks -----------------------------------------------------------------------
+
+    def callback_secret_matches(self, vendor_name: str, secret: str) -> bool:
+        """Whether ``secret`` ends the callback URL of vendor instance ``vendor_name``
+        (False for a name that takes no callbacks; compared in constant time)."""
+        expected = self._callback_secrets.get(vendor_name)
+        return same_secret(expected or self._decoy, secret) and expected is not None
+
     async def vendor_callback(
         self, vendor_name: str, body: bytes, headers: Mapping[str, str]
-    ) -> str:
-        """A vendor's completion callback: find the task, store its results, end it."""
+    ) -> tuple[str, bool]:
+        """A vendor's completion callback, its URL's secret checked by the caller
+        (``callback_secret_matches``): the vendor's own signature is checked, then the task
+        waiting on it — running, with that vendor task id, at that vendor instance — takes
+        its results, at most its ``n``. Returns the task's id and whether this callback ended
+        it (a callback for a task that has ended, or is being ended, changes nothing).
+
+        Raises NotFound for a signature that does not hold or no such waiting task, and
+        VendorFault for a body that is not a callback."""
         vendor = self._vendor(vendor_name)
+        if not vendor.verify_callback(body, headers):
+            raise NotFound(f"{vendor_name}: the callback's signature does not hold")
         vendor_task_id, outcome = vendor.parse_callback(body, headers)
         record = await self.store.find_by_vendor_task(vendor_name, vendor_task_id)
-        if record is None:
-            raise NotFound(f"no task for {vendor_name} task {vendor_task_id!r}")
-        # Anyone can post a callback: its result URLs are fetched like user URLs.
-        await self.intake.take(record, vendor, outcome, client=self.fetcher, policy=self.policy)
-        return record.id
+        if record is not None and (record.finished or record.id in self._taking):
+            return record.id, False
+        if record is None or record.status != TaskStatus.running:
+            raise NotFound(f"no task is waiting on {vendor_name} for its task {vendor_task_id:.64}")
+        self._taking.add(record.id)
+        try:  # result URLs are still fetched like user URLs: a secret can leak
+            ended = await self.intake.take(
+                record, vendor, outcome, client=self.fetcher, policy=self.policy
+            )
+        finally:
+            self._taking.discard(record.id)
+        return record.id, ended
 
     # ---- budgets and users ---------------------------------------------------------------
 

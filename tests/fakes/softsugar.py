@@ -51,6 +51,9 @@ Completion and callback (ASSUMPTION -- no callback body is documented anywhere w
     another shape. Without a callback_url nothing is delivered (task.callback_skipped).
     Non-2xx answers or transport errors are retried `callback_retries` times (default 0).
 
+callback_url stands for the URL registered in the SoftSugar console, which the real vendor
+calls for every task of the account: Retouch's `/callbacks/<name>/<secret>`.
+
 Control API: callback_url, task_seconds, fail_with, max_side (2048: our reading of "2K"),
 callback_retries, expire_tokens(), complete(task_id), complete_all(),
 wait_callbacks(count, timeout) -> list[CallbackAttempt], expire_results(), reset().

@@ -9,6 +9,7 @@ worker decides, from ``retryable`` and ``retry_after``, whether and when to try 
 
 from __future__ import annotations
 
+import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 import httpx
+from pydantic import Field, SecretStr, field_validator
 
 from tools.catalog import FUNCTIONS, MaskRule, set_params
 from tools.config import VendorSettings
@@ -26,6 +28,34 @@ from tools.models import EditRequest, Expand, ImageFailure
 
 #: Parameters that are Retouch's own business, never a vendor's.
 ROUTING_PARAMS = frozenset({"images", "function", "vendor", "prompt", "options"})
+
+
+#: ``callback_secret``: URL-safe (it is a path segment), 32 characters or more.
+CALLBACK_SECRET = re.compile(r"^[A-Za-z0-9_.~-]{32,256}$")
+
+
+class CallbackSettings(VendorSettings):
+    """Keys of a vendor that delivers results by callback (``completion = "callback"``)."""
+
+    callback_url: str = Field(
+        "", description="Retouch's public /callbacks/<name> URL; the vendor calls it + /<secret>"
+    )
+    callback_secret: SecretStr = Field(
+        SecretStr(""),
+        description="the callback URL's last segment; unset: one generated once and kept in "
+        "store.dir (set it when processes on several machines take callbacks)",
+    )
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _usable_secret(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if secret and not CALLBACK_SECRET.match(secret):
+            raise ValueError(
+                "must be 32 or more of A-Z a-z 0-9 _ . ~ - (it is part of a URL); make one "
+                'with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+            )
+        return value
 
 
 @dataclass
@@ -183,11 +213,18 @@ class Vendor(ABC):
         """Ask the vendor to cancel; False where it cannot (the task then runs out)."""
         return False
 
+    def verify_callback(self, body: bytes, headers: Mapping[str, str]) -> bool:
+        """Whether a callback carries the vendor's own valid signature, checked before
+        anything in it is parsed. True here: for vendors that sign nothing, the secret in
+        the callback URL is the only credential."""
+        return True
+
     def parse_callback(
         self, body: bytes, headers: Mapping[str, str]
     ) -> tuple[str, Outcome | VendorError]:
         """Turn a completion callback into (vendor task id, outcome or the task's error).
-        Raises VendorFault only when the body names no task."""
+        Raises VendorFault only when the body is not one (not JSON, nested too deep, names no
+        task); :func:`callback_json` reads the JSON."""
         raise Unsupported(f"{self.kind} does not deliver results by callback")
 
     async def warm_up(self) -> None:
@@ -201,6 +238,40 @@ class Vendor(ABC):
 
 
 # ---- helpers shared by the HTTP adapters -------------------------------------------------
+
+#: How deep a callback's JSON may nest (result URLs need a handful of levels).
+MAX_CALLBACK_DEPTH = 32
+_OPEN, _CLOSE, _QUOTE, _BACKSLASH = frozenset(b"[{"), frozenset(b"]}"), ord('"'), ord("\\")
+
+
+def callback_json(body: bytes, vendor: str) -> Any:
+    """A callback body's JSON, or a VendorFault: not UTF-8 JSON, or nested deeper than
+    MAX_CALLBACK_DEPTH (counted in one pass first, so no depth reaches the parser's
+    recursion)."""
+    depth, in_string, escaped = 0, False, False
+    for char in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == _BACKSLASH:
+                escaped = True
+            elif char == _QUOTE:
+                in_string = False
+        elif char == _QUOTE:
+            in_string = True
+        elif char in _OPEN:
+            depth += 1
+            if depth > MAX_CALLBACK_DEPTH:
+                raise VendorFault(
+                    f"{vendor}: callback body nests deeper than {MAX_CALLBACK_DEPTH} levels",
+                    vendor=vendor,
+                )
+        elif char in _CLOSE:
+            depth -= 1
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise VendorFault(f"{vendor}: callback body is not JSON", vendor=vendor) from None
 
 
 _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{2})[A-Za-z0-9_\-*]+")

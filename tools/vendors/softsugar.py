@@ -8,7 +8,8 @@ Protocol (vendors.md §8, seed S0, FAQ F1):
   ``param`` is a JSON *string* of ``{images: [URL…], prompt, resolution: [w, h], watermark:
   {show, content}}``; the answer ``{code: 0, message, data: <task id>}``;
 - completion: SoftSugar POSTs to the callback URL registered for the *account* in its
-  console. No query endpoint is documented, so this adapter never polls.
+  console (Retouch's ``/callbacks/<name>/<secret>``; no signature is documented). No query
+  endpoint is documented, so this adapter never polls.
 
 SoftSugar reads input images from URLs (it takes no bytes): the job's original public URLs
 are needed, so images given as data: URIs, local files or earlier results cannot go there.
@@ -42,12 +43,14 @@ from tools.errors import (
 )
 from tools.models import EditRequest
 from tools.vendors.base import (
+    CallbackSettings,
     Capability,
     Finished,
     Job,
     OutputImage,
     Pending,
     Vendor,
+    callback_json,
     json_body,
     redact,
 )
@@ -79,16 +82,18 @@ DIALECT = Dialect(
 SIGN_IN_DIALECT = replace(DIALECT, refused=AuthError)
 
 
-class SoftSugarSettings(VendorSettings):
+class SoftSugarSettings(CallbackSettings):
     """``[vendors.<name>]`` of kind ``softsugar``.
 
     Credentials: ``app_id`` and ``app_key`` from the SoftSugar console. ``api_key`` is not
     used by this protocol; as a convenience it stands in for ``app_key`` when ``app_key`` is
     empty (so ``RETOUCH_VENDORS__<NAME>__API_KEY`` works too).
 
-    ``callback_url`` is Retouch's public ``/callbacks/<name>`` URL. SoftSugar delivers results
-    only to the callback URL registered for the account in its console, so register the same
-    URL there; without it this vendor refuses every task.
+    ``callback_url`` is Retouch's public ``/callbacks/<name>`` URL; without it this vendor
+    refuses every task. SoftSugar delivers results only to the callback URL registered for
+    the account in its console: register ``<callback_url>/<secret>`` there, the secret being
+    ``callback_secret`` or the one Retouch keeps in ``<store.dir>/callback-secrets/<name>``.
+    SoftSugar documents no signature of its callbacks: that secret is their only credential.
 
     Limits: 1–3 images, each ≤ ``max_side`` px per side ("≤2K") and ≤ ``max_bytes``; the
     output ``resolution`` ≤ ``max_side`` per side. SoftSugar fetches the images from their
@@ -98,7 +103,6 @@ class SoftSugarSettings(VendorSettings):
     base_url: str = "https://aigc.softsugar.com"
     app_id: str = ""
     app_key: SecretStr = SecretStr("")
-    callback_url: str = ""
     max_images: int = Field(3, ge=1)
     max_side: int = Field(2048, ge=1)
     max_bytes: int = Field(10 * MB, ge=1024)
@@ -171,7 +175,8 @@ class SoftSugarVendor(Vendor):
         return Unsupported(
             "softsugar delivers results only by callback: set "
             f"vendors.{self.name}.callback_url to Retouch's public /callbacks/{self.name} "
-            "URL and register it in the SoftSugar console",
+            "URL and register that URL followed by /<its callback secret> in the SoftSugar "
+            "console (see SECURITY.md)",
             vendor=self.name,
         )
 
@@ -353,10 +358,7 @@ class SoftSugarVendor(Vendor):
         "SUCCEEDED" | "FAILED", code: 0 | <error>, message, images: [URL], resolution}``,
         possibly wrapped in ``{code, message, data: {...}}``.
         """
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise VendorFault(f"{self.name}: callback body is not JSON", vendor=self.name) from None
+        payload = callback_json(body, self.name)
         if not isinstance(payload, dict):
             raise VendorFault(f"{self.name}: callback body is not an object", vendor=self.name)
         data = payload.get("data") if isinstance(payload.get("data"), dict) else payload
@@ -392,7 +394,7 @@ class SoftSugarVendor(Vendor):
         return classify(
             DIALECT,
             Answer(None, vendor_code, message),
-            f"{self.name}: task {task_id} failed: {message[:500]}",
+            f"{self.name}: the task failed: {message[:500]}",
             vendor=self.name,
             vendor_task_id=task_id,
         )
@@ -492,9 +494,9 @@ def _result_urls(data: Any) -> list[str]:
     found: list[str] = []
     for key in ("images", "urls", "resultUrls", "result", "results", "output", "url", "resultUrl"):
         value = data.get(key)
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                value = json.loads(value) if value.strip()[:1] in "[{" else value
+        if isinstance(value, str) and value.strip()[:1] in "[{":
+            with contextlib.suppress(VendorFault):
+                value = callback_json(value.encode(), "softsugar")
         if isinstance(value, str) and value.startswith(("http://", "https://")):
             found.append(value)
         elif isinstance(value, list):

@@ -1,9 +1,10 @@
 """Result intake: a finished outcome's images are downloaded, checked, stamped and stored,
 and the task's end is recorded once.
 
-The worker and the vendor-callback route both take results in here. Vendor URLs expire,
-so every delivered image is stored at once; a cancel asked for while the vendor worked
-wins over its results (checked inside the finishing write).
+The worker and the vendor-callback route both take results in here. A task keeps at most
+its ``n`` images, whatever the vendor delivers. Vendor URLs expire, so every image kept is
+stored at once; a cancel asked for while the vendor worked wins over its results (checked
+inside the finishing write).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Intake:
                 record.id, worker, TaskStatus.failed, error=outcome.to_dict()
             )
         else:
+            outcome = at_most(outcome, record.n, vendor.name)
             results, failures = await self._store_images(record, vendor, outcome, client, policy)
             ended = await self._record_end(
                 record, vendor, outcome, results, failures, notes, worker
@@ -163,6 +165,27 @@ class Intake:
         if not latest.cancel_requested or latest.finished:
             return False
         return await self.store.finish(task_id, worker, TaskStatus.canceled, notes=notes)
+
+
+def at_most(outcome: Finished, n: int, vendor: str) -> Finished:
+    """The outcome with at most the task's ``n`` images and failures in all: what is beyond
+    is neither fetched, stored nor billed (a note says so)."""
+    if len(outcome.images) + len(outcome.failures) <= n:
+        return outcome
+    images = outcome.images[:n]
+    failures = outcome.failures[: n - len(images)]
+    note = (
+        f"{vendor} delivered {len(outcome.images)} image(s) and {len(outcome.failures)} "
+        f"failure(s) for n={n}: only the first {n} kept"
+    )
+    billed = outcome.billed_images
+    return replace(
+        outcome,
+        images=images,
+        failures=failures,
+        billed_images=len(images) if billed is None else billed,
+        notes=[*outcome.notes, note],
+    )
 
 
 async def _stamp(image: media.InputImage, text: str) -> media.InputImage:
