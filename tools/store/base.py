@@ -366,6 +366,14 @@ class Store(abc.ABC):
         Oldest first; each claim counts an attempt."""
 
     @abc.abstractmethod
+    async def claim_task(
+        self, task_id: str, worker: str, *, capacity: int, lease_s: float
+    ) -> TaskRecord | None:
+        """Take one queued task now, as ``claim`` would take it, if ``claim`` would take it
+        first: its vendor has a free slot and no older task of that vendor waits. None
+        otherwise (it is left for ``claim``)."""
+
+    @abc.abstractmethod
     async def renew(self, worker: str, task_ids: list[str], lease_s: float) -> None:
         """Extend the leases this worker holds to ``lease_s`` from now."""
 

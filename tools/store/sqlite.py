@@ -313,6 +313,29 @@ class SQLiteStore(Store):
         )
         return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: t.seq)
 
+    async def claim_task(
+        self, task_id: str, worker: str, *, capacity: int, lease_s: float
+    ) -> TaskRecord | None:
+        """Take one queued task now if ``claim`` would take it first."""
+        now = time.time()
+        rows = await self.execute(
+            f"""
+            UPDATE tasks SET status = 'running', lease_owner = ?, lease_until = ?,
+                attempts = attempts + 1, started_at = COALESCE(started_at, ?), updated_at = ?
+            WHERE id = ? AND status = 'queued'
+              AND NOT EXISTS (
+                SELECT 1 FROM tasks AS older WHERE older.vendor = tasks.vendor
+                  AND older.seq < tasks.seq
+                  AND (older.status = 'queued'
+                       OR (older.status = 'running' AND older.lease_until < ?)))
+              AND (SELECT COUNT(*) FROM tasks AS live WHERE live.vendor = tasks.vendor
+                   AND live.status = 'running' AND live.lease_until >= ?) < ?
+            RETURNING {", ".join(COLUMNS)}
+            """,
+            (worker, now + lease_s, now, now, task_id, now, now, capacity),
+        )
+        return TaskRecord.from_row(rows[0]) if rows else None
+
     async def renew(self, worker: str, task_ids: list[str], lease_s: float) -> None:
         if not task_ids:
             return
