@@ -622,13 +622,15 @@ class PostgresStore(Store):
 
     # ---- vendors' rate limits ----------------------------------------------------------
 
-    async def take_turn(self, vendor: str, kind: str, rate: float, *, hold_s: float) -> Turn:
+    async def take_turn(
+        self, vendor: str, kind: str, rate: float, *, hold_s: float, burst: int = 1
+    ) -> Turn:
         """Turns of one vendor and kind are taken one at a time (an advisory lock held to the
         end of the transaction), and the statement that looks and takes starts after the
         lock is held: it sees every turn taken before, and its clock is later than theirs.
         It also forgets the turns no longer needed. Only a refused turn asks a second time,
         for how long to wait (a hint for sleeping; it grants nothing)."""
-        interval = 1.0 / rate
+        interval, span = 1.0 / rate, burst / rate
         slots = max(1, int(rate))
         async with self.pool.acquire() as db, db.transaction():
             await db.execute(
@@ -643,8 +645,8 @@ class PostgresStore(Store):
                 )
                 INSERT INTO rate_turns (vendor, kind, taken_at, free_at)
                 SELECT $1, $2, c.now, c.now + $3 + 1.0 FROM c
-                WHERE NOT EXISTS (SELECT 1 FROM rate_turns WHERE vendor = $1 AND kind = $2
-                                  AND taken_at > c.now - $4)
+                WHERE (SELECT count(*) FROM rate_turns WHERE vendor = $1 AND kind = $2
+                       AND taken_at > c.now - $4) < $6
                   AND (SELECT count(*) FROM rate_turns WHERE vendor = $1 AND kind = $2
                        AND free_at > c.now) < $5
                 RETURNING id
@@ -652,21 +654,25 @@ class PostgresStore(Store):
                 vendor,
                 kind,
                 hold_s,
-                interval,
+                span,
                 slots,
+                burst,
             )
         if taken is not None:
             return Turn(int(taken), 0.0)
-        last, held, first_free, now = await self.pool.fetchrow(
-            f"""SELECT max(taken_at), count(*) FILTER (WHERE free_at > c.now),
+        oldest, held, first_free, now = await self.pool.fetchrow(
+            f"""SELECT (SELECT taken_at FROM rate_turns WHERE vendor = $1 AND kind = $2
+                        ORDER BY taken_at DESC OFFSET $3 - 1 LIMIT 1),
+                       count(*) FILTER (WHERE free_at > c.now),
                        min(free_at) FILTER (WHERE free_at > c.now), c.now
                 FROM (SELECT {NOW} AS now) c
                 LEFT JOIN rate_turns ON vendor = $1 AND kind = $2
                 GROUP BY c.now""",
             vendor,
             kind,
+            burst,
         )
-        wait = last + interval - now if last is not None else 0.0
+        wait = oldest + span - now if oldest is not None else 0.0  # of the last ``burst``
         if held >= slots and first_free is not None:
             # a turn still in flight may end sooner than its hold: ask again soon
             wait = max(wait, min(first_free - now, max(interval, 0.05)))

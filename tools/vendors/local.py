@@ -29,8 +29,7 @@ _ROOT = Path(__file__).resolve().parents[2]  # holds the ``tools`` package
 
 
 class LocalSettings(VendorSettings):
-    max_concurrent: int = Field(2, ge=1)
-    submit_rps: float = Field(1000, gt=0)
+    max_concurrent: int | None = Field(2, ge=1)  # the CPU's cores, not a vendor's rule
     esrgan: Literal["auto", "off"] = "auto"
     esrgan_model: Literal["x4plus", "animevideov3"] = "x4plus"
     esrgan_max_input_pixels: int = Field(1_048_576, ge=1024)

@@ -29,7 +29,7 @@ from tools.errors import (
     VendorRejected,
     VendorTimeout,
 )
-from tools.limits import capped, delay, turn
+from tools.limits import burst_of, capped, delay, turn
 from tools.models import Expand, TaskStatus
 from tools.notifier import Notifier
 from tools.store import Store, TaskRecord
@@ -182,11 +182,11 @@ class Driver:
         throttled_until: float | None = None
         settings = vendor.settings
         kind, rate = (
-            ("submit", settings.submit_rps) if submitting else ("query", settings.query_rps)
+            settings.submit_rate(record.function) if submitting else ("query", settings.query_rps)
         )
         while True:
             try:
-                async with turn(self.store, vendor.name, kind, rate):
+                async with turn(self.store, vendor.name, kind, rate, burst=burst_of(rate)):
                     if submitting:  # one write: the progress, and the marker if a rerun bills
                         marker = {"submit_started_at": time.time()}
                         if vendor.idempotent_submit:

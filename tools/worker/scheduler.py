@@ -27,6 +27,14 @@ from tools.worker.intake import Intake
 from tools.worker.patience import next_wait, patient
 
 log = logging.getLogger("retouch.worker")
+#: Tasks of one vendor run at once when its kind documents no cap (``max_concurrent`` unset):
+#: a bound on what the images of running tasks hold in memory, not a vendor's rule.
+UNCAPPED = 32
+
+
+def capacity(vendor: Vendor) -> int:
+    """How many of ``vendor``'s tasks may run at once, across every process on the store."""
+    return vendor.settings.max_concurrent or UNCAPPED
 
 
 class Worker:
@@ -118,7 +126,7 @@ class Worker:
         for name, vendor in self.vendors.items():
             try:
                 claimed = await self.store.claim(
-                    name, self.id, capacity=vendor.settings.max_concurrent, lease_s=lease
+                    name, self.id, capacity=capacity(vendor), lease_s=lease
                 )
             except StoreUnavailable:
                 raise
@@ -132,7 +140,7 @@ class Worker:
                     self._run(record), name=f"retouch-task-{record.id}"
                 )
                 self._held[name] += 1
-            if self._held[name] >= vendor.settings.max_concurrent:
+            if self._held[name] >= capacity(vendor):
                 self._full.add(name)  # tasks may be waiting: claim again as one ends
             else:
                 self._full.discard(name)
