@@ -501,6 +501,41 @@ class PostgresStore(Store):
                 )
         return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: t.seq)
 
+    async def claim_task(
+        self, task_id: str, worker: str, *, capacity: int, lease_s: float
+    ) -> TaskRecord | None:
+        """Take one queued task now if ``claim`` would take it first: under the same lock as
+        ``claim``, so the two count the vendor's live tasks one after the other."""
+        async with self.pool.acquire() as db, db.transaction():
+            vendor = await db.fetchval(
+                "SELECT vendor FROM tasks WHERE id = $1 AND status = 'queued'", task_id
+            )
+            if vendor is None:
+                return None
+            await db.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"claim:{vendor}"
+            )
+            row = await db.fetchrow(
+                f"""
+                UPDATE tasks SET status = 'running', lease_owner = $2,
+                    lease_until = {NOW} + $4, attempts = attempts + 1,
+                    started_at = COALESCE(started_at, {NOW}), updated_at = {NOW}
+                WHERE id = $1 AND status = 'queued'
+                  AND NOT EXISTS (
+                    SELECT 1 FROM tasks AS older WHERE older.vendor = tasks.vendor
+                      AND older.seq < tasks.seq AND older.status IN ('queued', 'running')
+                      AND (older.status = 'queued' OR older.lease_until < {NOW}))
+                  AND (SELECT count(*) FROM tasks AS live WHERE live.vendor = tasks.vendor
+                       AND live.status = 'running' AND live.lease_until >= {NOW}) < $3
+                RETURNING tasks.*
+                """,
+                task_id,
+                worker,
+                capacity,
+                lease_s,
+            )
+        return TaskRecord.from_row(row) if row else None
+
     async def renew(self, worker: str, task_ids: list[str], lease_s: float) -> None:
         if not task_ids:
             return
