@@ -86,12 +86,13 @@ class LocalVendor(Vendor):
             "lineart": Capability(options=METHOD, note="XDoG (default) or Canny edges"),
         }
 
-    async def warm_up(self) -> None:
-        # OpenCV and numpy take ~0.3 s to import: at the first edit, on the event loop, that
-        # held up every other request (the bot's acknowledgements: p95 0.6 → 1.0 s).
-        await asyncio.to_thread(_load_engine)
-
     async def submit(self, job: Job) -> Finished:
+        # OpenCV and numpy take ~0.3 s and ~35 MB to load: not at start (a process that
+        # never edits locally never pays), and not on the event loop (imported there at the
+        # first edit, they held up every other request: the bot's acknowledgements, p95 0.6
+        # → 1.0 s), but in a thread when the first local edit comes.
+        if not _engine_loaded:
+            await asyncio.to_thread(_load_engine)
         run = self._operation(job)  # a bad request is refused here, without a child process
         if self.settings.timeout_s is not None:
             output = await self._run_in_child(job, self.settings.timeout_s)
@@ -226,9 +227,14 @@ def _check(value: str, allowed: tuple[str, ...]) -> None:
         )
 
 
+_engine_loaded = False
+
+
 def _load_engine() -> None:
+    global _engine_loaded
     for name in engine.__all__:
         getattr(engine, name)
+    _engine_loaded = True
 
 
 def _child_main() -> None:
