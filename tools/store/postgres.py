@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -45,7 +44,7 @@ from tools.store.base import (
     Windows,
     new_task_id,
 )
-from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, blob_key
+from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, blob_key, content_hash
 from tools.store.outages import one_line_outages, reports_outages
 from tools.store.pg_migrations import CORE, migrate
 
@@ -167,7 +166,7 @@ class PostgresStore(Store):
     # ---- blobs -------------------------------------------------------------------------
 
     async def put_blob(self, image: InputImage) -> str:
-        sha = hashlib.sha256(image.data).hexdigest()
+        sha = await content_hash(image.data)
         # The row first, marked pending: from then on no process's clean-up deletes the bytes
         # (one holding the row locked to delete it makes us wait, and we store it anew).
         await self.pool.execute(

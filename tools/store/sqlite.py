@@ -7,7 +7,6 @@ timeout runs out is reported as ``StoreUnavailable`` (``outages.py``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sqlite3
 import time
@@ -40,7 +39,14 @@ from tools.store.base import (
     Windows,
     new_task_id,
 )
-from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, FileBlobStore, blob_key
+from tools.store.blobs import (
+    BlobDamaged,
+    BlobMissing,
+    BlobStore,
+    FileBlobStore,
+    blob_key,
+    content_hash,
+)
 from tools.store.migrations import CORE, migrate
 from tools.store.outages import reports_outages
 
@@ -114,7 +120,7 @@ class SQLiteStore(Store):
     # ---- blobs -------------------------------------------------------------------------
 
     async def put_blob(self, image: InputImage) -> str:
-        sha = hashlib.sha256(image.data).hexdigest()
+        sha = await content_hash(image.data)
         self._unlinked[sha] = time.time()
         key = blob_key(sha, image.mime_type)
         whole = await self.blobs.size(key) == len(image.data)  # a cut-short one is put again
