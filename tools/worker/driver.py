@@ -110,6 +110,7 @@ class Driver:
             await self._finish_canceled(record)
             return
         notes = list(record.notes)
+        sent: float | None = None  # when the last submission attempt left (monotonic)
         if record.vendor_task_id:
             outcome: Outcome = Pending(record.vendor_task_id)
         elif record.submit_started_at and not vendor.idempotent_submit:
@@ -121,10 +122,16 @@ class Driver:
             )
         else:
             job = await self._job(record, inputs)
+
+            def submit() -> Awaitable[Outcome]:
+                nonlocal sent
+                sent = time.monotonic()
+                return vendor.submit(job)
+
             outcome = await self._call(
                 vendor,
                 record,
-                lambda: vendor.submit(job),
+                submit,
                 submitting=True,
             )
             notes += job.notes
@@ -137,7 +144,7 @@ class Driver:
                 )
         try:
             if isinstance(outcome, Pending):
-                outcome = await self._wait(vendor, record, outcome)
+                outcome = await self._wait(vendor, record, outcome, sent)
             if outcome is None:  # finished by the callback route
                 return
             ended = await self.intake.take(
@@ -246,13 +253,19 @@ class Driver:
                 )
                 await asyncio.sleep(wait)
 
-    async def _wait(self, vendor: Vendor, record: TaskRecord, pending: Pending) -> Outcome | None:
-        """Poll (or await the callback) until the vendor has finished."""
+    async def _wait(
+        self, vendor: Vendor, record: TaskRecord, pending: Pending, sent: float | None
+    ) -> Outcome | None:
+        """Poll (or await the callback) until the vendor has finished. The first poll comes
+        ``poll_interval_s`` after the submission was sent (``sent``), not after its answer."""
         interval = vendor.settings.poll_interval_s
         deadline = time.monotonic() + self.settings.worker.callback_timeout_s
         polls = record.polls
         while True:
-            await asyncio.sleep(capped(pending.retry_after or interval))
+            wait = capped(pending.retry_after or interval)
+            if sent is not None:
+                wait, sent = max(0.0, wait - (time.monotonic() - sent)), None
+            await asyncio.sleep(wait)
             interval = min(interval * 1.5, vendor.settings.poll_max_interval_s)
             current = await self.store.get(record.id)
             if current.finished:
