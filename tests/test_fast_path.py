@@ -85,14 +85,15 @@ async def test_a_full_vendor_leaves_the_task_to_the_claim_loop_in_order(
 async def test_a_caller_that_gives_up_does_not_stop_the_edit(make_settings: MakeSettings) -> None:
     settings = make_settings('[vendors.local]\nkind = "local"\nesrgan = "off"\n')
     async with Editor(settings) as editor:
+        assert editor.worker is not None
         call = asyncio.create_task(editor.edit_image(adjust(), wait_seconds=30))
-        while not (await editor.store.list(limit=1)):
+        while not editor.worker.running:  # started by the call, which now waits for it
             await asyncio.sleep(0.001)
+        [task_id] = editor.worker.running
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
-        [record] = await editor.store.list(limit=1)
-        task = await editor.check_task(record.id, wait_seconds=30)
+        task = await editor.check_task(task_id, wait_seconds=30)
         assert task.status.value == "succeeded"
 
 
