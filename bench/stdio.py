@@ -377,14 +377,20 @@ async def main_async(args: Any) -> None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
             rates: dict[str, dict[str, float]] = {}
+            cpu: dict[str, list[float]] = {}  # CPU ms per call: client, server, fake
             for name in args.rate_cases:
                 rates[name] = {}
+                fake = openai if name == "openai" else dashscope
                 for c in (1, 8):
                     total = max(8, calls * rounds)
                     rates[name][f"raw c={c}"] = await throughput(raw[name], c, total)
+                    before = (time.process_time(), cpu_s(pid), cpu_s(fake.pid))
                     rates[name][f"retouch c={c}"] = await throughput(
                         lambda n=name: edit(client, str(path), n, None), c, total
                     )
+                    after = (time.process_time(), cpu_s(pid), cpu_s(fake.pid))
+                    spent = [(b - a) / total * 1000 for a, b in zip(before, after, strict=True)]
+                    cpu[f"{name} c={c}"] = spent
             peak = status_kb(pid, "VmHWM") / 1024
             rss_end = status_kb(pid, "VmRSS") / 1024
         wanx_lag = []
@@ -403,6 +409,12 @@ async def main_async(args: Any) -> None:
                 calls * rounds,
             )
     report(cases, rates, (ours, floor), idle, peak, rss_end, wanx_lag, others)
+    if cpu:
+        print_table(
+            ["Retouch calls", "client (this process)", "retouch-mcp", "fake vendor", "all"],
+            [[k, *v, sum(v)] for k, v in cpu.items()],
+            "CPU ms per call, by process (2 cores: 2000 ms of CPU a second at most)",
+        )
     print(f"Server CPU per call over the rounds (all back ends): {server_cpu * 1000:.1f} ms\n")
     if args.profile:
         summarise_profile(args.profile)

@@ -160,6 +160,23 @@ async def wait_for(check: object, timeout: float = 20) -> None:
         await asyncio.sleep(0.02)
 
 
+async def test_results_are_kept_decoded_only_for_a_caller_still_waiting(
+    tmp_path: Path, openai: FakeOpenAI
+) -> None:
+    openai.inject("edits", Fault.delay(1.0))
+    settings = load_settings(config(tmp_path, openai.base_url))
+    request = EditRequest(images=[data_uri(png())], prompt="make it blue", vendor="openai")
+    async with Editor(settings) as editor:
+        task = await editor.edit_image(request, wait_seconds=0.2)  # gives up before the end
+        assert task.status.value == "running"
+        done = await editor.check_task(task.id, wait_seconds=30)
+        assert done.status.value == "succeeded"
+        assert editor.decoded_result(task.id, 0) is None  # nobody was waiting: not kept
+        again = await editor.edit_image(request, wait_seconds=30)
+        assert again.status.value == "succeeded"
+        assert editor.decoded_result(again.id, 0) is not None
+
+
 async def test_a_process_killed_between_attempts_is_recovered_and_bills_once(
     tmp_path: Path, openai: FakeOpenAI
 ) -> None:
