@@ -87,26 +87,25 @@ class LocalVendor(Vendor):
         }
 
     async def submit(self, job: Job) -> Finished:
-        # OpenCV and numpy take ~0.3 s and ~35 MB to load: not at start (a process that
-        # never edits locally never pays), and not on the event loop (imported there at the
-        # first edit, they held up every other request: the bot's acknowledgements, p95 0.6
-        # → 1.0 s), but in a thread when the first local edit comes.
-        if not _engine_loaded:
-            await asyncio.to_thread(_load_engine)
-        run = self._operation(job)  # a bad request is refused here, without a child process
+        # Everything that touches pixels, or imports the engine module the operation needs
+        # (OpenCV and numpy: ~0.3 s and ~35 MB, paid by the first local edit only), runs in
+        # a thread: on the event loop it held up every other request (the bot's
+        # acknowledgements: p95 0.6 → 1.0 s). A bad request is refused here, in the thread,
+        # without a child process.
+        run = await asyncio.to_thread(self._operation, job)
         if self.settings.timeout_s is not None:
             output = await self._run_in_child(job, self.settings.timeout_s)
+            encoded, notes = await asyncio.to_thread(_encoded, job, output), output.notes
         else:
-            image = job.images[0].to_pil()
-            mask = job.mask.to_pil().convert("L") if job.mask else None
-            output = await asyncio.to_thread(run, image, mask)
-        fmt = (
-            "JPEG"
-            if job.images[0].format == "jpeg" and output.image.mode in ("RGB", "L")
-            else "PNG"
-        )
-        encoded = await asyncio.to_thread(media.encode, output.image, fmt, 95)
-        return Finished(images=[OutputImage(data=encoded.data)], notes=output.notes)
+
+            def work() -> tuple[media.InputImage, list[str]]:
+                image = job.images[0].to_pil()
+                mask = job.mask.to_pil().convert("L") if job.mask else None
+                output = run(image, mask)
+                return _encoded(job, output), output.notes
+
+            encoded, notes = await asyncio.to_thread(work)
+        return Finished(images=[OutputImage(data=encoded.data)], notes=notes)
 
     async def _run_in_child(self, job: Job, limit: float) -> engine.EngineOutput:
         """The operation in ``python -m tools.vendors.local``, killed past ``limit`` seconds
@@ -227,14 +226,10 @@ def _check(value: str, allowed: tuple[str, ...]) -> None:
         )
 
 
-_engine_loaded = False
-
-
-def _load_engine() -> None:
-    global _engine_loaded
-    for name in engine.__all__:
-        getattr(engine, name)
-    _engine_loaded = True
+def _encoded(job: Job, output: engine.EngineOutput) -> media.InputImage:
+    """The engine's output encoded as its input was: JPEG stays JPEG, else PNG."""
+    jpeg = job.images[0].format == "jpeg" and output.image.mode in ("RGB", "L")
+    return media.encode(output.image, "JPEG" if jpeg else "PNG", 95)
 
 
 def _child_main() -> None:
