@@ -30,7 +30,9 @@ rounds, as collapsed stacks (``--format raw``), and prints where its samples fal
 
 ``--compare LABEL=COMMAND`` (repeatable, optional) also launches another MCP image server
 over stdio with ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` pointing at the same fake, calling
-``--compare-tool`` with ``--compare-args`` (JSON, ``{image}`` replaced by the input's path).
+``--compare-tool`` with ``--compare-args`` (JSON; ``{image}`` is replaced by the input's path,
+``{image_data}`` by its data: URI). Their code is never part of Retouch: point ``COMMAND`` at
+a copy of your own, and add its own settings with ``--compare-env KEY=VALUE``.
 
 Targets (issue #15): added p50 ≤ 15 ms for a synchronous vendor; ≥ 60 calls/s at
 concurrency 8; start-up ≤ 400 ms; idle ≤ 90 MiB; wanx: fake task end → result stored
@@ -287,14 +289,23 @@ def summarise_profile(path: str, top: int = 25) -> None:
 
 
 async def other_server(
-    label: str, command: str, tool: str, arguments: str, path: str, fake_url: str, calls: int
+    label: str,
+    command: str,
+    tool: str,
+    arguments: str,
+    path: str,
+    fake_url: str,
+    calls: int,
+    extra_env: list[str],
 ) -> dict[str, float]:
     from mcp import StdioServerParameters
 
     argv = shlex.split(command)
     env = {**os.environ, "OPENAI_BASE_URL": f"{fake_url}/v1", "OPENAI_API_KEY": OPENAI_KEY}
+    env.update(dict(e.split("=", 1) for e in extra_env))
     params = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
-    args = json.loads(arguments.replace("{image}", path))
+    uri = "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+    args = json.loads(arguments.replace("{image}", path).replace("{image_data}", uri))
     times: list[float] = []
     startups = []
     for _ in range(3):
@@ -407,6 +418,7 @@ async def main_async(args: Any) -> None:
                 str(path),
                 openai.base_url,
                 calls * rounds,
+                args.compare_env,
             )
     report(cases, rates, (ours, floor), idle, peak, rss_end, wanx_lag, others)
     if cpu:
@@ -551,6 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", metavar="FILE", help="py-spy the server during the rounds")
     p.add_argument("--compare", action="append", default=[], metavar="LABEL=COMMAND")
     p.add_argument("--compare-tool", default="edit_image")
+    p.add_argument("--compare-env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
         "--compare-args",
         default='{"image": "{image}", "prompt": "make the sky purple"}',

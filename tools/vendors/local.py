@@ -89,16 +89,17 @@ class LocalVendor(Vendor):
     async def submit(self, job: Job) -> Finished:
         # Everything that touches pixels, or imports the engine module the operation needs
         # (OpenCV and numpy: ~0.3 s and ~35 MB, paid by the first local edit only), runs in
-        # a thread: on the event loop it held up every other request (the bot's
-        # acknowledgements: p95 0.6 → 1.0 s). A bad request is refused here, in the thread,
-        # without a child process.
-        run = await asyncio.to_thread(self._operation, job)
+        # one trip to a thread: on the event loop it held up every other request (the bot's
+        # acknowledgements: p95 0.6 → 1.0 s).
         if self.settings.timeout_s is not None:
+            # a bad request is refused here, without starting a child process
+            await asyncio.to_thread(self._operation, job)
             output = await self._run_in_child(job, self.settings.timeout_s)
             encoded, notes = await asyncio.to_thread(_encoded, job, output), output.notes
         else:
 
             def work() -> tuple[media.InputImage, list[str]]:
+                run = self._operation(job)
                 image = job.images[0].to_pil()
                 mask = job.mask.to_pil().convert("L") if job.mask else None
                 output = run(image, mask)
