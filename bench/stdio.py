@@ -25,6 +25,10 @@ idle after start-up and its peak (VmHWM) over the run; and where each millisecon
 goes, from the stages the server stamps when a call asks for them (``_meta``
 ``retouch/timings``), between the client's send and receive.
 
+``--before PATH`` runs a second ``retouch-mcp`` from another checkout of Retouch (e.g. the
+main branch) beside this one, on its own store, with its calls interleaved with the others:
+the change measured under the same load.
+
 ``--profile FILE`` records the server with py-spy (``pip install py-spy``) during the
 rounds, as collapsed stacks (``--format raw``), and prints where its samples fall.
 
@@ -90,6 +94,7 @@ ARGS = {
 class Case:
     raw: list[float] = field(default_factory=list)
     e2e: list[float] = field(default_factory=list)
+    before: list[float] = field(default_factory=list)  # --before: the other checkout
     stages: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -153,14 +158,15 @@ async def raw_calls(
 # ---- Retouch over stdio ------------------------------------------------------------------
 
 
-def server_params(config: str) -> Any:
+def server_params(config: str, root: Path = ROOT) -> Any:
+    """``retouch-mcp`` of the checkout at ``root`` (this one by default)."""
     from mcp import StdioServerParameters
 
     return StdioServerParameters(
         command=sys.executable,
         args=["-m", "server", "--config", config],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=str(ROOT),
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=str(root),
     )
 
 
@@ -364,15 +370,29 @@ async def main_async(args: Any) -> None:
             args.launches,
         )
         ours = await startup(params, args.launches)
-        async with (
-            raw_calls(source, openai.base_url, dashscope.base_url) as raw,
-            launched(params) as (client, pid, _),
-        ):
+        old: dict[str, Any] = {}
+        if args.before:
+            cfg_old = settings(workdir("stdio-before"), toml)
+            old["params"] = server_params(cfg_old.source, Path(args.before).resolve())
+            old["startup"] = await startup(old["params"], args.launches)
+        async with contextlib.AsyncExitStack() as stack:
+            raw = await stack.enter_async_context(
+                raw_calls(source, openai.base_url, dashscope.base_url)
+            )
+            client, pid, _ = await stack.enter_async_context(launched(params))
+            if old:
+                old["client"], old["pid"], _ = await stack.enter_async_context(
+                    launched(old["params"])
+                )
             await asyncio.sleep(1)
             idle = status_kb(pid, "VmRSS") / 1024
+            if old:
+                old["idle"] = status_kb(old["pid"], "VmRSS") / 1024
             for name in cases:  # warm-up: connections, first imports, the engine
                 await raw[name]()
                 await edit(client, str(path), name, None)
+                if old:
+                    await edit(old["client"], str(path), name, None)
             spy = profiler(pid, args.profile) if args.profile else None
             cpu_before = cpu_s(pid)
             for _ in range(rounds):
@@ -382,6 +402,10 @@ async def main_async(args: Any) -> None:
                     for _ in range(calls):
                         await timed(
                             lambda n=name, c=case: edit(client, str(path), n, c.stages), case.e2e
+                        )
+                    for _ in range(calls if old else 0):
+                        await timed(
+                            lambda n=name: edit(old["client"], str(path), n, None), case.before
                         )
             server_cpu = (cpu_s(pid) - cpu_before) / sum(len(c.e2e) for c in cases.values())
             if spy is not None:
@@ -402,7 +426,13 @@ async def main_async(args: Any) -> None:
                     after = (time.process_time(), cpu_s(pid), cpu_s(fake.pid))
                     spent = [(b - a) / total * 1000 for a, b in zip(before, after, strict=True)]
                     cpu[f"{name} c={c}"] = spent
+                    if old:
+                        rates[name][f"before c={c}"] = await throughput(
+                            lambda n=name: edit(old["client"], str(path), n, None), c, total
+                        )
             peak = status_kb(pid, "VmHWM") / 1024
+            if old:
+                old["peak"] = status_kb(old["pid"], "VmHWM") / 1024
             rss_end = status_kb(pid, "VmRSS") / 1024
         wanx_lag = []
         if "wanx" in cases:
@@ -421,6 +451,8 @@ async def main_async(args: Any) -> None:
                 args.compare_env,
             )
     report(cases, rates, (ours, floor), idle, peak, rss_end, wanx_lag, others)
+    if old:
+        report_before(cases, ours, idle, peak, old)
     if cpu:
         print_table(
             ["Retouch calls", "client (this process)", "retouch-mcp", "fake vendor", "all"],
@@ -430,6 +462,47 @@ async def main_async(args: Any) -> None:
     print(f"Server CPU per call over the rounds (all back ends): {server_cpu * 1000:.1f} ms\n")
     if args.profile:
         summarise_profile(args.profile)
+
+
+def report_before(
+    cases: dict[str, Case],
+    ours: dict[str, float],
+    idle: float,
+    peak: float,
+    old: dict[str, Any],
+) -> None:
+    rows = []
+    for name, case in cases.items():
+        raw = median(case.raw) * 1000
+        rows.append(
+            [
+                name,
+                raw,
+                median(case.before) * 1000,
+                median(case.before) * 1000 - raw,
+                median(case.e2e) * 1000,
+                median(case.e2e) * 1000 - raw,
+            ]
+        )
+    print_table(
+        ["back end", "raw p50", "before p50", "before added", "after p50", "after added"],
+        rows,
+        "Before (--before) and after, per call over stdio, ms, interleaved in one run",
+    )
+    then = old["startup"]
+    print_table(
+        ["", "before", "after"],
+        [
+            [
+                "start-up to initialized: wall / server CPU, ms",
+                f"{then['wall']:.0f} / {then['cpu']:.0f}",
+                f"{ours['wall']:.0f} / {ours['cpu']:.0f}",
+            ],
+            ["RSS idle, MiB", f"{old['idle']:.0f}", f"{idle:.0f}"],
+            ["peak RSS over the run, MiB", f"{old['peak']:.0f}", f"{peak:.0f}"],
+        ],
+        "Before and after: start-up and memory",
+    )
 
 
 def wanx_lags(tasks: list[dict[str, Any]], stages: list[dict[str, float]]) -> list[float]:
@@ -561,6 +634,7 @@ def main(argv: list[str] | None = None) -> None:
         help='extra config lines for Retouch, e.g. --set "[worker]" --set "idle_poll_s = 0.1"',
     )
     p.add_argument("--profile", metavar="FILE", help="py-spy the server during the rounds")
+    p.add_argument("--before", metavar="PATH", help="another Retouch checkout to run beside")
     p.add_argument("--compare", action="append", default=[], metavar="LABEL=COMMAND")
     p.add_argument("--compare-tool", default="edit_image")
     p.add_argument("--compare-env", action="append", default=[], metavar="KEY=VALUE")
