@@ -22,6 +22,7 @@ ORDER = [
     "blobs",
     "gateway",
     "context",
+    "stdio",
     "queueing",
     "polling",
     "engine",

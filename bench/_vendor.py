@@ -1,12 +1,15 @@
-"""The fake DashScope (tests/fakes/dashscope.py) in its own process, driven over a pipe.
+"""A fake vendor (tests/fakes/) in its own process, driven over a pipe: DashScope by default,
+or OpenAI's ``/v1/images/edits`` (``kind="openai"``).
 
 A fake in a thread of the benchmark's own process would share its GIL with Retouch and
 make Retouch look slower (and its peak RSS larger) than it is; in a child process it only
 shares the two cores. The wire protocol is the fake's, i.e. DashScope's own.
 
-The child is ``BenchDashScope``: the test fake, plus one knob — a prompt containing
+The DashScope child is ``BenchDashScope``: the test fake, plus one knob — a prompt containing
 ``dur=<seconds>`` sets that task's ``task_seconds`` (per-task durations, still the real
-protocol: the prompt is just a prompt to the vendor).
+protocol: the prompt is just a prompt to the vendor). ``instant=True`` (either kind) answers
+with a real photo rendered once per size and format instead of drawing each result, so the
+fake's own work per call is parsing the request and sending the answer.
 
     with VendorProcess(task_plan=["SUCCEEDED"]) as fake:
         fake.base_url
@@ -26,6 +29,7 @@ from typing import Any
 from bench._child import ChildProcess, serve
 
 KEY = "sk-bench-dashscope"
+OPENAI_KEY = "sk-bench-openai"
 _DUR = re.compile(r"\bdur=([0-9.]+)")
 
 
@@ -66,12 +70,54 @@ def dashscope_toml(name: str, base_url: str, **values: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def openai_toml(name: str, base_url: str, **values: Any) -> str:
+    """A [vendors.<name>] table of kind openai for the fake OpenAI."""
+    lines = [f"[vendors.{name}]", 'kind = "openai"', f'api_key = "{OPENAI_KEY}"']
+    lines.append(f'base_url = "{base_url}/v1"')
+    for key, value in values.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _instant_results() -> None:
+    """Every fake renders results through ``render_result``: make it a cached real photo."""
+    import functools
+
+    import tests.fakes.dashscope
+    import tests.fakes.openai
+    from bench._common import photo
+
+    @functools.cache
+    def rendered(size: tuple[int, int], fmt: str) -> bytes:
+        return photo(size, fmt="JPEG" if fmt.upper() in ("JPEG", "JPG") else fmt.upper())
+
+    def render(source: Any, size: tuple[int, int], *, fmt: str = "PNG", **_: Any) -> bytes:
+        return rendered((int(size[0]), int(size[1])), fmt)
+
+    tests.fakes.openai.render_result = render  # type: ignore[assignment]
+    tests.fakes.dashscope.render_result = render  # type: ignore[assignment]
+
+
 def _child(attrs: dict[str, Any]) -> None:
     import logging
 
     from tests.fakes.dashscope import FakeDashScope
 
     logging.basicConfig(level=logging.ERROR)
+    kind = attrs.pop("kind", "dashscope")
+    if attrs.pop("instant", False):
+        _instant_results()
+    if kind == "openai":
+        from tests.fakes.openai import FakeOpenAI
+
+        openai = FakeOpenAI(api_key=OPENAI_KEY)
+        openai.start()
+        serve(
+            {"base_url": openai.base_url},
+            {"get": lambda m: {n: getattr(openai, n) for n in m["names"]}},
+        )
+        openai.stop()
+        return
 
     class BenchDashScope(FakeDashScope):
         async def _create(self, request: Any, rec: Any) -> Any:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import platformdirs
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -51,6 +50,8 @@ S3_URL = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[\w!.*'()/-]*)?)?$"
 
 def user_data_dir() -> Path:
     """The platform's directory for Retouch's data (``~/.local/share/retouch`` on Linux)."""
+    import platformdirs  # only a process without a config file or data dir needs it
+
     return platformdirs.user_data_path("retouch", appauthor=False)
 
 
@@ -302,14 +303,22 @@ class VendorSettings(BaseModel):
     base_url: str = ""
     model: str = ""
     timeout_s: float = Field(60, gt=0)
-    max_concurrent: int = Field(2, ge=1)
-    submit_rps: float = Field(2, gt=0)
-    query_rps: float = Field(20, gt=0)
+    # A kind's limits default to what its vendor documents; unset: it documents none, and
+    # Retouch adds no cap of its own (a 429 is still retried as the vendor asks), except
+    # that one vendor's tasks run at most 32 at once (what their images hold in memory).
+    max_concurrent: int | None = Field(None, ge=1, description="tasks at once")
+    submit_rps: float | None = Field(None, gt=0, description="submissions a second")
+    query_rps: float | None = Field(None, gt=0, description="status queries a second")
     poll_interval_s: float = Field(1, gt=0)
     poll_max_interval_s: float = Field(10, gt=0)
     max_retries: int = Field(4, ge=0)
     price_per_image: float | None = Field(None, ge=0)
     currency: str | None = None
+
+    def submit_rate(self, function: str) -> tuple[str, float | None]:
+        """The submission limit ``function`` counts against: its name and calls a second
+        (a kind whose models have limits of their own says which)."""
+        return "submit", self.submit_rps
 
     @model_validator(mode="before")
     @classmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -26,12 +27,20 @@ TURN_HOLD_S = 2.0
 
 
 @contextlib.asynccontextmanager
-async def turn(store: Store, vendor: str, kind: str, rate: float) -> AsyncIterator[None]:
-    """Wait for a turn to call ``vendor`` (``kind``: "submit" or "query") and hold it while
-    the call inside runs: at most ``rate`` calls a second, evenly spaced, across every
-    process on ``store`` (``Store.take_turn``). A process that dies mid-call holds its turn
-    for ``TURN_HOLD_S`` + 1 s."""
-    while (taken := await store.take_turn(vendor, kind, rate, hold_s=TURN_HOLD_S)).id is None:
+async def turn(
+    store: Store, vendor: str, kind: str, rate: float | None, *, burst: int = 1
+) -> AsyncIterator[None]:
+    """Wait for a turn to call ``vendor`` (``kind``: "submit", "query"…) and hold it while
+    the call inside runs: at most ``rate`` calls a second across every process on ``store``
+    (``Store.take_turn``), up to ``burst`` of them at once (1: evenly spaced). A process
+    that dies mid-call holds its turn for ``TURN_HOLD_S`` + 1 s. No rate (None): no limit,
+    and no trip to the store."""
+    if rate is None:
+        yield
+        return
+    while (
+        taken := await store.take_turn(vendor, kind, rate, hold_s=TURN_HOLD_S, burst=burst)
+    ).id is None:
         await asyncio.sleep(taken.wait)
     try:
         yield
@@ -39,6 +48,13 @@ async def turn(store: Store, vendor: str, kind: str, rate: float) -> AsyncIterat
         # Not ended (the store is unreachable): the turn ends by itself after its hold.
         with contextlib.suppress(Exception):
             await store.end_turn(taken.id)
+
+
+def burst_of(rate: float | None) -> int:
+    """How many calls may go at once under ``rate`` a second: all the whole calls of one
+    second. Safe because each turn is held until a second after its call ends, so no one
+    second at the vendor can hold more than ``floor(rate)`` calls, bursts or not."""
+    return max(1, math.floor(rate or 1))
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:

@@ -118,6 +118,14 @@ def inspect(data: bytes, policy: MediaPolicy, label: str = "image") -> InputImag
     The pixel count is checked from the header, before anything is decoded. A GIF becomes
     its first frame as PNG; an EXIF rotation is applied so every vendor sees the same image.
     """
+    return inspect_decoded(data, policy, label)[0]
+
+
+def inspect_decoded(
+    data: bytes, policy: MediaPolicy, label: str = "image"
+) -> tuple[InputImage, Image.Image]:
+    """``inspect``, and the image it decoded on the way (what the bytes show), for a caller
+    that would otherwise decode them again."""
     if len(data) > policy.max_bytes:
         raise ImageTooLarge(
             f"{label} is {len(data) / 1e6:.1f} MB; the limit is {policy.max_bytes / 1e6:.0f} MB"
@@ -156,10 +164,10 @@ def inspect(data: bytes, policy: MediaPolicy, label: str = "image") -> InputImag
                 out = out.convert(
                     "RGBA" if "transparency" in out.info or "A" in out.mode else "RGB"
                 )
-            return encode(out, "PNG")
+            return encode(out, "PNG"), out
     except Exception as exc:  # a corrupt EXIF block or palette surfaces only here
         raise ImageError(f"{label} is corrupt ({type(exc).__name__})") from None
-    return InputImage(data=data, mime_type=mime, width=width, height=height)
+    return InputImage(data=data, mime_type=mime, width=width, height=height), image
 
 
 def _orientation(image: Image.Image) -> int | None:

@@ -65,6 +65,11 @@ class Notifier:
         self._subscribers.append(subscriber)
         return lambda: self._subscribers.remove(subscriber)
 
+    def expect(self, task_id: str) -> None:
+        """A caller is about to read the task, then ``wait`` for it: a change made from now
+        on, even before that wait begins, ends it."""
+        self._events.setdefault(task_id, asyncio.Event())
+
     async def wait(self, task_id: str, timeout: float) -> None:
         """Return when the task changes, or after ``timeout`` seconds."""
         event = self._events.setdefault(task_id, asyncio.Event())

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -34,14 +36,20 @@ from tools.models import (
 from tools.notifier import Notifier
 from tools.store import Store, open_store
 from tools.store.base import Admission, OwnerUsage, TaskFilter, TaskRecord, TaskSummary
+from tools.timeline import Timeline
 from tools.users import Users
 from tools.vendors.base import Vendor
 from tools.vendors.registry import kinds_that_can, vendor_class
 from tools.worker import Intake, Worker
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 Progress = Callable[[Task], Awaitable[None]]
 #: The shortest life of an upload, whatever store.retention_days says.
 MIN_UPLOAD_TTL_S = 3600.0
+#: Tasks whose decoded results are kept for the front end that waited for them.
+KEEP_DECODED = 8
 
 
 class Editor:
@@ -71,6 +79,8 @@ class Editor:
         self.vendors: dict[str, Vendor] = {}
         self.worker: Worker | None = None
         self.notifier = Notifier()
+        self.timeline = Timeline()
+        self._decoded: OrderedDict[str, dict[int, Image.Image]] = OrderedDict()
         self._downloads = asyncio.Semaphore(settings.media.max_concurrent_downloads)
         self._janitor: asyncio.Task[None] | None = None
         #: The time uploads expire by and budgets count by (tests set it; the store's
@@ -87,21 +97,34 @@ class Editor:
         self._callback_secrets = callback_secrets(cfg)
         self.store = await open_store(cfg.store)
         await self.store.listen(self.notifier.event)  # other processes' changes wake us too
-        self.intake = Intake(self.store, self.notifier)
+        self.intake = Intake(self.store, self.notifier, self.timeline)
         self.users = Users(cfg, self.store, lambda: self.clock())
-        # User downloads never follow the environment's proxies or redirects on their own.
-        self.fetcher = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        # Loading the CA certificates takes ~25 ms: once, for every client.
+        tls = httpx.create_ssl_context()
+        own_cas = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
+        # User downloads never follow the environment's proxies, CA files or redirects.
+        self.fetcher = httpx.AsyncClient(
+            trust_env=False,
+            follow_redirects=False,
+            verify=httpx.create_ssl_context(trust_env=False) if own_cas else tls,
+        )
         self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(60, connect=10), limits=httpx.Limits(max_connections=100)
+            timeout=httpx.Timeout(60, connect=10),
+            limits=httpx.Limits(max_connections=100),
+            verify=tls,
         )
         for name, vs in cfg.enabled_vendors().items():
             client = self.http
             if vs.timeout_s != 60:
-                client = httpx.AsyncClient(timeout=httpx.Timeout(vs.timeout_s, connect=10))
+                client = httpx.AsyncClient(
+                    timeout=httpx.Timeout(vs.timeout_s, connect=10), verify=tls
+                )
             self.vendors[name] = vendor_class(vs.kind)(name, vs, client)
         if self.run_worker:
             await asyncio.gather(*(v.warm_up() for v in self.vendors.values()))
-            self.worker = Worker(self.store, self.vendors, cfg, self.http, self.notifier)
+            self.worker = Worker(
+                self.store, self.vendors, cfg, self.http, self.notifier, self.timeline
+            )
             await self.worker.start()
             self._janitor = asyncio.create_task(self._clean_periodically())
         return self
@@ -182,7 +205,12 @@ class Editor:
         local owner's; earlier results unscoped, no uploads). With ``key``, a request made
         again by the same owner with the same key returns the first one's task; another
         owner's key is another. The owner's budget is checked before anything is loaded,
-        and again, atomically, as the task is stored (BudgetExceeded)."""
+        and again, atomically, as the task is stored (BudgetExceeded).
+
+        A task this process may run at once is started here, from the request, rather than
+        through the worker's claim loop (``Worker.start_now``); the decoded images of its
+        results are then kept for ``decoded_result`` while its caller waits."""
+        received = time.time()
         if key is not None:
             key = key if owner is None else _owners_key(owner, key)
             if (known := await self.store.find_by_key(key)) is not None:
@@ -199,6 +227,7 @@ class Editor:
         mask = await self._load(request.mask, "mask", owner) if request.mask else None
         if mask is not None:  # refuse a mask of another shape now, not at the vendor
             media.fit_mask(mask, (images[0].width, images[0].height))
+        loaded = time.time()
         shas = [await self.store.put_blob(img) for img in images]
         mask_sha = await self.store.put_blob(mask) if mask is not None else None
         record = await self.store.create_task(
@@ -214,10 +243,29 @@ class Editor:
             created_at=self.clock(),
             admission=admission,
         )
-        if self.worker:
-            self.worker.wake()
+        self.timeline.mark(record.id, "received", received)
+        self.timeline.mark(record.id, "inputs loaded", loaded)
+        self.timeline.mark(record.id, "stored")
         if wait_seconds > 0:
-            return await self.check_task(record.id, wait_seconds, on_progress)
+            self.notifier.expect(record.id)
+        if self.worker and record.status == "queued":
+            decoded: dict[int, Image.Image] = {}
+            # A task made before with this key has its own inputs: the driver reads them.
+            inputs = (list(images), mask) if key is None else None
+            # Shielded: a caller that gives up must not leave a claimed task unstarted.
+            job = await asyncio.shield(self.worker.start_now(record, inputs, decoded))
+            if job is not None and wait_seconds > 0:
+                self._decoded[record.id] = decoded
+                while len(self._decoded) > KEEP_DECODED:
+                    self._decoded.popitem(last=False)
+        if wait_seconds > 0:
+            task = None
+            try:
+                task = await self._waited(record, wait_seconds, on_progress)
+            finally:
+                if task is None or not task.status.finished:  # nobody waits for it now
+                    self._decoded.pop(record.id, None)
+            return task
         return record.public()
 
     async def check_task(
@@ -232,7 +280,17 @@ class Editor:
 
         Front ends pass the asking ``owner``: another owner's task is then NotFound, exactly
         as an unknown id is. None (no scoping) is for trusted callers that hold the id."""
+        if wait_seconds > 0:
+            self.notifier.expect(task_id)
         record = await self.store.get(task_id, owner=owner)
+        return await self._waited(record, wait_seconds, on_progress)
+
+    async def _waited(
+        self, record: TaskRecord, wait_seconds: float, on_progress: Progress | None
+    ) -> Task:
+        """``record`` as it is after up to ``wait_seconds`` (a caller that waits has called
+        ``notifier.expect`` before reading it, so no change is missed)."""
+        task_id = record.id
         deadline = time.monotonic() + min(max(wait_seconds, 0), 3600)
         seen = record.progress
         with self.notifier.watching(task_id) if on_progress else contextlib.nullcontext():
@@ -263,6 +321,17 @@ class Editor:
     async def list_tasks(self, *, owner: str | None = None, limit: int = 20) -> list[Task]:
         """The newest tasks first: ``owner``'s, or everyone's with None."""
         return [r.public() for r in await self.store.list(owner=owner, limit=limit)]
+
+    def decoded_result(self, task_id: str, index: int) -> Image.Image | None:
+        """Result ``index`` of a task this process ran for a caller that waited, as it was
+        decoded when it arrived; once only (None after, or if it was not kept)."""
+        kept = self._decoded.get(task_id)
+        if kept is None:
+            return None
+        image = kept.pop(index, None)
+        if not kept and image is not None:
+            del self._decoded[task_id]
+        return image
 
     async def result(
         self, task_id: str, index: int, task: Task | None = None, *, owner: str | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tools.limits import turn
+from tools.limits import burst_of, turn
 from tools.store import Store
 
 HOLD = 2.0
@@ -96,3 +96,53 @@ async def test_turns_shared_by_two_handles_keep_the_rate(store: Store, twin: Sto
     assert len(taken) >= seconds * rate / 4  # used, though a loaded machine gets less
     most = max(sum(1 for t in taken if s <= t < s + 1) for s in taken)
     assert most <= rate
+
+
+async def test_a_burst_goes_at_once_and_then_waits_for_a_turn_to_end(store: Store) -> None:
+    """Three a second, three at once: back-to-back calls under the rate are not spaced out,
+    and the fourth waits for one of them to end and a second more."""
+    turns = [await store.take_turn("ds", "submit", 3, hold_s=HOLD, burst=3) for _ in range(3)]
+    assert all(t.id is not None and t.wait == 0.0 for t in turns)
+    refused = await store.take_turn("ds", "submit", 3, hold_s=HOLD, burst=3)
+    assert refused.id is None and refused.wait > 0
+    ended = time.monotonic()  # each call ends after this
+    for taken in turns:
+        assert taken.id is not None
+        await store.end_turn(taken.id)
+    while (fourth := await store.take_turn("ds", "submit", 3, hold_s=HOLD, burst=3)).id is None:
+        await asyncio.sleep(fourth.wait)
+    assert time.monotonic() - ended >= 1.0 - 0.01
+
+
+async def test_bursts_on_two_handles_never_put_more_than_the_rate_in_a_second(
+    store: Store, twin: Store
+) -> None:
+    rate, seconds = 10, 2.2
+    taken: list[float] = []
+    stop = time.monotonic() + seconds
+
+    async def caller(handle: Store) -> None:
+        while True:
+            async with turn(handle, "ds", "query", rate, burst=burst_of(rate)):
+                now = time.monotonic()
+                if now >= stop:
+                    return
+                taken.append(now)
+                await asyncio.sleep(0.01)  # the call
+
+    started = time.monotonic()
+    await asyncio.gather(*(caller(h) for h in (store, twin) for _ in range(6)))
+    taken.sort()
+    assert taken[rate - 1] - started < 0.5  # the first second's calls went at once
+    most = max(sum(1 for t in taken if s <= t < s + 1) for s in taken)
+    assert most <= rate
+
+
+async def test_no_rate_takes_no_turn(store: Store) -> None:
+    started = time.monotonic()
+    for _ in range(50):
+        async with turn(store, "ds", "submit", None):
+            pass
+    assert time.monotonic() - started < 0.5
+    assert (await store.take_turn("ds", "submit", 1, hold_s=HOLD)).id is not None  # none held
+    assert [burst_of(r) for r in (None, 0.5, 1, 2.5, 18)] == [1, 1, 1, 2, 18]

@@ -115,6 +115,40 @@ async def test_many_claims_at_once_never_hand_out_a_task_twice(store: Store) -> 
     assert sorted(taken) == sorted(ids)
 
 
+async def test_one_task_is_claimed_by_its_id_only_when_a_claim_would_take_it_first(
+    store: Store,
+) -> None:
+    first, second = await new_task(store), await new_task(store)
+    # An older task of the same vendor waits: the younger one is left for claim().
+    assert await store.claim_task(second, "w", capacity=5, lease_s=30) is None
+    held = await store.claim_task(first, "w", capacity=5, lease_s=30)
+    assert held is not None and held.id == first
+    assert (held.status, held.lease_owner, held.attempts) == ("running", "w", 1)
+    assert held.lease_until > time.time() + 20 and held.started_at is not None
+    assert await store.claim_task(first, "w2", capacity=5, lease_s=30) is None  # taken
+    # No free slot: one running task and a capacity of one.
+    assert await store.claim_task(second, "w", capacity=1, lease_s=30) is None
+    other = await new_task(store, vendor="other")  # other vendors count apart
+    assert (await store.claim_task(other, "w", capacity=1, lease_s=30)) is not None
+    taken = await store.claim_task(second, "w", capacity=2, lease_s=30)
+    assert taken is not None and taken.id == second
+    assert await store.claim("local", "w3", capacity=5, lease_s=30) == []
+
+
+async def test_a_claim_by_id_waits_behind_a_dead_holders_task(store: Store) -> None:
+    dead, fresh = await new_task(store), await new_task(store)
+    await store.claim("local", "dead", capacity=1, lease_s=30)
+    await store.renew("dead", [dead], -1)  # its process died: the lease ran out
+    assert await store.claim_task(fresh, "w", capacity=5, lease_s=30) is None
+    assert [t.id for t in await store.claim("local", "w", capacity=5, lease_s=30)] == [
+        dead,
+        fresh,
+    ]
+    with pytest.raises(NotFound):
+        await store.get("nope")
+    assert await store.claim_task("nope", "w", capacity=5, lease_s=30) is None
+
+
 async def test_renew_keeps_only_the_holders_leases(store: Store) -> None:
     task_id = await new_task(store)
     await store.claim("local", "w1", capacity=1, lease_s=30)

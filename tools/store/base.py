@@ -366,6 +366,14 @@ class Store(abc.ABC):
         Oldest first; each claim counts an attempt."""
 
     @abc.abstractmethod
+    async def claim_task(
+        self, task_id: str, worker: str, *, capacity: int, lease_s: float
+    ) -> TaskRecord | None:
+        """Take one queued task now, as ``claim`` would take it, if ``claim`` would take it
+        first: its vendor has a free slot and no older task of that vendor waits. None
+        otherwise (it is left for ``claim``)."""
+
+    @abc.abstractmethod
     async def renew(self, worker: str, task_ids: list[str], lease_s: float) -> None:
         """Extend the leases this worker holds to ``lease_s`` from now."""
 
@@ -410,19 +418,23 @@ class Store(abc.ABC):
     # ---- vendors' rate limits ----------------------------------------------------------
 
     @abc.abstractmethod
-    async def take_turn(self, vendor: str, kind: str, rate: float, *, hold_s: float) -> Turn:
+    async def take_turn(
+        self, vendor: str, kind: str, rate: float, *, hold_s: float, burst: int = 1
+    ) -> Turn:
         """Take a turn for one call of ``kind`` ("submit", "query") to ``vendor``, counted for
         every process on this store (a vendor's limits are per account), or learn how long
-        to wait (then nothing is taken). A turn is refused while another was taken less than
-        ``1 / rate`` s ago, or while ``max(1, floor(rate))`` turns are held. A turn is held
-        until one second after its call ends (``end_turn``) or after ``hold_s`` has passed
-        since it was taken, whichever is first. All times are the store's one clock.
+        to wait (then nothing is taken). A turn is refused while ``burst`` others were taken
+        less than ``burst / rate`` s ago (``burst`` 1: evenly spaced), or while
+        ``max(1, floor(rate))`` turns are held. A turn is held until one second after its
+        call ends (``end_turn``) or after ``hold_s`` has passed since it was taken, whichever
+        is first. All times are the store's one clock.
 
         So if each call reaches the vendor after its turn was taken and within ``hold_s`` of
         it, no 1 s window at the vendor holds more than ``rate`` calls, however their
-        arrivals jitter: all the calls in one window had their turns held at once. No burst
-        either: turns are evenly spaced (a bucket of ``rate`` tokens would let ``2 × rate``
-        through some windows, enough to trip an account's cap).
+        arrivals jitter and whatever the burst (up to ``floor(rate)``): all the calls in one
+        window had their turns held at once. (A bucket of ``rate`` tokens, counting turns
+        only as they are taken, would let ``2 × rate`` through some windows, enough to trip
+        an account's cap.)
         """
 
     @abc.abstractmethod

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -45,7 +44,7 @@ from tools.store.base import (
     Windows,
     new_task_id,
 )
-from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, blob_key
+from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, blob_key, content_hash
 from tools.store.outages import one_line_outages, reports_outages
 from tools.store.pg_migrations import CORE, migrate
 
@@ -167,7 +166,7 @@ class PostgresStore(Store):
     # ---- blobs -------------------------------------------------------------------------
 
     async def put_blob(self, image: InputImage) -> str:
-        sha = hashlib.sha256(image.data).hexdigest()
+        sha = await content_hash(image.data)
         # The row first, marked pending: from then on no process's clean-up deletes the bytes
         # (one holding the row locked to delete it makes us wait, and we store it anew).
         await self.pool.execute(
@@ -501,6 +500,41 @@ class PostgresStore(Store):
                 )
         return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: t.seq)
 
+    async def claim_task(
+        self, task_id: str, worker: str, *, capacity: int, lease_s: float
+    ) -> TaskRecord | None:
+        """Take one queued task now if ``claim`` would take it first: under the same lock as
+        ``claim``, so the two count the vendor's live tasks one after the other."""
+        async with self.pool.acquire() as db, db.transaction():
+            vendor = await db.fetchval(
+                "SELECT vendor FROM tasks WHERE id = $1 AND status = 'queued'", task_id
+            )
+            if vendor is None:
+                return None
+            await db.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"claim:{vendor}"
+            )
+            row = await db.fetchrow(
+                f"""
+                UPDATE tasks SET status = 'running', lease_owner = $2,
+                    lease_until = {NOW} + $4, attempts = attempts + 1,
+                    started_at = COALESCE(started_at, {NOW}), updated_at = {NOW}
+                WHERE id = $1 AND status = 'queued'
+                  AND NOT EXISTS (
+                    SELECT 1 FROM tasks AS older WHERE older.vendor = tasks.vendor
+                      AND older.seq < tasks.seq AND older.status IN ('queued', 'running')
+                      AND (older.status = 'queued' OR older.lease_until < {NOW}))
+                  AND (SELECT count(*) FROM tasks AS live WHERE live.vendor = tasks.vendor
+                       AND live.status = 'running' AND live.lease_until >= {NOW}) < $3
+                RETURNING tasks.*
+                """,
+                task_id,
+                worker,
+                capacity,
+                lease_s,
+            )
+        return TaskRecord.from_row(row) if row else None
+
     async def renew(self, worker: str, task_ids: list[str], lease_s: float) -> None:
         if not task_ids:
             return
@@ -622,13 +656,15 @@ class PostgresStore(Store):
 
     # ---- vendors' rate limits ----------------------------------------------------------
 
-    async def take_turn(self, vendor: str, kind: str, rate: float, *, hold_s: float) -> Turn:
+    async def take_turn(
+        self, vendor: str, kind: str, rate: float, *, hold_s: float, burst: int = 1
+    ) -> Turn:
         """Turns of one vendor and kind are taken one at a time (an advisory lock held to the
         end of the transaction), and the statement that looks and takes starts after the
         lock is held: it sees every turn taken before, and its clock is later than theirs.
         It also forgets the turns no longer needed. Only a refused turn asks a second time,
         for how long to wait (a hint for sleeping; it grants nothing)."""
-        interval = 1.0 / rate
+        interval, span = 1.0 / rate, burst / rate
         slots = max(1, int(rate))
         async with self.pool.acquire() as db, db.transaction():
             await db.execute(
@@ -643,8 +679,8 @@ class PostgresStore(Store):
                 )
                 INSERT INTO rate_turns (vendor, kind, taken_at, free_at)
                 SELECT $1, $2, c.now, c.now + $3 + 1.0 FROM c
-                WHERE NOT EXISTS (SELECT 1 FROM rate_turns WHERE vendor = $1 AND kind = $2
-                                  AND taken_at > c.now - $4)
+                WHERE (SELECT count(*) FROM rate_turns WHERE vendor = $1 AND kind = $2
+                       AND taken_at > c.now - $4) < $6
                   AND (SELECT count(*) FROM rate_turns WHERE vendor = $1 AND kind = $2
                        AND free_at > c.now) < $5
                 RETURNING id
@@ -652,21 +688,25 @@ class PostgresStore(Store):
                 vendor,
                 kind,
                 hold_s,
-                interval,
+                span,
                 slots,
+                burst,
             )
         if taken is not None:
             return Turn(int(taken), 0.0)
-        last, held, first_free, now = await self.pool.fetchrow(
-            f"""SELECT max(taken_at), count(*) FILTER (WHERE free_at > c.now),
+        oldest, held, first_free, now = await self.pool.fetchrow(
+            f"""SELECT (SELECT taken_at FROM rate_turns WHERE vendor = $1 AND kind = $2
+                        ORDER BY taken_at DESC OFFSET $3 - 1 LIMIT 1),
+                       count(*) FILTER (WHERE free_at > c.now),
                        min(free_at) FILTER (WHERE free_at > c.now), c.now
                 FROM (SELECT {NOW} AS now) c
                 LEFT JOIN rate_turns ON vendor = $1 AND kind = $2
                 GROUP BY c.now""",
             vendor,
             kind,
+            burst,
         )
-        wait = last + interval - now if last is not None else 0.0
+        wait = oldest + span - now if oldest is not None else 0.0  # of the last ``burst``
         if held >= slots and first_free is not None:
             # a turn still in flight may end sooner than its hold: ask again soon
             wait = max(wait, min(first_free - now, max(interval, 0.05)))

@@ -7,7 +7,6 @@ timeout runs out is reported as ``StoreUnavailable`` (``outages.py``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sqlite3
 import time
@@ -40,7 +39,14 @@ from tools.store.base import (
     Windows,
     new_task_id,
 )
-from tools.store.blobs import BlobDamaged, BlobMissing, BlobStore, FileBlobStore, blob_key
+from tools.store.blobs import (
+    BlobDamaged,
+    BlobMissing,
+    BlobStore,
+    FileBlobStore,
+    blob_key,
+    content_hash,
+)
 from tools.store.migrations import CORE, migrate
 from tools.store.outages import reports_outages
 
@@ -114,7 +120,7 @@ class SQLiteStore(Store):
     # ---- blobs -------------------------------------------------------------------------
 
     async def put_blob(self, image: InputImage) -> str:
-        sha = hashlib.sha256(image.data).hexdigest()
+        sha = await content_hash(image.data)
         self._unlinked[sha] = time.time()
         key = blob_key(sha, image.mime_type)
         whole = await self.blobs.size(key) == len(image.data)  # a cut-short one is put again
@@ -313,6 +319,29 @@ class SQLiteStore(Store):
         )
         return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: t.seq)
 
+    async def claim_task(
+        self, task_id: str, worker: str, *, capacity: int, lease_s: float
+    ) -> TaskRecord | None:
+        """Take one queued task now if ``claim`` would take it first."""
+        now = time.time()
+        rows = await self.execute(
+            f"""
+            UPDATE tasks SET status = 'running', lease_owner = ?, lease_until = ?,
+                attempts = attempts + 1, started_at = COALESCE(started_at, ?), updated_at = ?
+            WHERE id = ? AND status = 'queued'
+              AND NOT EXISTS (
+                SELECT 1 FROM tasks AS older WHERE older.vendor = tasks.vendor
+                  AND older.seq < tasks.seq
+                  AND (older.status = 'queued'
+                       OR (older.status = 'running' AND older.lease_until < ?)))
+              AND (SELECT COUNT(*) FROM tasks AS live WHERE live.vendor = tasks.vendor
+                   AND live.status = 'running' AND live.lease_until >= ?) < ?
+            RETURNING {", ".join(COLUMNS)}
+            """,
+            (worker, now + lease_s, now, now, task_id, now, now, capacity),
+        )
+        return TaskRecord.from_row(rows[0]) if rows else None
+
     async def renew(self, worker: str, task_ids: list[str], lease_s: float) -> None:
         if not task_ids:
             return
@@ -446,34 +475,38 @@ class SQLiteStore(Store):
 
     # ---- vendors' rate limits ----------------------------------------------------------
 
-    async def take_turn(self, vendor: str, kind: str, rate: float, *, hold_s: float) -> Turn:
+    async def take_turn(
+        self, vendor: str, kind: str, rate: float, *, hold_s: float, burst: int = 1
+    ) -> Turn:
         """One statement looks and takes: it holds the database's write lock from its start,
         and reads the clock once (SQLite's ``'now'`` is fixed within a statement), so turns
         taken by any process are ordered and spaced by that one clock. Only a refused turn
         asks a second time, for how long to wait (a hint for sleeping; it grants nothing)."""
-        interval = 1.0 / rate
+        interval, span = 1.0 / rate, burst / rate
         key = {"vendor": vendor, "kind": kind}
         taken = await self.execute(
             f"""INSERT INTO rate_turns (vendor, kind, taken_at, free_at)
                 SELECT :vendor, :kind, c.now, c.now + :hold + 1.0 FROM (SELECT {NOW} AS now) c
-                WHERE NOT EXISTS (SELECT 1 FROM rate_turns WHERE vendor = :vendor
-                                  AND kind = :kind AND taken_at > c.now - :interval)
+                WHERE (SELECT COUNT(*) FROM rate_turns WHERE vendor = :vendor
+                       AND kind = :kind AND taken_at > c.now - :span) < :burst
                   AND (SELECT COUNT(*) FROM rate_turns WHERE vendor = :vendor AND kind = :kind
                        AND free_at > c.now) < :slots
                 RETURNING id""",
-            {**key, "hold": hold_s, "interval": interval, "slots": max(1, int(rate))},
+            {**key, "hold": hold_s, "span": span, "burst": burst, "slots": max(1, int(rate))},
         )
         if taken:
             return Turn(int(taken[0][0]), 0.0)
         rows = await self.db.execute_fetchall(
-            f"""SELECT MAX(taken_at), COUNT(CASE WHEN free_at > c.now THEN 1 END),
+            f"""SELECT (SELECT taken_at FROM rate_turns WHERE vendor = :vendor AND kind = :kind
+                        ORDER BY taken_at DESC LIMIT 1 OFFSET :burst - 1),
+                       COUNT(CASE WHEN free_at > c.now THEN 1 END),
                        MIN(CASE WHEN free_at > c.now THEN free_at END), c.now
                 FROM rate_turns, (SELECT {NOW} AS now) c
                 WHERE vendor = :vendor AND kind = :kind""",
-            key,
+            {**key, "burst": burst},
         )
-        last, held, first_free, now = rows[0]
-        wait = last + interval - now if last is not None else 0.0
+        oldest, held, first_free, now = rows[0]  # oldest: of the last ``burst`` turns
+        wait = oldest + span - now if oldest is not None else 0.0
         if held >= max(1, int(rate)) and first_free is not None:
             # a turn still in flight may end sooner than its hold: ask again soon
             wait = max(wait, min(first_free - now, max(interval, 0.05)))

@@ -29,8 +29,7 @@ _ROOT = Path(__file__).resolve().parents[2]  # holds the ``tools`` package
 
 
 class LocalSettings(VendorSettings):
-    max_concurrent: int = Field(2, ge=1)
-    submit_rps: float = Field(1000, gt=0)
+    max_concurrent: int | None = Field(2, ge=1)  # the CPU's cores, not a vendor's rule
     esrgan: Literal["auto", "off"] = "auto"
     esrgan_model: Literal["x4plus", "animevideov3"] = "x4plus"
     esrgan_max_input_pixels: int = Field(1_048_576, ge=1024)
@@ -87,26 +86,27 @@ class LocalVendor(Vendor):
             "lineart": Capability(options=METHOD, note="XDoG (default) or Canny edges"),
         }
 
-    async def warm_up(self) -> None:
-        # OpenCV and numpy take ~0.3 s to import: at the first edit, on the event loop, that
-        # held up every other request (the bot's acknowledgements: p95 0.6 → 1.0 s).
-        await asyncio.to_thread(_load_engine)
-
     async def submit(self, job: Job) -> Finished:
-        run = self._operation(job)  # a bad request is refused here, without a child process
+        # Everything that touches pixels, or imports the engine module the operation needs
+        # (OpenCV and numpy: ~0.3 s and ~35 MB, paid by the first local edit only), runs in
+        # one trip to a thread: on the event loop it held up every other request (the bot's
+        # acknowledgements: p95 0.6 → 1.0 s).
         if self.settings.timeout_s is not None:
+            # a bad request is refused here, without starting a child process
+            await asyncio.to_thread(self._operation, job)
             output = await self._run_in_child(job, self.settings.timeout_s)
+            encoded, notes = await asyncio.to_thread(_encoded, job, output), output.notes
         else:
-            image = job.images[0].to_pil()
-            mask = job.mask.to_pil().convert("L") if job.mask else None
-            output = await asyncio.to_thread(run, image, mask)
-        fmt = (
-            "JPEG"
-            if job.images[0].format == "jpeg" and output.image.mode in ("RGB", "L")
-            else "PNG"
-        )
-        encoded = await asyncio.to_thread(media.encode, output.image, fmt, 95)
-        return Finished(images=[OutputImage(data=encoded.data)], notes=output.notes)
+
+            def work() -> tuple[media.InputImage, list[str]]:
+                run = self._operation(job)
+                image = job.images[0].to_pil()
+                mask = job.mask.to_pil().convert("L") if job.mask else None
+                output = run(image, mask)
+                return _encoded(job, output), output.notes
+
+            encoded, notes = await asyncio.to_thread(work)
+        return Finished(images=[OutputImage(data=encoded.data)], notes=notes)
 
     async def _run_in_child(self, job: Job, limit: float) -> engine.EngineOutput:
         """The operation in ``python -m tools.vendors.local``, killed past ``limit`` seconds
@@ -227,9 +227,10 @@ def _check(value: str, allowed: tuple[str, ...]) -> None:
         )
 
 
-def _load_engine() -> None:
-    for name in engine.__all__:
-        getattr(engine, name)
+def _encoded(job: Job, output: engine.EngineOutput) -> media.InputImage:
+    """The engine's output encoded as its input was: JPEG stays JPEG, else PNG."""
+    jpeg = job.images[0].format == "jpeg" and output.image.mode in ("RGB", "L")
+    return media.encode(output.image, "JPEG" if jpeg else "PNG", 95)
 
 
 def _child_main() -> None:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import httpx
+from PIL import Image
 
 from tools.config import Settings
 from tools.errors import (
@@ -29,10 +30,12 @@ from tools.errors import (
     VendorRejected,
     VendorTimeout,
 )
-from tools.limits import capped, delay, turn
+from tools.limits import burst_of, capped, delay, turn
+from tools.media import InputImage
 from tools.models import Expand, TaskStatus
 from tools.notifier import Notifier
 from tools.store import Store, TaskRecord
+from tools.timeline import Timeline
 from tools.vendors.base import Finished, Job, Outcome, Pending, Vendor
 from tools.worker.intake import Intake
 
@@ -42,6 +45,10 @@ T = TypeVar("T")
 
 class Canceled(Exception):
     """The client canceled the task while it ran."""
+
+
+#: A task's input images and mask, as the process that stored them still holds them.
+Inputs = tuple[list[InputImage], InputImage | None]
 
 
 class Driver:
@@ -56,6 +63,7 @@ class Driver:
         downloads: httpx.AsyncClient,
         intake: Intake,
         notifier: Notifier,
+        timeline: Timeline | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.store = store
@@ -64,11 +72,20 @@ class Driver:
         self.downloads = downloads
         self.intake = intake
         self.notifier = notifier
+        self.timeline = timeline or Timeline()
 
-    async def run(self, record: TaskRecord) -> bool:
-        """Drive the task to its end; True if it was queued again for a fallback vendor."""
+    async def run(
+        self,
+        record: TaskRecord,
+        inputs: Inputs | None = None,
+        decoded: dict[int, Image.Image] | None = None,
+    ) -> bool:
+        """Drive the task to its end; True if it was queued again for a fallback vendor.
+
+        ``inputs``: its images, where the caller holds them (else they are read from the
+        store); ``decoded``: filled with the results' decoded images (``Intake.take``)."""
         try:
-            await self._drive(record)
+            await self._drive(record, inputs, decoded)
         except asyncio.CancelledError:
             raise
         except RetouchError as exc:
@@ -80,7 +97,12 @@ class Driver:
             )
         return False
 
-    async def _drive(self, record: TaskRecord) -> None:
+    async def _drive(
+        self,
+        record: TaskRecord,
+        inputs: Inputs | None,
+        decoded: dict[int, Image.Image] | None,
+    ) -> None:
         vendor = self.vendors.get(record.vendor)
         if vendor is None:
             raise NotFound(f"vendor {record.vendor!r} is no longer configured")
@@ -88,6 +110,7 @@ class Driver:
             await self._finish_canceled(record)
             return
         notes = list(record.notes)
+        sent: float | None = None  # when the last submission attempt left (monotonic)
         if record.vendor_task_id:
             outcome: Outcome = Pending(record.vendor_task_id)
         elif record.submit_started_at and not vendor.idempotent_submit:
@@ -98,11 +121,17 @@ class Driver:
                 vendor=vendor.name,
             )
         else:
-            job = await self._job(record)
+            job = await self._job(record, inputs)
+
+            def submit() -> Awaitable[Outcome]:
+                nonlocal sent
+                sent = time.monotonic()
+                return vendor.submit(job)
+
             outcome = await self._call(
                 vendor,
                 record,
-                lambda: vendor.submit(job),
+                submit,
                 submitting=True,
             )
             notes += job.notes
@@ -115,7 +144,7 @@ class Driver:
                 )
         try:
             if isinstance(outcome, Pending):
-                outcome = await self._wait(vendor, record, outcome)
+                outcome = await self._wait(vendor, record, outcome, sent)
             if outcome is None:  # finished by the callback route
                 return
             ended = await self.intake.take(
@@ -125,17 +154,21 @@ class Driver:
                 client=self.downloads,
                 worker=self.worker_id,
                 notes=notes,
+                decoded=decoded,
             )
             if not ended:
                 log.info("task %s ended elsewhere meanwhile", record.id)
         except (Canceled, VendorCanceled):
             await self._finish_canceled(record)
 
-    async def _job(self, record: TaskRecord) -> Job:
+    async def _job(self, record: TaskRecord, inputs: Inputs | None) -> Job:
         req = record.request
-        shas = await self.store.task_images(record.id)
-        images = [await self.store.read_blob(s) for s in shas.get("input", [])]
-        mask = await self.store.read_blob(shas["mask"][0]) if "mask" in shas else None
+        if inputs is not None:
+            images, mask = inputs
+        else:
+            shas = await self.store.task_images(record.id)
+            images = [await self.store.read_blob(s) for s in shas.get("input", [])]
+            mask = await self.store.read_blob(shas["mask"][0]) if "mask" in shas else None
         size = None
         if req.get("size") and req["size"] != "auto":
             w, h = req["size"].split("x")
@@ -182,17 +215,21 @@ class Driver:
         throttled_until: float | None = None
         settings = vendor.settings
         kind, rate = (
-            ("submit", settings.submit_rps) if submitting else ("query", settings.query_rps)
+            settings.submit_rate(record.function) if submitting else ("query", settings.query_rps)
         )
         while True:
             try:
-                async with turn(self.store, vendor.name, kind, rate):
+                async with turn(self.store, vendor.name, kind, rate, burst=burst_of(rate)):
                     if submitting:  # one write: the progress, and the marker if a rerun bills
                         marker = {"submit_started_at": time.time()}
                         if vendor.idempotent_submit:
                             marker = {}
                         await self._update(record, progress=f"working with {vendor.name}", **marker)
-                    return await fn()
+                    stage = "submit" if submitting else "poll"
+                    self.timeline.mark(record.id, f"{stage} sent")
+                    answer = await fn()
+                    self.timeline.mark(record.id, f"{stage} answered")
+                    return answer
             except VendorError as exc:
                 ambiguous = submitting and exc.details.get("maybe_submitted")
                 patient = not submitting and isinstance(exc, Throttled)
@@ -216,13 +253,19 @@ class Driver:
                 )
                 await asyncio.sleep(wait)
 
-    async def _wait(self, vendor: Vendor, record: TaskRecord, pending: Pending) -> Outcome | None:
-        """Poll (or await the callback) until the vendor has finished."""
+    async def _wait(
+        self, vendor: Vendor, record: TaskRecord, pending: Pending, sent: float | None
+    ) -> Outcome | None:
+        """Poll (or await the callback) until the vendor has finished. The first poll comes
+        ``poll_interval_s`` after the submission was sent (``sent``), not after its answer."""
         interval = vendor.settings.poll_interval_s
         deadline = time.monotonic() + self.settings.worker.callback_timeout_s
         polls = record.polls
         while True:
-            await asyncio.sleep(capped(pending.retry_after or interval))
+            wait = capped(pending.retry_after or interval)
+            if sent is not None:
+                wait, sent = max(0.0, wait - (time.monotonic() - sent)), None
+            await asyncio.sleep(wait)
             interval = min(interval * 1.5, vendor.settings.poll_max_interval_s)
             current = await self.store.get(record.id)
             if current.finished:

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import replace
 
 import httpx
+from PIL import Image
 
 from tools import media
 from tools.errors import RetouchError, VendorError, VendorFault, VendorTimeout, error_from_dict
@@ -20,6 +21,7 @@ from tools.limits import delay
 from tools.models import ImageFailure, ResultImage, TaskStatus
 from tools.notifier import Notifier
 from tools.store import Store, TaskRecord
+from tools.timeline import Timeline
 from tools.vendors.base import Finished, OutputImage, Vendor
 
 RESULT_LIMIT = 200 * 1024 * 1024
@@ -30,9 +32,10 @@ RESULT_DOWNLOAD_S = 300.0
 
 
 class Intake:
-    def __init__(self, store: Store, notifier: Notifier) -> None:
+    def __init__(self, store: Store, notifier: Notifier, timeline: Timeline | None = None) -> None:
         self.store = store
         self.notifier = notifier
+        self.timeline = timeline or Timeline()
 
     async def take(
         self,
@@ -44,6 +47,7 @@ class Intake:
         worker: str | None = None,
         notes: list[str] | None = None,
         policy: media.MediaPolicy | None = None,
+        decoded: dict[int, Image.Image] | None = None,
     ) -> bool:
         """End a task with the vendor's outcome; False if it had ended some other way.
 
@@ -51,7 +55,8 @@ class Intake:
         ``notes``: the task's notes so far (default: the record's). With ``policy``, result
         URLs are fetched like user URLs (public addresses only, pinned): for outcomes that
         did not come from the configured vendor endpoint itself, such as an unauthenticated
-        completion callback.
+        completion callback. ``decoded``: filled with each stored result's decoded image by
+        its index, for a caller that shows them (checking a result decodes it anyway).
         """
         if record.finished:
             return False
@@ -62,10 +67,13 @@ class Intake:
             )
         else:
             outcome = at_most(outcome, record.n, vendor.name)
-            results, failures = await self._store_images(record, vendor, outcome, client, policy)
+            results, failures = await self._store_images(
+                record, vendor, outcome, client, policy, decoded
+            )
             ended = await self._record_end(
                 record, vendor, outcome, results, failures, notes, worker
             )
+        self.timeline.mark(record.id, "ended")
         self.notifier.changed(record.id, ended=True)
         return ended
 
@@ -76,6 +84,7 @@ class Intake:
         outcome: Finished,
         client: httpx.AsyncClient,
         policy: media.MediaPolicy | None,
+        decoded: dict[int, Image.Image] | None,
     ) -> tuple[list[ResultImage], list[ImageFailure]]:
         """Every delivered image downloaded, checked, stamped and stored; the images that
         failed (the vendor's own failures first)."""
@@ -83,15 +92,20 @@ class Intake:
         text_mark = record.request.get("watermark")
         results: list[ResultImage] = []
         failures = list(outcome.failures)
+        mark = self.timeline.mark
         for index, image in enumerate(outcome.images):
             try:
-                stored = await fetch_result(image, client, vendor.name, policy)
+                stored, pixels = await fetch_decoded(image, client, vendor.name, policy)
+                mark(record.id, "decoded")
                 if isinstance(text_mark, str):
-                    stored = await _stamp(stored, text_mark)
+                    stored, pixels = await _stamp(pixels, stored.format, text_mark)
                 sha = await store.put_blob(stored)
+                mark(record.id, "result stored")
             except RetouchError as exc:
                 failures.append(ImageFailure(index=index, code=exc.code, message=exc.message))
                 continue
+            if decoded is not None:
+                decoded[len(results)] = pixels
             results.append(
                 ResultImage(
                     index=len(results),
@@ -188,13 +202,14 @@ def at_most(outcome: Finished, n: int, vendor: str) -> Finished:
     )
 
 
-async def _stamp(image: media.InputImage, text: str) -> media.InputImage:
+async def _stamp(image: Image.Image, fmt: str, text: str) -> tuple[media.InputImage, Image.Image]:
     """The image with a text watermark, in its own format (JPEG stays JPEG, else PNG)."""
-    from tools.engine.watermark import stamp
 
-    def run() -> media.InputImage:
-        out = stamp(image.to_pil(), text).image
-        return media.encode(out, "JPEG" if image.format == "jpeg" else "PNG")
+    def run() -> tuple[media.InputImage, Image.Image]:
+        from tools.engine.watermark import stamp  # numpy: loaded off the event loop
+
+        out = stamp(image, text).image
+        return media.encode(out, "JPEG" if fmt == "jpeg" else "PNG"), out
 
     return await asyncio.to_thread(run)
 
@@ -206,9 +221,19 @@ async def fetch_result(
     safe: media.MediaPolicy | None = None,
 ) -> media.InputImage:
     """One delivered image, checked; ``safe``: fetch its URL like a user URL."""
+    return (await fetch_decoded(image, client, vendor, safe))[0]
+
+
+async def fetch_decoded(
+    image: OutputImage,
+    client: httpx.AsyncClient,
+    vendor: str,
+    safe: media.MediaPolicy | None = None,
+) -> tuple[media.InputImage, Image.Image]:
+    """``fetch_result``, and the image its check decoded."""
     policy = media.MediaPolicy(max_bytes=RESULT_LIMIT, max_pixels=400_000_000)
     if image.data is not None:
-        return await asyncio.to_thread(media.inspect, image.data, policy, "result")
+        return await asyncio.to_thread(media.inspect_decoded, image.data, policy, "result")
     if not image.url:
         raise VendorFault(f"{vendor} returned a result with neither data nor URL", vendor=vendor)
     if safe is not None:  # a URL that did not come from the vendor's own answer
@@ -216,7 +241,7 @@ async def fetch_result(
         data = await media.fetch(image.url, limits, client, "result")
     else:
         data = await _download_retrying(image.url, client, vendor)
-    return await asyncio.to_thread(media.inspect, data, policy, "result")
+    return await asyncio.to_thread(media.inspect_decoded, data, policy, "result")
 
 
 async def _download_retrying(url: str, client: httpx.AsyncClient, vendor: str) -> bytes:

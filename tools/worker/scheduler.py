@@ -1,5 +1,6 @@
 """The worker's loops: claim tasks from the store while a vendor has free slots, keep their
-leases alive, and run each claimed task through the driver.
+leases alive, and run each claimed task through the driver. A task queued by this process
+is started at once where it may be (``start_now``), without waiting for the claim loop.
 
 Through a database outage the process carries on: the claim loop backs off and, once the
 store answers again, renews the leases it holds before it claims anything; the tasks in hand
@@ -16,17 +17,27 @@ import uuid
 from collections import Counter
 
 import httpx
+from PIL import Image
 
 from tools.config import Settings
 from tools.errors import StoreUnavailable
 from tools.notifier import Notifier, TaskEvent
 from tools.store import Store, TaskRecord
+from tools.timeline import Timeline
 from tools.vendors.base import Vendor
-from tools.worker.driver import Driver
+from tools.worker.driver import Driver, Inputs
 from tools.worker.intake import Intake
 from tools.worker.patience import next_wait, patient
 
 log = logging.getLogger("retouch.worker")
+#: Tasks of one vendor run at once when its kind documents no cap (``max_concurrent`` unset):
+#: a bound on what the images of running tasks hold in memory, not a vendor's rule.
+UNCAPPED = 32
+
+
+def capacity(vendor: Vendor) -> int:
+    """How many of ``vendor``'s tasks may run at once, across every process on the store."""
+    return vendor.settings.max_concurrent or UNCAPPED
 
 
 class Worker:
@@ -37,15 +48,18 @@ class Worker:
         settings: Settings,
         downloads: httpx.AsyncClient,
         notifier: Notifier,
+        timeline: Timeline | None = None,
     ) -> None:
         self.store = store
         self.vendors = vendors
         self.settings = settings
         self.notifier = notifier
+        self.timeline = timeline or Timeline()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         waits = patient(store)
+        intake = Intake(waits, notifier, self.timeline)
         self.driver = Driver(
-            self.id, waits, vendors, settings, downloads, Intake(waits, notifier), notifier
+            self.id, waits, vendors, settings, downloads, intake, notifier, self.timeline
         )
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -53,6 +67,7 @@ class Worker:
         self._held: Counter[str] = Counter()  # running tasks by vendor
         self._full: set[str] = set()  # vendors whose last claim filled every slot
         self._unsubscribe = lambda: None
+        self._stopping = False
 
     async def start(self) -> None:
         self._unsubscribe = self.notifier.subscribe(self._heard)
@@ -63,6 +78,7 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop at once and hand every held task back to the store for the next process."""
+        self._stopping = True
         self._unsubscribe()
         for task in [*self._loops, *self.running.values()]:
             task.cancel()
@@ -79,6 +95,37 @@ class Worker:
     def wake(self) -> None:
         """Claim now: a task was queued."""
         self._wake.set()
+
+    async def start_now(
+        self,
+        record: TaskRecord,
+        inputs: Inputs | None = None,
+        decoded: dict[int, Image.Image] | None = None,
+    ) -> asyncio.Task[None] | None:
+        """Claim a task just queued and start driving it at once, where the claim loop would
+        take it first anyway (``Store.claim_task``): held under this worker's lease like any
+        claimed task, so a crash hands it to the next process exactly as it would. None if
+        it must wait its turn: the claim loop is woken for it. ``inputs``, ``decoded``: see
+        ``Driver.run``."""
+        vendor = self.vendors.get(record.vendor)
+        if vendor is None or not self._loops or self._stopping:
+            return None
+        held = await self.store.claim_task(
+            record.id, self.id, capacity=capacity(vendor), lease_s=self.settings.worker.lease_s
+        )
+        if held is None:
+            self.wake()
+            return None
+        if self._stopping:  # stop() has handed back what it held: this one too
+            await self.store.release(self.id, [held.id])
+            return None
+        self.timeline.mark(held.id, "claimed")
+        self._held[held.vendor] += 1
+        if self._held[held.vendor] >= capacity(vendor):
+            self._full.add(held.vendor)
+        task = asyncio.create_task(self._run(held, inputs, decoded), name=f"retouch-task-{held.id}")
+        self.running[held.id] = task
+        return task
 
     def _heard(self, event: TaskEvent) -> None:
         """Claim now when any process queued a task for a vendor served here or ended one
@@ -118,7 +165,7 @@ class Worker:
         for name, vendor in self.vendors.items():
             try:
                 claimed = await self.store.claim(
-                    name, self.id, capacity=vendor.settings.max_concurrent, lease_s=lease
+                    name, self.id, capacity=capacity(vendor), lease_s=lease
                 )
             except StoreUnavailable:
                 raise
@@ -128,11 +175,12 @@ class Worker:
             for record in claimed:
                 if record.id in self.running:  # ours still: its lease had run out meanwhile
                     continue
+                self.timeline.mark(record.id, "claimed")
                 self.running[record.id] = asyncio.create_task(
                     self._run(record), name=f"retouch-task-{record.id}"
                 )
                 self._held[name] += 1
-            if self._held[name] >= vendor.settings.max_concurrent:
+            if self._held[name] >= capacity(vendor):
                 self._full.add(name)  # tasks may be waiting: claim again as one ends
             else:
                 self._full.discard(name)
@@ -144,10 +192,15 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.store.renew(self.id, list(self.running), lease)
 
-    async def _run(self, record: TaskRecord) -> None:
+    async def _run(
+        self,
+        record: TaskRecord,
+        inputs: Inputs | None = None,
+        decoded: dict[int, Image.Image] | None = None,
+    ) -> None:
         requeued = False
         try:
-            requeued = await self.driver.run(record)
+            requeued = await self.driver.run(record, inputs, decoded)
         finally:
             self.running.pop(record.id, None)
             self._held[record.vendor] -= 1

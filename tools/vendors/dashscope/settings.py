@@ -15,11 +15,15 @@ class DashScopeSettings(VendorSettings):
     base_url: str = "https://dashscope.aliyuncs.com"
     model: str = Field("wanx2.1-imageedit", description="model of the wanx functions")
     edit_model: str = Field("qwen-image-edit-plus", description="model of `edit`")
-    max_concurrent: int = Field(2, ge=1)
-    submit_rps: float = Field(2, gt=0)
+    #: wanx2.1-imageedit: 2 tasks at once, 2 submissions a second (DashScope's documented
+    #: limits are per model and per account).
+    max_concurrent: int | None = Field(2, ge=1)
+    submit_rps: float | None = Field(2, gt=0)
+    #: qwen-image-edit (``edit``): no per-second cap documented, so none by default.
+    edit_submit_rps: float | None = Field(None, gt=0, description="`edit` submissions a second")
     #: DashScope's account-wide cap is 20 task queries a second; 18 leaves room for the
     #: jitter of evenly spaced requests (at exactly 20, 21 landed in one second: bench/).
-    query_rps: float = Field(18, gt=0, description="task queries per second, account-wide")
+    query_rps: float | None = Field(18, gt=0, description="task queries a second, account-wide")
     #: Every 2–2.5 s: bench/polling.py (40 tasks of 2–10 s) measured a 1.05 s median lag at
     #: 0.89 queries per 2 s per task; 1 s growing to 10 s gave 1.73 s at 1.08 queries.
     poll_interval_s: float = Field(2, gt=0)
@@ -46,6 +50,11 @@ class DashScopeSettings(VendorSettings):
     price_per_image: float | None = Field(0.14, ge=0)
     currency: str | None = "CNY"
     edit_price_per_image: float | None = Field(None, ge=0)
+
+    def submit_rate(self, function: str) -> tuple[str, float | None]:
+        if function == "edit":
+            return "submit edit", self.edit_submit_rps
+        return super().submit_rate(function)
 
     @field_validator("base_url")
     @classmethod
