@@ -27,12 +27,14 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from tools import budget
 from tools.errors import ConfigError
 from tools.models import LOCAL_OWNER, BudgetLimits
 from tools.vendors import registry
@@ -133,6 +135,34 @@ class MediaSettings(Section):
     fetch_timeout_s: float = Field(30, gt=0)
     max_redirects: int = Field(5, ge=0, le=20)
     max_concurrent_downloads: int = Field(8, ge=1)
+    decode_budget_mb: int | None = Field(
+        None,
+        ge=1,
+        description="decoded images one process holds at once; unset: 4 images of "
+        "max_pixels at 4 bytes a pixel (763 MB for 50 MP)",
+    )
+    decode_wait_s: float = Field(
+        30, gt=0, le=3600, description="how long a request waits for room before 'busy'"
+    )
+
+    @property
+    def decode_budget(self) -> int:
+        """The pixel budget in bytes."""
+        if self.decode_budget_mb is not None:
+            return self.decode_budget_mb * MB
+        return 4 * self.max_pixels * budget.WIDE
+
+    @field_validator("decode_budget_mb")
+    @classmethod
+    def _budget_holds_an_image(cls, value: int | None, info: ValidationInfo) -> int | None:
+        least = info.data.get("max_pixels", 0) * budget.WIDE
+        if value is not None and value * MB < least:
+            raise ValueError(
+                f"{value} MB cannot hold one image of media.max_pixels "
+                f"({info.data['max_pixels']} pixels at 4 bytes); it needs at least "
+                f"{-(-least // MB)}"
+            )
+        return value
 
 
 class WorkerSettings(Section):

@@ -15,7 +15,7 @@ from dataclasses import replace
 import httpx
 from PIL import Image
 
-from tools import media
+from tools import budget, media
 from tools.errors import RetouchError, VendorError, VendorFault, VendorTimeout, error_from_dict
 from tools.limits import delay
 from tools.models import ImageFailure, ResultImage, TaskStatus
@@ -203,7 +203,8 @@ def at_most(outcome: Finished, n: int, vendor: str) -> Finished:
 
 
 async def _stamp(image: Image.Image, fmt: str, text: str) -> tuple[media.InputImage, Image.Image]:
-    """The image with a text watermark, in its own format (JPEG stays JPEG, else PNG)."""
+    """The image with a text watermark, in its own format (JPEG stays JPEG, else PNG),
+    within the pixel budget (the stamped copy, the encoder)."""
 
     def run() -> tuple[media.InputImage, Image.Image]:
         from tools.engine.watermark import stamp  # numpy: loaded off the event loop
@@ -211,7 +212,8 @@ async def _stamp(image: Image.Image, fmt: str, text: str) -> tuple[media.InputIm
         out = stamp(image, text).image
         return media.encode(out, "JPEG" if fmt == "jpeg" else "PNG"), out
 
-    return await asyncio.to_thread(run)
+    cost = 3 * budget.decoded_bytes(image.width, image.height)
+    return await budget.PIXELS.run(cost, run, bounded=False)
 
 
 async def fetch_result(
@@ -230,10 +232,11 @@ async def fetch_decoded(
     vendor: str,
     safe: media.MediaPolicy | None = None,
 ) -> tuple[media.InputImage, Image.Image]:
-    """``fetch_result``, and the image its check decoded."""
+    """``fetch_result``, and the image its check decoded (within the pixel budget, waiting
+    its turn: the vendor's work is done and maybe paid for)."""
     policy = media.MediaPolicy(max_bytes=RESULT_LIMIT, max_pixels=400_000_000)
     if image.data is not None:
-        return await asyncio.to_thread(media.inspect_decoded, image.data, policy, "result")
+        return await media.check_decoded(image.data, policy, "result", bounded=False)
     if not image.url:
         raise VendorFault(f"{vendor} returned a result with neither data nor URL", vendor=vendor)
     if safe is not None:  # a URL that did not come from the vendor's own answer
@@ -241,7 +244,7 @@ async def fetch_decoded(
         data = await media.fetch(image.url, limits, client, "result")
     else:
         data = await _download_retrying(image.url, client, vendor)
-    return await asyncio.to_thread(media.inspect_decoded, data, policy, "result")
+    return await media.check_decoded(data, policy, "result", bounded=False)
 
 
 async def _download_retrying(url: str, client: httpx.AsyncClient, vendor: str) -> bytes:
