@@ -6,6 +6,8 @@ default) and PostgreSQL (``postgres.py``, for several processes on several machi
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import TYPE_CHECKING
 
 from tools.errors import ConfigError
@@ -22,15 +24,41 @@ __all__ = [
     "TaskRecord",
     "Turn",
     "blob_key",
+    "check_usable",
     "new_task_id",
     "open_blob_store",
     "open_store",
 ]
 
 
+def check_usable(settings: StoreSettings) -> None:
+    """Make the store's folders and check this process can write in them: a ConfigError
+    naming the setting, at start, rather than a failed write at the first edit."""
+    sqlite = not settings.url.get_secret_value()
+    folders = {"store.path": settings.path.parent} if sqlite else {}
+    if not settings.blobs:
+        folders["store.results_dir"] = settings.results_dir
+    for key, folder in folders.items():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".retouch-probe-"):
+                pass
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(f"{key}: cannot write in {folder}: {reason}") from None
+    if not sqlite:
+        return
+    path = settings.path
+    if path.is_dir():
+        raise ConfigError(f"store.path: {path} is a folder; name the database file in it")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise ConfigError(f"store.path: {path} cannot be both read and written by this user")
+
+
 async def open_store(settings: StoreSettings) -> Store:
     """The store the settings describe: PostgreSQL at ``url`` if set, else the SQLite file at
-    ``path``; and a folder of files or a bucket."""
+    ``path``; and a folder of files or a bucket; checked usable first (:func:`check_usable`)."""
+    check_usable(settings)
     blobs = await open_blob_store(settings)
     try:
         url = settings.url.get_secret_value()
