@@ -17,6 +17,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,6 +126,21 @@ def _pg_ctl() -> str | None:
     from tests.pg import server_binaries
 
     return server_binaries()[1] or None
+
+
+@part("tmpfs")
+def _tmpfs() -> str | None:
+    """Small real filesystems for the full-disk tests (``tests/test_storage.py``)."""
+    if os.geteuid() != 0:
+        return "the full-disk tests mount a small tmpfs, which needs root (CI runs as root)"
+    with tempfile.TemporaryDirectory() as where:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", where], capture_output=True
+        )
+        if mounted.returncode != 0:
+            return f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}"
+        subprocess.run(["umount", where], check=False)
+    return None
 
 
 def needs(*names: str) -> pytest.MarkDecorator:

@@ -90,6 +90,9 @@ class StoreSettings(Section):
     results_dir: Path = Path("results")
     retention_days: float = Field(7, ge=0)
     max_results_mb: int | None = Field(None, ge=1, description="evict oldest results past this")
+    owner_share: float = Field(
+        1.0, gt=0, le=1, description="the part of max_results_mb one owner's tasks may use"
+    )
     url: SecretStr = Field(
         SecretStr(""),
         description="postgresql://user:password@host:port/db: tasks in PostgreSQL instead of "
@@ -122,6 +125,13 @@ class StoreSettings(Section):
     @classmethod
     def _endpoint_is_a_url(cls, value: str) -> str:
         return http_url(value, "s3_endpoint_url")
+
+    @field_validator("owner_share")
+    @classmethod
+    def _share_of_a_cap(cls, value: float, info: ValidationInfo) -> float:
+        if value < 1 and info.data.get("max_results_mb") is None:
+            raise ValueError("a share of nothing: set store.max_results_mb too")
+        return value
 
     @model_validator(mode="after")
     def _s3_key_pair(self) -> StoreSettings:

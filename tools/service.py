@@ -229,8 +229,9 @@ class Editor:
         if mask is not None:  # refuse a mask of another shape now, not at the vendor
             media.check_mask_shape(mask, (images[0].width, images[0].height))
         loaded = time.time()
-        shas = [await self.store.put_blob(img) for img in images]
-        mask_sha = await self.store.put_blob(mask) if mask is not None else None
+        # Under store.max_results_mb: room made as they are stored, or StorageFull.
+        shas = [await self.store.put_blob(img, owner=owner) for img in images]
+        mask_sha = await self.store.put_blob(mask, owner=owner) if mask is not None else None
         record = await self.store.create_task(
             function=request.function,
             vendor=vendor.name,
@@ -354,7 +355,7 @@ class Editor:
         to use it (``retouch://uploads/<id>``) and until when: ``store.retention_days``, at
         least an hour. A task that uses the upload keeps its bytes as long as the task."""
         image = await media.check(data, self.policy, "upload")  # within the pixel budget
-        sha = await self.store.put_blob(image)
+        sha = await self.store.put_blob(image, owner=owner)
         now = self.clock()
         ttl = max(self.settings.store.retention_days * 86400, MIN_UPLOAD_TTL_S)
         record = await self.store.create_upload(

@@ -11,7 +11,7 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from tools.errors import ConfigError
-from tools.store.base import Store, TaskRecord, Turn, new_task_id
+from tools.store.base import Store, StoreLimits, TaskRecord, Turn, new_task_id
 from tools.store.blobs import BlobStore, FileBlobStore, blob_key
 
 if TYPE_CHECKING:
@@ -21,10 +21,12 @@ __all__ = [
     "BlobStore",
     "FileBlobStore",
     "Store",
+    "StoreLimits",
     "TaskRecord",
     "Turn",
     "blob_key",
     "check_usable",
+    "limits_of",
     "new_task_id",
     "open_blob_store",
     "open_store",
@@ -62,18 +64,28 @@ async def open_store(settings: StoreSettings) -> Store:
     blobs = await open_blob_store(settings)
     try:
         url = settings.url.get_secret_value()
+        store: Store
         if url:
             from tools.store.postgres import PostgresStore
 
-            return await PostgresStore.open(
+            store = await PostgresStore.open(
                 url, blobs, min_size=settings.pool_min_size, max_size=settings.pool_max_size
             )
-        from tools.store.sqlite import SQLiteStore
+        else:
+            from tools.store.sqlite import SQLiteStore
 
-        return await SQLiteStore.open(settings.path, blobs)
+            store = await SQLiteStore.open(settings.path, blobs)
     except BaseException:
         await blobs.close()
         raise
+    store.limits = limits_of(settings)
+    return store
+
+
+def limits_of(settings: StoreSettings) -> StoreLimits:
+    """The size limits the settings give the store."""
+    cap = settings.max_results_mb
+    return StoreLimits(cap * 1024 * 1024 if cap else None, settings.owner_share)
 
 
 async def open_blob_store(settings: StoreSettings) -> BlobStore:

@@ -99,7 +99,9 @@ class Intake:
                 mark(record.id, "decoded")
                 if isinstance(text_mark, str):
                     stored, pixels = await _stamp(pixels, stored.format, text_mark)
-                sha = await store.put_blob(stored)
+                # Paid for: kept past the size cap if nothing can be evicted (a full disk
+                # is still StorageFull, recorded as this image's failure).
+                sha = await store.put_blob(stored, owner=record.owner, strict=False)
                 mark(record.id, "result stored")
             except RetouchError as exc:
                 failures.append(ImageFailure(index=index, code=exc.code, message=exc.message))
