@@ -132,13 +132,14 @@ def _pg_ctl() -> str | None:
 def _tmpfs() -> str | None:
     """Small real filesystems for the full-disk tests (``tests/test_storage.py``)."""
     if os.geteuid() != 0:
-        return "the full-disk tests mount a small tmpfs, which needs root (CI runs as root)"
+        return "the full-disk tests mount a small tmpfs: run make test as root (CI does)"
     with tempfile.TemporaryDirectory() as where:
         mounted = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", where], capture_output=True
         )
         if mounted.returncode != 0:
-            return f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}"
+            reason = mounted.stderr.decode().strip()
+            return f"cannot mount a tmpfs here ({reason}): run make test where root may mount"
         subprocess.run(["umount", where], check=False)
     return None
 
