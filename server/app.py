@@ -48,7 +48,7 @@ from server.owners import owner_of
 from server.result_urls import ResultURLs
 from server.tasks_ext import TasksExtension
 from server.tasks_legacy import LegacyTasks
-from tools import budget, budgets
+from tools import budgets, pixel_budget
 from tools.config import Settings
 from tools.errors import Busy, RetouchError, StoreUnavailable
 from tools.models import Budget, EditRequest, Expand, FunctionInfo, Task
@@ -520,7 +520,7 @@ async def budgeted_preview(data: bytes, max_px: int) -> str | None:
     time (the task is still returned, with its links)."""
     try:
         cost = await asyncio.to_thread(preview_cost, data, max_px)
-        return await budget.PIXELS.run(cost, make_preview, data, max_px)
+        return await pixel_budget.PIXELS.run(cost, make_preview, data, max_px)
     except Busy:
         return None
 
@@ -530,7 +530,7 @@ def preview_cost(data: bytes, max_px: int) -> int:
     ``draft`` picks) and its thumbnail."""
     with Image.open(io.BytesIO(data)) as image:
         image.draft("RGB", (max_px, max_px))
-        return 2 * budget.decoded_bytes(*image.size, image.mode)
+        return 2 * pixel_budget.decoded_bytes(*image.size, image.mode)
 
 
 def make_preview(data: bytes, max_px: int) -> str:

@@ -43,7 +43,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from tools import budget
+from tools import pixel_budget
 from tools.errors import ConfigError
 from tools.models import LOCAL_OWNER, BudgetLimits
 from tools.vendors import registry
@@ -188,7 +188,7 @@ class MediaSettings(Section):
         """The pixel budget in bytes."""
         if self.decode_budget_mb is not None:
             return self.decode_budget_mb * MB
-        return 4 * self.max_pixels * budget.WIDE
+        return 4 * self.max_pixels * pixel_budget.WIDE
 
     @field_validator("allow_networks")
     @classmethod
@@ -205,7 +205,7 @@ class MediaSettings(Section):
     @field_validator("decode_budget_mb")
     @classmethod
     def _budget_holds_an_image(cls, value: int | None, info: ValidationInfo) -> int | None:
-        least = info.data.get("max_pixels", 0) * budget.WIDE
+        least = info.data.get("max_pixels", 0) * pixel_budget.WIDE
         if value is not None and value * MB < least:
             raise ValueError(
                 f"{value} MB cannot hold one image of media.max_pixels "

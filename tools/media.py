@@ -1,6 +1,6 @@
 """Image input: load from a URL (SSRF-safe), data: URI, local path, upload or earlier result;
 check the bytes by content, refuse decompression bombs before decoding, decode within the
-process's pixel budget (:mod:`tools.budget`), and fit images to a vendor's limits.
+process's pixel budget (:mod:`tools.pixel_budget`), and fit images to a vendor's limits.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from urllib.parse import unquote_to_bytes
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tools import budget
+from tools import pixel_budget
 from tools.errors import (
     ImageError,
     ImageTooLarge,
@@ -145,16 +145,16 @@ async def check_decoded(
 ) -> tuple[InputImage, Image.Image]:
     """:func:`check`, and the image it decoded (as :func:`inspect_decoded`)."""
     image = await asyncio.to_thread(_open, data, policy, label)
-    async with budget.PIXELS.hold(inspect_cost(image, data), bounded=bounded, label=label):
+    async with pixel_budget.PIXELS.hold(inspect_cost(image, data), bounded=bounded, label=label):
         return await asyncio.to_thread(_decode, image, data, label)
 
 
 def inspect_cost(image: Image.Image, data: bytes) -> int:
     """Bytes that decoding an opened image (and normalising it) takes at its peak."""
     w, h = image.size
-    cost = budget.decoded_bytes(w, h, image.mode)
+    cost = pixel_budget.decoded_bytes(w, h, image.mode)
     if _normalised(image, data):  # a converted copy, a rotated one, the PNG encoder's buffers
-        cost += 2 * budget.decoded_bytes(w, h, "RGBA")
+        cost += 2 * pixel_budget.decoded_bytes(w, h, "RGBA")
     return cost
 
 
@@ -542,10 +542,10 @@ async def fit_async(
     ):
         return image, []
     grow = max(1.0, (min_side or 0) / min(w, h))  # upscaled to min_side
-    out = budget.decoded_bytes(round(w * grow), round(h * grow))
-    cost = 2 * budget.decoded_bytes(w, h) + out  # decoded, resized, decoded again to shrink
+    out = pixel_budget.decoded_bytes(round(w * grow), round(h * grow))
+    cost = 2 * pixel_budget.decoded_bytes(w, h) + out  # decoded, resized, decoded again to shrink
     limits = {"min_side": min_side, "max_side": max_side, "max_bytes": max_bytes}
-    return await budget.PIXELS.run(
+    return await pixel_budget.PIXELS.run(
         cost,
         functools.partial(fit, image, **limits, formats=formats, label=label, vendor=vendor),
         bounded=False,
@@ -608,9 +608,9 @@ async def fit_mask_async(
     """:func:`fit_mask` in a worker thread, within the pixel budget (a task's work: it waits
     its turn)."""
     w, h = size  # decoded, resized in its own mode, made gray, made black and white
-    cost = budget.decoded_bytes(mask.width, mask.height) + budget.decoded_bytes(w, h)
-    cost += 2 * budget.decoded_bytes(w, h, "L")
-    return await budget.PIXELS.run(cost, fit_mask, mask, size, label, bounded=False)
+    cost = pixel_budget.decoded_bytes(mask.width, mask.height) + pixel_budget.decoded_bytes(w, h)
+    cost += 2 * pixel_budget.decoded_bytes(w, h, "L")
+    return await pixel_budget.PIXELS.run(cost, fit_mask, mask, size, label, bounded=False)
 
 
 def _alpha_aware(pil: Image.Image) -> Image.Image:

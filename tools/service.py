@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tools import budget, budgets, catalog, media
+from tools import budgets, catalog, media, pixel_budget
 from tools.callbacks import callback_secrets, same_secret
 from tools.config import OWNER_NAME, Settings, unbilled
 from tools.errors import InvalidParameter, NotFound, RetouchError, Unsupported
@@ -72,7 +72,7 @@ class Editor:
             max_redirects=settings.media.max_redirects,
             resolver=resolver or media.system_resolver,
         )
-        budget.PIXELS.configure(settings.media.decode_budget, settings.media.decode_wait_s)
+        pixel_budget.PIXELS.configure(settings.media.decode_budget, settings.media.decode_wait_s)
         self.run_worker = run_worker
         self.store: Store
         self.intake: Intake

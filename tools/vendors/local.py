@@ -21,7 +21,7 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import Field
 
-from tools import budget, engine, media
+from tools import engine, media, pixel_budget
 from tools.config import VendorSettings
 from tools.errors import EngineError, InvalidParameter, RetouchError, error_from_dict
 from tools.vendors.base import Capability, Finished, Job, OutputImage, Vendor
@@ -97,7 +97,7 @@ class LocalVendor(Vendor):
         cost = await asyncio.to_thread(engine_cost, job)
         if self.settings.timeout_s is not None:
             await asyncio.to_thread(self._operation, job)
-            async with budget.PIXELS.hold(cost, bounded=False, label="the local edit"):
+            async with pixel_budget.PIXELS.hold(cost, bounded=False, label="the local edit"):
                 output = await self._run_in_child(job, self.settings.timeout_s)
                 encoded, notes = await asyncio.to_thread(_encoded, job, output), output.notes
                 del output  # its image goes before the budget is handed back
@@ -110,7 +110,7 @@ class LocalVendor(Vendor):
                 output = run(image, mask)
                 return _encoded(job, output), output.notes
 
-            async with budget.PIXELS.hold(cost, bounded=False, label="the local edit"):
+            async with pixel_budget.PIXELS.hold(cost, bounded=False, label="the local edit"):
                 encoded, notes = await asyncio.to_thread(work)
         return Finished(images=[OutputImage(data=encoded.data)], notes=notes)
 
@@ -230,8 +230,8 @@ def engine_cost(job: Job) -> int:
     image = job.images[0]
     pixels = image.width * image.height
     out = _output_pixels(job, image.width, image.height)
-    mask = 2 * budget.decoded_bytes(job.mask.width, job.mask.height) if job.mask else 0
-    return ENGINE_COPIES * budget.decoded_bytes(pixels + out, 1) + mask
+    mask = 2 * pixel_budget.decoded_bytes(job.mask.width, job.mask.height) if job.mask else 0
+    return ENGINE_COPIES * pixel_budget.decoded_bytes(pixels + out, 1) + mask
 
 
 def _output_pixels(job: Job, w: int, h: int) -> int:

@@ -27,7 +27,7 @@ import httpx
 from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
-from tools import budget
+from tools import pixel_budget
 from tools.config import MB, VendorSettings
 from tools.errors import (
     ConfigError,
@@ -374,8 +374,10 @@ class OpenAIVendor(Vendor):
         images = await self._prepare_images(job)
         mask = None
         if job.mask is not None:  # fitted, made gray, made RGBA: within the pixel budget
-            cost = 4 * budget.decoded_bytes(images[0].width, images[0].height)
-            mask = await budget.PIXELS.run(cost, self._prepare_mask, job, images[0], bounded=False)
+            cost = 4 * pixel_budget.decoded_bytes(images[0].width, images[0].height)
+            mask = await pixel_budget.PIXELS.run(
+                cost, self._prepare_mask, job, images[0], bounded=False
+            )
         form = self._form(job)
         field = "image" if len(images) == 1 else "image[]"
         files: list[tuple[str, tuple[str, bytes, str]]] = [

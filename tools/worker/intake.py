@@ -15,7 +15,7 @@ from dataclasses import replace
 import httpx
 from PIL import Image
 
-from tools import budget, media
+from tools import media, pixel_budget
 from tools.errors import RetouchError, VendorError, VendorFault, VendorTimeout, error_from_dict
 from tools.limits import delay
 from tools.models import ImageFailure, ResultImage, TaskStatus
@@ -214,8 +214,8 @@ async def _stamp(image: Image.Image, fmt: str, text: str) -> tuple[media.InputIm
         out = stamp(image, text).image
         return media.encode(out, "JPEG" if fmt == "jpeg" else "PNG"), out
 
-    cost = 3 * budget.decoded_bytes(image.width, image.height)
-    return await budget.PIXELS.run(cost, run, bounded=False)
+    cost = 3 * pixel_budget.decoded_bytes(image.width, image.height)
+    return await pixel_budget.PIXELS.run(cost, run, bounded=False)
 
 
 async def fetch_result(

@@ -12,10 +12,10 @@ from PIL import Image
 
 from server.app import BUSY_PREVIEW, budgeted_preview, preview_cost, task_result
 from tests.conftest import MakeSettings, data_uri, png
-from tools import budget, media
-from tools.budget import PixelBudget
+from tools import media, pixel_budget
 from tools.errors import Busy, ConfigError
 from tools.models import EditRequest, TaskStatus
+from tools.pixel_budget import PixelBudget
 from tools.service import Editor
 from tools.vendors.base import Finished, Job, OutputImage
 from tools.vendors.local import engine_cost
@@ -27,9 +27,9 @@ MB = 1024 * 1024
 @pytest.fixture(autouse=True)
 def process_budget() -> Iterator[PixelBudget]:
     """The process's budget, put back as it was after each test."""
-    saved = (budget.PIXELS.capacity, budget.PIXELS.wait_s)
-    yield budget.PIXELS
-    budget.PIXELS.configure(*saved)
+    saved = (pixel_budget.PIXELS.capacity, pixel_budget.PIXELS.wait_s)
+    yield pixel_budget.PIXELS
+    pixel_budget.PIXELS.configure(*saved)
 
 
 async def started(coro: object) -> asyncio.Task[object]:
@@ -190,10 +190,11 @@ async def test_shrinking_the_budget_below_a_waiter_lets_it_in_alone() -> None:
 
 
 def test_decoded_sizes_follow_pillow_modes() -> None:
-    assert budget.decoded_bytes(10, 10, "L") == 100
-    assert budget.decoded_bytes(10, 10, "I;16") == 200
-    assert budget.decoded_bytes(10, 10, "RGB") == 400  # Pillow keeps RGB in 4 bytes a pixel
-    assert budget.decoded_bytes(10, 10, "RGBA") == budget.decoded_bytes(10, 10, "CMYK") == 400
+    assert pixel_budget.decoded_bytes(10, 10, "L") == 100
+    assert pixel_budget.decoded_bytes(10, 10, "I;16") == 200
+    assert pixel_budget.decoded_bytes(10, 10, "RGB") == 400  # Pillow keeps RGB in 4 bytes a pixel
+    assert pixel_budget.decoded_bytes(10, 10, "RGBA") == 400
+    assert pixel_budget.decoded_bytes(10, 10, "CMYK") == 400
 
 
 # ---- every place that decodes holds its share -----------------------------------------------
