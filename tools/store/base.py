@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import abc
 import json
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -225,6 +226,33 @@ class TaskSummary:
 
 def new_task_id() -> str:
     return uuid.uuid4().hex
+
+
+#: How long an image being stored counts in its owner's share before a task or an upload
+#: links it; a put whose request then failed stops counting after this.
+PENDING_S = 120.0
+
+
+class PendingPuts:
+    """Images this process is storing for owners that nothing links yet, so that their
+    owner's concurrent requests count them against ``store.owner_share``."""
+
+    def __init__(self) -> None:
+        self._puts: dict[str, tuple[str | None, int, float]] = {}
+
+    def add(self, sha256: str, owner: str | None, size: int) -> None:
+        self._puts[sha256] = (owner, size, time.monotonic())
+
+    def drop(self, shas: Iterable[str | None]) -> None:
+        """Linked (or never stored): no longer pending."""
+        for sha in shas:
+            self._puts.pop(sha or "", None)
+
+    def bytes_of(self, owner: str) -> int:
+        stale = time.monotonic() - PENDING_S
+        for sha in [k for k, (_, _, at) in self._puts.items() if at < stale]:
+            del self._puts[sha]
+        return sum(size for who, size, _ in self._puts.values() if who == owner)
 
 
 @dataclass(frozen=True)

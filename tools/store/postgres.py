@@ -36,6 +36,7 @@ from tools.store.base import (
     ActiveTask,
     Admission,
     OwnerUsage,
+    PendingPuts,
     Store,
     TaskFilter,
     TaskRecord,
@@ -98,7 +99,7 @@ class PostgresStore(Store):
         self._subscribers: list[Callable[[TaskEvent], None]] = []
         self._listening: asyncio.Task[None] | None = None
         self.listener: asyncpg.Connection | None = None  # the LISTEN connection (tests)
-        self._pending: dict[str, tuple[str | None, int]] = {}  # sha256 → its owner, bytes
+        self._pending = PendingPuts()
 
     @classmethod
     async def open(
@@ -219,7 +220,7 @@ class PostgresStore(Store):
                     fits = await self._make_room(db, size, owner)
                 if known or fits or not strict:
                     await db.execute(insert, *values)
-                    self._pending[sha] = (owner, size)
+                    self._pending.add(sha, owner, size)
             if not fits and strict:
                 raise self._full(size, owner)
         key = blob_key(sha, image.mime_type)
@@ -234,7 +235,7 @@ class PostgresStore(Store):
     async def _forget_unwritten(self, sha: str, key: str) -> None:
         """After a failed put: its pending mark goes, and the row too when nothing else
         holds it, so no row counts bytes that never landed."""
-        self._pending.pop(sha, None)
+        self._pending.drop([sha])
         with contextlib.suppress(Exception):
             async with self.pool.acquire() as db, db.transaction():
                 left = await db.fetchval(
@@ -271,7 +272,7 @@ class PostgresStore(Store):
         """Why ``size`` more bytes cannot be stored (after :meth:`_make_room` said so)."""
         share = self.limits.share()
         if share is not None and owner is not None:
-            used = sum(s for who, s in self._pending.values() if who == owner)
+            used = self._pending.bytes_of(owner)
             return StorageFull(
                 f"storage full for {owner}: their tasks keep their {share / MB:.1f} MB share "
                 f"(store.owner_share) and none of them has finished ({used / MB:.1f} MB being "
@@ -323,7 +324,7 @@ class PostgresStore(Store):
             " UNION SELECT sha256 FROM uploads WHERE owner = $1)",
             owner,
         )
-        pending = sum(size for who, size in self._pending.values() if who == owner)
+        pending = self._pending.bytes_of(owner)
         return int(linked) + pending
 
     async def stored_bytes(self, owner: str | None = None) -> int:
@@ -332,8 +333,7 @@ class PostgresStore(Store):
         return await self._owner_bytes(self.pool, owner)
 
     def _linked(self, shas: Iterable[str | None]) -> None:
-        for sha in shas:
-            self._pending.pop(sha or "", None)
+        self._pending.drop(shas)
 
     async def read_blob(self, sha256: str) -> InputImage:
         row = await self.pool.fetchrow(

@@ -30,6 +30,7 @@ from tools.store.base import (
     ActiveTask,
     Admission,
     OwnerUsage,
+    PendingPuts,
     Store,
     TaskFilter,
     TaskRecord,
@@ -69,7 +70,7 @@ class SQLiteStore(Store):
         self.blobs = blobs
         self._write = asyncio.Lock()
         self._unlinked: dict[str, float] = {}  # sha256 → when put_blob stored it
-        self._pending: dict[str, tuple[str | None, int]] = {}  # sha256 → its owner, bytes
+        self._pending = PendingPuts()
         self.path = path
 
     @classmethod
@@ -175,7 +176,7 @@ class SQLiteStore(Store):
                     gone = [] if known else await self._make_room(db, size, owner, strict)
                     inserted = bool(await db.execute_fetchall(insert, values))
                     if inserted:  # counted in its owner's share until a task links it
-                        self._pending[sha] = (owner, size)
+                        self._pending.add(sha, owner, size)
                 await self._delete_files(gone)
                 if not whole:
                     await self.blobs.put(key, image.data)
@@ -196,7 +197,7 @@ class SQLiteStore(Store):
                 )
             if not await self.db.execute_fetchall("SELECT 1 FROM blobs WHERE sha256 = ?", (sha,)):
                 self._unlinked.pop(sha, None)
-                self._pending.pop(sha, None)
+                self._pending.drop([sha])
 
     async def _make_room(
         self, db: aiosqlite.Connection, size: int, owner: str | None, strict: bool
@@ -268,7 +269,7 @@ class SQLiteStore(Store):
             " UNION SELECT sha256 FROM uploads WHERE owner = ?)",
             (owner, owner),
         )
-        pending = sum(size for who, size in self._pending.values() if who == owner)
+        pending = self._pending.bytes_of(owner)
         return int(rows[0][0]) + pending
 
     async def stored_bytes(self, owner: str | None = None) -> int:
@@ -277,9 +278,10 @@ class SQLiteStore(Store):
         return await self._owner_bytes(self.db, owner)
 
     def _linked(self, shas: Iterable[str | None]) -> None:
+        shas = list(shas)
         for sha in shas:
             self._unlinked.pop(sha or "", None)
-            self._pending.pop(sha or "", None)
+        self._pending.drop(shas)
 
     async def read_blob(self, sha256: str) -> InputImage:
         rows = await self.db.execute_fetchall("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
@@ -697,7 +699,6 @@ class SQLiteStore(Store):
         recent = time.time() - ORPHAN_GRACE_S
         for sha in [k for k, at in self._unlinked.items() if at < recent]:
             del self._unlinked[sha]  # never linked: its caller failed
-            self._pending.pop(sha, None)
         keep = list(self._unlinked)
         where, params = "", tuple(keep)
         if task_shas is not None:
