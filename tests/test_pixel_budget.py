@@ -338,3 +338,23 @@ async def test_the_editor_sizes_the_process_budget(
     settings = make_settings("[media]\ndecode_budget_mb = 300\ndecode_wait_s = 7\n")
     Editor(settings, run_worker=False)
     assert (process_budget.capacity, process_budget.wait_s) == (300 * MB, 7)
+
+
+async def test_a_console_thumbnail_is_busy_not_an_error_when_there_is_no_room(
+    make_settings: MakeSettings, process_budget: PixelBudget
+) -> None:
+    from tests.test_console import console, console_toml, queued_task, sign_in
+
+    settings = make_settings(console_toml("[media]\ndecode_wait_s = 0.05\n"))
+    async with console(settings) as (client, editor, _):
+        await sign_in(client)
+        task_id = await queued_task(editor)
+        free = asyncio.Event()
+        holder = await started(hold_for(process_budget, process_budget.capacity, free))
+        busy = await client.get(f"/console/thumbs/{task_id}/input/0")
+        free.set()
+        await holder
+        thumb = await client.get(f"/console/thumbs/{task_id}/input/0")
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+    assert busy.text.startswith("server busy: too many large images at once")
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
