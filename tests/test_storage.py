@@ -267,3 +267,20 @@ async def test_a_failed_write_is_a_clear_error_and_leaves_no_partial_file(
     assert type(err.value) is error
     assert err.value.message.startswith(f"{message} {tmp_path / 'images'}")
     assert leftovers(tmp_path) == [] and not await store.exists(key)
+
+
+def test_a_full_disk_is_no_outage() -> None:
+    """A full disk is StorageFull, never "store unavailable, try again" (an outage): not as
+    the raw error, nor as the StorageFull raised while handling it."""
+    from tools.store.outages import is_outage
+
+    assert not is_outage(OSError(errno.ENOSPC, "No space left on device"))
+    assert not is_outage(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert is_outage(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
+    try:
+        try:
+            raise OSError(errno.ECONNRESET, "reset")
+        except OSError:
+            raise StorageFull("storage full: test") from None
+    except StorageFull as exc:
+        assert not is_outage(exc)  # classified already
