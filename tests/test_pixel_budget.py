@@ -275,6 +275,7 @@ async def test_a_finished_task_shows_no_preview_but_its_links_when_busy(
             EditRequest(images=[data_uri(png())], function="adjust", prompt="grayscale"),
             wait_seconds=30,
         )
+        editor.decoded_result(task.id, 0)  # its preview is made from the stored bytes
         free = asyncio.Event()
         holder = await started(hold_for(process_budget, process_budget.capacity, free))
         shown = await task_result(editor, task, 256)
@@ -358,3 +359,21 @@ async def test_a_console_thumbnail_is_busy_not_an_error_when_there_is_no_room(
     assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
     assert busy.text.startswith("server busy: too many large images at once")
     assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+
+
+async def test_only_small_results_stay_decoded_for_the_caller_that_waited(
+    make_settings: MakeSettings,
+) -> None:
+    """Decoded results kept for a waiting caller's preview live outside the budget: only
+    small ones (up to KEEP_DECODED_PX) are kept; a large one is decoded again for its preview,
+    within the budget."""
+    settings = make_settings()
+    async with Editor(settings) as editor:
+        tasks = []
+        for size in ((64, 48), (1600, 1500)):
+            request = EditRequest(images=[data_uri(png(size))], function="adjust", prompt="invert")
+            tasks.append(await editor.edit_image(request, wait_seconds=30))
+        small, large = tasks
+        assert small.status == large.status == TaskStatus.succeeded
+        assert editor.decoded_result(small.id, 0) is not None
+        assert editor.decoded_result(large.id, 0) is None

@@ -25,6 +25,11 @@ from tools.timeline import Timeline
 from tools.vendors.base import Finished, OutputImage, Vendor
 
 RESULT_LIMIT = 200 * 1024 * 1024
+#: A task's first results up to this size are kept decoded for the preview of a caller that
+#: waited (``Editor.decoded_result``): at most 2 × 1536² pixels (19 MB) a task, outside the
+#: pixel budget. Others are let go once checked; their previews decode them again, within it.
+KEEP_DECODED_PX = 1536 * 1536
+KEEP_DECODED_PER_TASK = 2
 #: Result downloads: attempts on a transient failure (5xx, 429, a broken connection), and
 #: the time one attempt may take in all (httpx's timeout is per read, not per body).
 RESULT_ATTEMPTS = 3
@@ -99,6 +104,9 @@ class Intake:
                 mark(record.id, "decoded")
                 if isinstance(text_mark, str):
                     stored, pixels = await _stamp(pixels, stored.format, text_mark)
+                small = pixels.width * pixels.height <= KEEP_DECODED_PX
+                kept = pixels if small and len(results) < KEEP_DECODED_PER_TASK else None
+                del pixels  # a large result is not held past its check, outside the budget
                 # Paid for: kept past the size cap if nothing can be evicted (a full disk
                 # is still StorageFull, recorded as this image's failure).
                 sha = await store.put_blob(stored, owner=record.owner, strict=False)
@@ -106,8 +114,8 @@ class Intake:
             except RetouchError as exc:
                 failures.append(ImageFailure(index=index, code=exc.code, message=exc.message))
                 continue
-            if decoded is not None:
-                decoded[len(results)] = pixels
+            if decoded is not None and kept is not None:
+                decoded[len(results)] = kept
             results.append(
                 ResultImage(
                     index=len(results),
