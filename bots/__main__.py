@@ -20,6 +20,7 @@ from bots.telegram import RedactTokens, build_application, quiet_http_logs, serv
 from tools.config import load_settings
 from tools.errors import ConfigError
 from tools.memory import tune_malloc
+from tools.store import check_usable
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = load_settings(args.config)
+        check_usable(settings.store)
         if not settings.telegram.token.get_secret_value():
             raise ConfigError(
                 "no bot token: set telegram.token in the config file or TELEGRAM_BOT_TOKEN"

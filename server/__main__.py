@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import NoReturn
 
 from tools.config import load_settings
 from tools.errors import ConfigError
 from tools.memory import tune_malloc
+from tools.store import check_usable
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,6 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def fail(exc: ConfigError) -> NoReturn:
+    """A bad configuration: one line on stderr and exit status 2, like a bad argument."""
+    print(f"retouch-mcp: {exc.message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     tune_malloc()  # before any thread starts
     args = parse_args(argv)
@@ -59,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     try:
         settings = load_settings(args.config, overrides)
+        check_usable(settings.store)  # now, not when the first client connects
     except ConfigError as exc:
-        sys.exit(f"retouch-mcp: {exc.message}")
+        fail(exc)
     logging.basicConfig(
         level=settings.log_level,
         stream=sys.stderr,
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         app = build_http_app(mcp, settings, urls)
     except ConfigError as exc:
-        sys.exit(f"retouch-mcp: {exc.message}")
+        fail(exc)
     cfg = settings.mcp
     url = f"http://{cfg.host}:{cfg.port}{cfg.path}"
     print(

@@ -48,9 +48,9 @@ from server.owners import owner_of
 from server.result_urls import ResultURLs
 from server.tasks_ext import TasksExtension
 from server.tasks_legacy import LegacyTasks
-from tools import budgets
+from tools import budgets, pixel_budget
 from tools.config import Settings
-from tools.errors import RetouchError, StoreUnavailable
+from tools.errors import Busy, RetouchError, StoreUnavailable
 from tools.models import Budget, EditRequest, Expand, FunctionInfo, Task
 from tools.service import Editor
 
@@ -460,13 +460,16 @@ async def task_result(
     for item in task.results:
         decoded = editor.decoded_result(task.id, item.index)
         if decoded is not None and decoded.width * decoded.height <= SMALL_PX:
-            preview = preview_of(decoded, preview_px)  # quicker than a trip to a thread
+            preview: str | None = preview_of(decoded, preview_px)  # quicker than a thread
         elif decoded is not None:  # decoded when it arrived: no need to read and decode it
             preview = await asyncio.to_thread(preview_of, decoded, preview_px)
         else:
             data, _ = await editor.result(task.id, item.index, task)
-            preview = await asyncio.to_thread(make_preview, data, preview_px)
-        content.append(ImageContent(type="image", data=preview, mime_type="image/jpeg"))
+            preview = await budgeted_preview(data, preview_px)
+        if preview is None:
+            content.append(TextContent(type="text", text=f"Result {item.index}: {BUSY_PREVIEW}"))
+        else:
+            content.append(ImageContent(type="image", data=preview, mime_type="image/jpeg"))
         content.append(
             ResourceLink(
                 type="resource_link",
@@ -507,6 +510,27 @@ def describe(task: Task) -> str:
         lines.append(f"Cost: {task.cost} {task.currency or ''} for {task.billed_images} image(s).")
     lines += [f"Note: {n}" for n in task.notes]
     return "\n".join(lines)
+
+
+BUSY_PREVIEW = "no preview: the server is busy with large images; the link has the full image."
+
+
+async def budgeted_preview(data: bytes, max_px: int) -> str | None:
+    """:func:`make_preview` within the process's pixel budget; None when no room came in
+    time (the task is still returned, with its links)."""
+    try:
+        cost = await asyncio.to_thread(preview_cost, data, max_px)
+        return await pixel_budget.PIXELS.run(cost, make_preview, data, max_px)
+    except Busy:
+        return None
+
+
+def preview_cost(data: bytes, max_px: int) -> int:
+    """Bytes a preview takes at its peak: the image decoded (a JPEG at the reduced scale
+    ``draft`` picks) and its thumbnail."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (max_px, max_px))
+        return 2 * pixel_budget.decoded_bytes(*image.size, image.mode)
 
 
 def make_preview(data: bytes, max_px: int) -> str:

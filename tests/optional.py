@@ -17,6 +17,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,6 +126,22 @@ def _pg_ctl() -> str | None:
     from tests.pg import server_binaries
 
     return server_binaries()[1] or None
+
+
+@part("tmpfs")
+def _tmpfs() -> str | None:
+    """Small real filesystems for the full-disk tests (``tests/test_storage.py``)."""
+    if os.geteuid() != 0:
+        return "the full-disk tests mount a small tmpfs: run make test as root (CI does)"
+    with tempfile.TemporaryDirectory() as where:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", where], capture_output=True
+        )
+        if mounted.returncode != 0:
+            reason = mounted.stderr.decode().strip()
+            return f"cannot mount a tmpfs here ({reason}): run make test where root may mount"
+        subprocess.run(["umount", where], check=False)
+    return None
 
 
 def needs(*names: str) -> pytest.MarkDecorator:

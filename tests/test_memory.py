@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tools import memory
 
@@ -85,3 +86,60 @@ def test_the_lazy_engine_keeps_functions_over_their_modules() -> None:
         """
     )
     assert out == "True\nmodule 'tools.engine' has no attribute 'nonsense'"
+
+
+@pytest.fixture(scope="module")
+def flat_49mp_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    picture = tmp_path_factory.mktemp("large") / "flat.png"
+    Image.new("RGB", (7000, 7000), (120, 80, 40)).save(picture, "PNG", compress_level=9)
+    assert picture.stat().st_size < 200_000
+    return picture
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.parametrize(
+    ("setting", "budget_mb"),
+    [("", 4 * 49_000_000 * 4 / 2**20), ("decode_budget_mb = 256", 256)],
+    ids=["default budget", "256 MB budget"],
+)
+def test_concurrent_large_images_grow_a_process_by_its_pixel_budget_at_most(
+    tmp_path: Path, flat_49mp_png: Path, setting: str, budget_mb: float
+) -> None:
+    """Defect 9: eight edits at once of a 49-megapixel PNG of 160 kB (under media.max_pixels)
+    took a server from 168 MB to 1.16 GB, each decoded at the same time (here: +1110 MB).
+    Now the process grows by its pixel budget at most (default: 4 × max_pixels × 4 bytes)."""
+    picture = flat_49mp_png
+    out = run_python(
+        f"""
+        import asyncio, base64
+        from tools.memory import tune_malloc
+        tune_malloc()  # as retouch-mcp and retouch-bot do
+        from tools.config import load_settings
+        from tools.models import EditRequest
+        from tools.service import Editor
+
+        open("{tmp_path}/c.toml", "w").write(
+            '[store]\\npath = "{tmp_path}/db.sqlite"\\nresults_dir = "{tmp_path}/r"\\n'
+            '[media]\\nmax_pixels = 49000000\\n{setting}\\n'
+        )
+        settings = load_settings("{tmp_path}/c.toml")
+        uri = "data:image/png;base64," + base64.b64encode(open("{picture}", "rb").read()).decode()
+
+        def peak_mb():  # VmHWM: this process's own peak (ru_maxrss carries the parent's)
+            status = open("/proc/self/status").read()
+            return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+        async def main():
+            async with Editor(settings, run_worker=False) as editor:
+                before = peak_mb()
+                request = EditRequest(images=[uri], function="adjust", prompt="grayscale")
+                tasks = await asyncio.gather(*(editor.edit_image(request) for _ in range(8)))
+                print(len({{t.id for t in tasks}}), before, peak_mb())
+
+        asyncio.run(main())
+        """
+    )
+    count, before, peak = out.split()
+    assert int(count) == 8
+    grown = float(peak) - float(before)
+    assert grown < budget_mb + 64, f"{before} → {peak} MB with a {budget_mb:.0f} MB budget"

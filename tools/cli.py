@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 
-from tools import budgets
+from tools import budgets, catalog
 from tools.config import Settings, load_settings
-from tools.errors import ImageError, InvalidParameter, RetouchError
+from tools.errors import ImageError, InvalidParameter, RetouchError, StorageError
 from tools.media import EXTENSIONS
 from tools.models import LOCAL_OWNER, Budget, BudgetLimits, EditRequest, Task
 from tools.service import Editor
@@ -47,18 +47,22 @@ def parser() -> argparse.ArgumentParser:
         "--option",
         action="append",
         default=[],
+        type=option,
         metavar="KEY=VALUE",
         help="vendor-specific option, e.g. method=fsr",
     )
     edit.add_argument("--out", default=".", help="folder for the results (default: here)")
-    edit.add_argument("--timeout", type=float, default=900)
+    edit.add_argument(
+        "--timeout", type=seconds, default=900, help="seconds to wait for the result (900)"
+    )
     edit.add_argument("--json", action="store_true", help="print the task record as JSON")
+    edit.set_defaults(usage=edit)
 
     task = sub.add_parser("task", help="show one task")
     task.add_argument("task_id")
     task.add_argument("--json", action="store_true")
     tasks = sub.add_parser("tasks", help="list recent tasks")
-    tasks.add_argument("--limit", type=int, default=20)
+    tasks.add_argument("--limit", type=count, default=20, help="how many (1-1000; 20)")
     functions = sub.add_parser("functions", help="list the editing functions")
     functions.add_argument("--vendor")
 
@@ -125,9 +129,91 @@ def parser() -> argparse.ArgumentParser:
 TOKEN_ENV = "RETOUCH_TOKEN"
 
 
+def option(text: str) -> tuple[str, str]:
+    """``--option KEY=VALUE`` as a pair."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. method=fsr; got {text!r}")
+    return key.strip(), value
+
+
+def seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 86400:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"a number of seconds from 0 to 86400, not {text}")
+    return value
+
+
+def count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"a number from 1 to 1000, not {text}")
+    return value
+
+
+#: EditRequest's fields → the arguments that set them, for usage errors.
+FLAGS = {
+    "images": "images",
+    "prompt": "--prompt",
+    "function": "--function",
+    "vendor": "--vendor",
+    "n": "-n",
+    "mask": "--mask",
+    "seed": "--seed",
+    "upscale_factor": "--upscale",
+    "watermark": "--watermark",
+    "options": "--option",
+}
+
+
+def edit_request(args: argparse.Namespace) -> EditRequest:
+    """The request ``retouch edit`` makes, checked by the model the MCP tool uses (so each
+    limit is written once); a usage error (exit status 2) when it breaks one."""
+    usage: argparse.ArgumentParser = args.usage
+    try:
+        request = EditRequest(
+            images=args.images,
+            prompt=args.prompt,
+            function=args.function,
+            vendor=args.vendor,
+            n=args.n,
+            mask=args.mask,
+            seed=args.seed,
+            upscale_factor=args.upscale_factor,
+            watermark=args.watermark,
+            options=dict(args.option),
+        )
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            problems.append(
+                f"{FLAGS.get(field, field)}: {err['msg'].removeprefix('Value error, ')}"
+            )
+        usage.error("; ".join(problems))
+    problem = out_problem(Path(args.out))
+    if problem:
+        usage.error(f"--out: {problem}")
+    return request
+
+
+def out_problem(out: Path) -> str | None:
+    """Why the results could not be written into ``out``, found before the edit runs."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        made = "" if existing == out else f", so {out} cannot be made"
+        return f"{existing} is a file{made}; name a folder for the results"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write in {existing}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
+        if args.command == "edit":
+            args.request = edit_request(args)
+            catalog.validate(args.request)  # before the Editor starts: nothing is sent yet
         code = asyncio.run(run(args))
     except RetouchError as exc:
         print(f"retouch: {exc.message}", file=sys.stderr)
@@ -182,19 +268,7 @@ async def migrate_store(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def edit(editor: Editor, args: argparse.Namespace) -> int:
-    options = dict(item.split("=", 1) for item in args.option)
-    request = EditRequest(
-        images=args.images,
-        prompt=args.prompt,
-        function=args.function,
-        vendor=args.vendor,
-        n=args.n,
-        mask=args.mask,
-        seed=args.seed,
-        upscale_factor=args.upscale_factor,
-        watermark=args.watermark,
-        options=options,
-    )
+    request: EditRequest = args.request
     tty = sys.stderr.isatty()
 
     async def show(task: Task) -> None:
@@ -208,11 +282,16 @@ async def edit(editor: Editor, args: argparse.Namespace) -> int:
     if tty:
         print(file=sys.stderr)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     for result in task.results:
         data, mime = await editor.result(task.id, result.index, owner=LOCAL_OWNER)
         dest = out / f"{task.id[:8]}-{result.index}.{EXTENSIONS.get(mime, 'bin')}"
-        await asyncio.to_thread(dest.write_bytes, data)
+        try:
+            await asyncio.to_thread(write_result, dest, data)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write {dest}: {exc.strerror or exc}; the results stay in the store"
+                f" (retouch task {task.id})"
+            ) from None
         print(dest)
     if args.json:
         print(json.dumps(task.model_dump(mode="json"), indent=2))
@@ -324,6 +403,17 @@ def upload(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def write_result(dest: Path, data: bytes) -> None:
+    """Write a result whole or not at all (a full disk leaves no partial file)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def describe(task: Task) -> str:
     lines = [f"task {task.id}: {task.status.value} — {task.function} with {task.vendor}"]
     lines += [f"  result {r.index}: {r.uri} ({r.width}×{r.height})" for r in task.results]
@@ -334,3 +424,7 @@ def describe(task: Task) -> str:
         lines.append(f"  cost: {task.cost} {task.currency or ''} ({task.billed_images} billed)")
     lines += [f"  note: {n}" for n in task.notes]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
+import json
 import os
 import re
 import tomllib
+import types
+import typing
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
@@ -27,12 +31,19 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
+from tools import pixel_budget
 from tools.errors import ConfigError
 from tools.models import LOCAL_OWNER, BudgetLimits
 from tools.vendors import registry
@@ -41,7 +52,21 @@ MB = 1024 * 1024
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def http_url(value: str, key: str) -> str:
+    """``value`` if it is empty or an http(s) URL with a host, else a ValueError."""
+    if not value:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{key} must be an http:// or https:// URL with a host, not {value!r}")
+    return value
+
+
+#: The level names ``log_level`` takes (any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 #: ``store.blobs``: empty, or an S3 bucket name (3–63 of a-z 0-9 . -) and an optional prefix.
@@ -65,6 +90,9 @@ class StoreSettings(Section):
     results_dir: Path = Path("results")
     retention_days: float = Field(7, ge=0)
     max_results_mb: int | None = Field(None, ge=1, description="evict oldest results past this")
+    owner_share: float = Field(
+        1.0, gt=0, le=1, description="the part of max_results_mb one owner's tasks may use"
+    )
     url: SecretStr = Field(
         SecretStr(""),
         description="postgresql://user:password@host:port/db: tasks in PostgreSQL instead of "
@@ -92,6 +120,18 @@ class StoreSettings(Section):
     s3_secret_access_key: SecretStr = SecretStr("")
     s3_session_token: SecretStr = SecretStr("")
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, value: str) -> str:
+        return http_url(value, "s3_endpoint_url")
+
+    @field_validator("owner_share")
+    @classmethod
+    def _share_of_a_cap(cls, value: float, info: ValidationInfo) -> float:
+        if value < 1 and info.data.get("max_results_mb") is None:
+            raise ValueError("a share of nothing: set store.max_results_mb too")
+        return value
 
     @model_validator(mode="after")
     def _s3_key_pair(self) -> StoreSettings:
@@ -130,14 +170,54 @@ class MediaSettings(Section):
     allow_networks: list[str] = Field(
         default_factory=list, description="CIDRs exempt from the private-address refusal"
     )
-    fetch_timeout_s: float = Field(30, gt=0)
+    fetch_timeout_s: float = Field(30, gt=0, le=3600)
     max_redirects: int = Field(5, ge=0, le=20)
-    max_concurrent_downloads: int = Field(8, ge=1)
+    max_concurrent_downloads: int = Field(8, ge=1, le=1000)
+    decode_budget_mb: int | None = Field(
+        None,
+        ge=1,
+        description="decoded images one process holds at once; unset: 4 images of "
+        "max_pixels at 4 bytes a pixel (763 MB for 50 MP)",
+    )
+    decode_wait_s: float = Field(
+        30, gt=0, le=3600, description="how long a request waits for room before 'busy'"
+    )
+
+    @property
+    def decode_budget(self) -> int:
+        """The pixel budget in bytes."""
+        if self.decode_budget_mb is not None:
+            return self.decode_budget_mb * MB
+        return 4 * self.max_pixels * pixel_budget.WIDE
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{net!r} is not a network; write a CIDR such as 10.0.0.0/8 or fd00::/8"
+                ) from None
+        return value
+
+    @field_validator("decode_budget_mb")
+    @classmethod
+    def _budget_holds_an_image(cls, value: int | None, info: ValidationInfo) -> int | None:
+        least = info.data.get("max_pixels", 0) * pixel_budget.WIDE
+        if value is not None and value * MB < least:
+            raise ValueError(
+                f"{value} MB cannot hold one image of media.max_pixels "
+                f"({info.data['max_pixels']} pixels at 4 bytes); it needs at least "
+                f"{-(-least // MB)}"
+            )
+        return value
 
 
 class WorkerSettings(Section):
-    lease_s: float = Field(30, ge=5)
-    idle_poll_s: float = Field(0.5, gt=0)
+    lease_s: float = Field(30, ge=5, le=3600)
+    idle_poll_s: float = Field(0.5, gt=0, le=60)
     callback_timeout_s: float = Field(3600, gt=0)
 
 
@@ -254,6 +334,31 @@ class MCPSettings(Section):
         digest = hashlib.sha256(token.encode()).hexdigest()
         return [*self.users, UserSettings(name=DEFAULT_USER, token_sha256=digest)]
 
+    @field_validator("host")
+    @classmethod
+    def _host_alone(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9.:_\[\]-]+", value):
+            raise ValueError(
+                f"{value!r} is not a host name or address (no scheme, port or path: those "
+                "are mcp.port and mcp.path)"
+            )
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path_form(cls, value: str) -> str:
+        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+/?", value):
+            raise ValueError(
+                f"{value!r} is not a URL path; it starts with / and has letters, digits and "
+                '. _ ~ - between slashes, e.g. "/mcp"'
+            )
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        return http_url(value, "public_url")
+
 
 #: An owner as ``[budgets.owners."…"]`` names it: a user, "local", or a front end's own.
 OWNER_NAME = re.compile(r"[^\s\x00-\x1f\x7f]{1,128}")
@@ -367,7 +472,7 @@ class ConsoleSettings(Section):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="RETOUCH_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="RETOUCH_", env_nested_delimiter="__", extra="forbid", allow_inf_nan=False
     )
 
     store: StoreSettings = Field(default_factory=StoreSettings)
@@ -397,6 +502,14 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment beats the file, which arrives as init kwargs.
         return (env_settings, init_settings)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS and level not in ("WARN", "FATAL"):
+            raise ValueError(f"unknown level {value!r}; use one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @field_validator("vendors", mode="before")
     @classmethod
@@ -450,6 +563,8 @@ def _secret(key: str, value: Any) -> Any:
 
 
 def _explain(exc: ValidationError, source: str, prefix: str = "") -> str:
+    """Every error of ``exc`` as ``origin: key: message``, on one line; the origin is the
+    environment variable that set the key when one did, else ``source``."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
@@ -457,8 +572,19 @@ def _explain(exc: ValidationError, source: str, prefix: str = "") -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown setting (check the spelling against config.example.toml)"
-        lines.append(f"{source}: {key}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{_origin(key, source)}: {key}: {msg}")
+    return "; ".join(lines)
+
+
+def _origin(key: str, source: str) -> str:
+    """``environment RETOUCH_…`` if a variable set ``key`` (or the table holding it)."""
+    parts = key.split(".")
+    names = {name.upper() for name in os.environ}
+    for end in range(len(parts), 0, -1):
+        name = "RETOUCH_" + "__".join(parts[:end]).upper()
+        if name in names:
+            return f"environment {name}"
+    return source
 
 
 #: The entry-point group through which a front end adds its section to the settings.
@@ -490,7 +616,8 @@ def find_config(path: str | Path | None = None) -> Path | None:
 def load_settings(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> Settings:
-    """Read settings; any problem is one ConfigError naming the file and key."""
+    """Read settings; any problem is one ConfigError, on one line, naming the file (or the
+    environment variable) and the key."""
     file = find_config(path)
     data: dict[str, Any] = {}
     source = "defaults"
@@ -502,6 +629,8 @@ def load_settings(
             raise ConfigError(f"config file not found: {file}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{file}: not a text file (TOML is UTF-8 text)") from None
         except OSError as exc:
             raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
     for dotted, value in (overrides or {}).items():
@@ -509,11 +638,15 @@ def load_settings(
         *parents, leaf = dotted.split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {part}: must be a table ([{part}])")
         node[leaf] = value
     try:
         settings = settings_class()(**data)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, source)) from None
+    except SettingsError as exc:  # a list or table from the environment that is not JSON
+        raise ConfigError(_not_json(str(exc))) from None
     settings._source = source
     # Relative store paths: a config file's are next to it (dir too); without one, in the
     # user data directory, and a relative dir from the environment is in the working dir.
@@ -527,6 +660,9 @@ def load_settings(
         value = getattr(store, attr)
         if not value.is_absolute():
             setattr(store, attr, store.dir / value)
+    problem = _store_paths_problem(store)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
     settings.vendor_settings()  # validate vendor tables now, not on first use
     billed = settings.billing_currencies()
     for currency, where in sorted(settings.budgets.currencies().items()):
@@ -534,6 +670,7 @@ def load_settings(
             raise ConfigError(
                 f"{source}: {sorted(where)[0]}.{currency}: {unbilled(currency, billed)}"
             )
+    _check_routing(settings)
     return settings
 
 
@@ -543,3 +680,95 @@ def unbilled(currency: str, billed: set[str]) -> str:
     return (
         f"no vendor here bills in {currency} (they bill in {known}), so this limit would never bind"
     )
+
+
+def _store_paths_problem(store: StoreSettings) -> str | None:
+    """What makes the store's paths unusable as they stand (nothing is created here)."""
+    wanted = {"dir": (store.dir, True)}
+    if not store.url.get_secret_value():
+        wanted["path"] = (store.path, False)
+    if not store.blobs:
+        wanted["results_dir"] = (store.results_dir, True)
+    for key, (target, folder) in wanted.items():
+        if target is None:
+            continue
+        if target.exists() and target.is_dir() != folder:
+            return (
+                f"store.{key}: {target} is a folder; name the database file in it, e.g. "
+                f"{target / 'retouch.db'}"
+                if not folder
+                else f"store.{key}: {target} is a file, not a folder"
+            )
+        for parent in target.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    return f"store.{key}: {parent} is a file, so {target} cannot be made there"
+                break
+    return None
+
+
+def _check_routing(settings: Settings) -> None:
+    """Every vendor name in [routing] is a vendor instance (enabled or not)."""
+    known = {"local", *settings.vendors}
+    routing = settings.routing
+    named = {"default_vendor": [routing.default_vendor]}
+    named |= {"order": routing.order, "fallback": routing.fallback}
+    for key, names in named.items():
+        for name in names:
+            if name not in known:
+                raise ConfigError(
+                    f"{settings.source}: routing.{key}: unknown vendor {name!r}; "
+                    f"the vendors are {', '.join(sorted(known))}"
+                )
+
+
+def _not_json(message: str) -> str:
+    """One line naming the environment variable whose list or table is not JSON."""
+    match = re.search(r'field "(\w+)"', message)
+    field = match.group(1) if match else ""
+    prefix = f"RETOUCH_{field.upper()}"
+    culprit, kind = prefix, "a list or table"
+    for name, value in os.environ.items():
+        upper = name.upper()
+        if upper != prefix and not upper.startswith(prefix + "__"):
+            continue
+        path = upper.removeprefix("RETOUCH_").lower().split("__")
+        wants = _json_kind(path)
+        if wants is None:
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            culprit, kind = name, wants
+            break
+    example = '["one", "two"]' if kind == "a list" else '{"key": "value"}'
+    return (
+        f"environment {culprit}: not valid JSON; {kind} from the environment is written as "
+        f"JSON, e.g. {culprit}='{example}'"
+    )
+
+
+def _json_kind(path: list[str]) -> str | None:
+    """ "a list" or "a table" if the setting at ``path`` is one (read from the environment
+    as JSON), else None."""
+    annotation: Any = settings_class()
+    for part in path:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part)
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+        else:
+            return None
+    options = [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if origin is list:
+            return "a list"
+        if origin is dict or (isinstance(origin, type) and issubclass(origin, BaseModel)):
+            return "a table"
+    return None

@@ -12,6 +12,9 @@
     ├── NotFound                   no such task or result
     ├── BudgetExceeded             the owner's budget would be crossed (names the limit
     │                              and when it resets); nothing was sent
+    ├── Busy                       too many large images at once; retried later, it passes
+    ├── StorageError               the store cannot be written (a folder that is a file...)
+    │   └── StorageFull            the disk, or the store's size cap, has no room left
     ├── ConfigError                config.toml or the environment is wrong
     ├── StoreUnavailable           the store's database cannot be reached now (retryable)
     ├── StoreConflict              a store holds other data under the same ids (moving house)
@@ -98,6 +101,19 @@ class BudgetExceeded(RetouchError):
     "edits_per_hour" or "concurrent"; the details say how much is used and when it resets."""
 
     code = "budget_exceeded"
+
+
+class Busy(RetouchError):
+    code = "busy"
+    retryable = True
+
+
+class StorageError(RetouchError):
+    code = "storage_error"
+
+
+class StorageFull(StorageError):
+    code = "storage_full"
 
 
 class ConfigError(RetouchError):

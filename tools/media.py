@@ -1,6 +1,6 @@
-"""Image input: load from a URL (SSRF-safe), data: URI, local path, upload or earlier result; check
-the bytes by content, refuse decompression bombs before decoding, and fit images to a
-vendor's limits.
+"""Image input: load from a URL (SSRF-safe), data: URI, local path, upload or earlier result;
+check the bytes by content, refuse decompression bombs before decoding, decode within the
+process's pixel budget (:mod:`tools.pixel_budget`), and fit images to a vendor's limits.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import io
 import ipaddress
 import re
@@ -21,6 +22,7 @@ from urllib.parse import unquote_to_bytes
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tools import pixel_budget
 from tools.errors import (
     ImageError,
     ImageTooLarge,
@@ -126,6 +128,38 @@ def inspect_decoded(
 ) -> tuple[InputImage, Image.Image]:
     """``inspect``, and the image it decoded on the way (what the bytes show), for a caller
     that would otherwise decode them again."""
+    return _decode(_open(data, policy, label), data, label)
+
+
+async def check(
+    data: bytes, policy: MediaPolicy, label: str = "image", *, bounded: bool = True
+) -> InputImage:
+    """:func:`inspect` in worker threads, decoding only within the process's pixel budget.
+    ``bounded``: a client's request, refused with Busy after ``wait_s``; else (work already
+    accepted, such as a task's results) it waits its turn as long as that takes."""
+    return (await check_decoded(data, policy, label, bounded=bounded))[0]
+
+
+async def check_decoded(
+    data: bytes, policy: MediaPolicy, label: str = "image", *, bounded: bool = True
+) -> tuple[InputImage, Image.Image]:
+    """:func:`check`, and the image it decoded (as :func:`inspect_decoded`)."""
+    image = await asyncio.to_thread(_open, data, policy, label)
+    async with pixel_budget.PIXELS.hold(inspect_cost(image, data), bounded=bounded, label=label):
+        return await asyncio.to_thread(_decode, image, data, label)
+
+
+def inspect_cost(image: Image.Image, data: bytes) -> int:
+    """Bytes that decoding an opened image (and normalising it) takes at its peak."""
+    w, h = image.size
+    cost = pixel_budget.decoded_bytes(w, h, image.mode)
+    if _normalised(image, data):  # a converted copy, a rotated one, the PNG encoder's buffers
+        cost += 2 * pixel_budget.decoded_bytes(w, h, "RGBA")
+    return cost
+
+
+def _open(data: bytes, policy: MediaPolicy, label: str) -> Image.Image:
+    """The image's header, checked: size in bytes, format by content, pixel count."""
     if len(data) > policy.max_bytes:
         raise ImageTooLarge(
             f"{label} is {len(data) / 1e6:.1f} MB; the limit is {policy.max_bytes / 1e6:.0f} MB"
@@ -150,6 +184,38 @@ def inspect_decoded(
             f"{label} is {width}×{height} = {width * height / 1e6:.0f} MP; the limit is "
             f"{policy.max_pixels / 1e6:.0f} MP (decompression bombs are refused)"
         )
+    return image
+
+
+def _normalised(image: Image.Image, data: bytes) -> bool:
+    """Whether :func:`_decode` re-encodes the image (a GIF, a rotation, an odd mode), told
+    before decoding (Pillow decodes a whole PNG to find its EXIF block)."""
+    orientation = _png_orientation(data) if image.format == "PNG" else _orientation(image)
+    return (
+        image.format == "GIF" or orientation not in (None, 1) or image.mode in ("P", "CMYK", "I;16")
+    )
+
+
+def _png_orientation(data: bytes) -> int | None:
+    """A PNG's EXIF orientation, read from its chunks (the eXIf chunk may follow the pixels)."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        if kind == b"eXIf":
+            exif = Image.Exif()
+            try:
+                exif.load(data[pos + 8 : pos + 8 + length])
+                return exif.get(0x0112)
+            except Exception:  # a corrupt block: decoding finds it, as before
+                return None
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return None
+
+
+def _decode(image: Image.Image, data: bytes, label: str) -> tuple[InputImage, Image.Image]:
+    """Decode an opened image whole (a truncated file shows only now) and normalise it."""
     try:
         image.seek(0)
         image.load()
@@ -167,7 +233,7 @@ def inspect_decoded(
             return encode(out, "PNG"), out
     except Exception as exc:  # a corrupt EXIF block or palette surfaces only here
         raise ImageError(f"{label} is corrupt ({type(exc).__name__})") from None
-    return InputImage(data=data, mime_type=mime, width=width, height=height), image
+    return InputImage(data=data, mime_type=mime, width=image.width, height=image.height), image
 
 
 def _orientation(image: Image.Image) -> int | None:
@@ -223,7 +289,7 @@ async def load(
         raise UnsafeURL(f"{label}: the {scheme}: scheme is not accepted; use http(s) or data:")
     else:
         data = _read_local(source, policy, label)
-    return await asyncio.to_thread(inspect, data, policy, label)
+    return await check(data, policy, label)
 
 
 def decode_data_uri(uri: str, policy: MediaPolicy, label: str = "image") -> bytes:
@@ -455,6 +521,37 @@ def fit(
     return out, notes
 
 
+async def fit_async(
+    image: InputImage,
+    *,
+    min_side: int | None = None,
+    max_side: int | None = None,
+    max_bytes: int | None = None,
+    formats: tuple[str, ...] | None = None,
+    label: str = "image",
+    vendor: str = "the vendor",
+) -> tuple[InputImage, list[str]]:
+    """:func:`fit` in a worker thread, within the pixel budget (a task's work: it waits its
+    turn); an image that already fits is returned as it is, at once."""
+    w, h = image.width, image.height
+    if (
+        (not max_side or max(w, h) <= max_side)
+        and (not min_side or min(w, h) >= min_side)
+        and (not formats or image.format in formats)
+        and (not max_bytes or len(image.data) <= max_bytes)
+    ):
+        return image, []
+    grow = max(1.0, (min_side or 0) / min(w, h))  # upscaled to min_side
+    out = pixel_budget.decoded_bytes(round(w * grow), round(h * grow))
+    cost = 2 * pixel_budget.decoded_bytes(w, h) + out  # decoded, resized, decoded again to shrink
+    limits = {"min_side": min_side, "max_side": max_side, "max_bytes": max_bytes}
+    return await pixel_budget.PIXELS.run(
+        cost,
+        functools.partial(fit, image, **limits, formats=formats, label=label, vendor=vendor),
+        bounded=False,
+    )
+
+
 def _shrink(
     image: InputImage, max_bytes: int, formats: tuple[str, ...] | None, label: str, vendor: str
 ) -> tuple[InputImage, str]:
@@ -481,21 +578,39 @@ def fit_mask(
     mask: InputImage, size: tuple[int, int], label: str = "mask"
 ) -> tuple[InputImage, list[str]]:
     """A black-and-white mask at exactly ``size``; refuses a different aspect ratio."""
+    check_mask_shape(mask, size, label)
     pil = mask.to_pil()
     notes: list[str] = []
     if pil.size != size:
-        if abs(pil.width / pil.height - size[0] / size[1]) > 0.01:
-            raise InvalidParameter(
-                f"{label} is {pil.width}×{pil.height} but the image is {size[0]}×{size[1]}; "
-                "the mask must have the image's shape",
-                parameter="mask",
-            )
         pil = pil.resize(size, Image.Resampling.NEAREST)
         notes.append(f"{label}: resized to {size[0]}×{size[1]} to match the image")
     gray = pil.convert("L") if "A" not in pil.getbands() or pil.mode == "LA" else _alpha_aware(pil)
     binary = gray.point(lambda v: 255 if v >= 128 else 0)
     out = encode(binary, "PNG")
     return out, notes
+
+
+def check_mask_shape(mask: InputImage, size: tuple[int, int], label: str = "mask") -> None:
+    """Refuse a mask whose aspect ratio is not the image's (from the sizes: nothing decoded)."""
+    if (mask.width, mask.height) != size and abs(
+        mask.width / mask.height - size[0] / size[1]
+    ) > 0.01:
+        raise InvalidParameter(
+            f"{label} is {mask.width}×{mask.height} but the image is {size[0]}×{size[1]}; "
+            "the mask must have the image's shape",
+            parameter="mask",
+        )
+
+
+async def fit_mask_async(
+    mask: InputImage, size: tuple[int, int], label: str = "mask"
+) -> tuple[InputImage, list[str]]:
+    """:func:`fit_mask` in a worker thread, within the pixel budget (a task's work: it waits
+    its turn)."""
+    w, h = size  # decoded, resized in its own mode, made gray, made black and white
+    cost = pixel_budget.decoded_bytes(mask.width, mask.height) + pixel_budget.decoded_bytes(w, h)
+    cost += 2 * pixel_budget.decoded_bytes(w, h, "L")
+    return await pixel_budget.PIXELS.run(cost, fit_mask, mask, size, label, bounded=False)
 
 
 def _alpha_aware(pil: Image.Image) -> Image.Image:

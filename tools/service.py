@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tools import budgets, catalog, media
+from tools import budgets, catalog, media, pixel_budget
 from tools.callbacks import callback_secrets, same_secret
 from tools.config import OWNER_NAME, Settings, unbilled
 from tools.errors import InvalidParameter, NotFound, RetouchError, Unsupported
@@ -72,6 +72,7 @@ class Editor:
             max_redirects=settings.media.max_redirects,
             resolver=resolver or media.system_resolver,
         )
+        pixel_budget.PIXELS.configure(settings.media.decode_budget, settings.media.decode_wait_s)
         self.run_worker = run_worker
         self.store: Store
         self.intake: Intake
@@ -226,10 +227,11 @@ class Editor:
         )
         mask = await self._load(request.mask, "mask", owner) if request.mask else None
         if mask is not None:  # refuse a mask of another shape now, not at the vendor
-            media.fit_mask(mask, (images[0].width, images[0].height))
+            media.check_mask_shape(mask, (images[0].width, images[0].height))
         loaded = time.time()
-        shas = [await self.store.put_blob(img) for img in images]
-        mask_sha = await self.store.put_blob(mask) if mask is not None else None
+        # Under store.max_results_mb: room made as they are stored, or StorageFull.
+        shas = [await self.store.put_blob(img, owner=owner) for img in images]
+        mask_sha = await self.store.put_blob(mask, owner=owner) if mask is not None else None
         record = await self.store.create_task(
             function=request.function,
             vendor=vendor.name,
@@ -352,8 +354,8 @@ class Editor:
         """Check bytes like any input image, store them as the owner's upload, and say how
         to use it (``retouch://uploads/<id>``) and until when: ``store.retention_days``, at
         least an hour. A task that uses the upload keeps its bytes as long as the task."""
-        image = await asyncio.to_thread(media.inspect, data, self.policy, "upload")
-        sha = await self.store.put_blob(image)
+        image = await media.check(data, self.policy, "upload")  # within the pixel budget
+        sha = await self.store.put_blob(image, owner=owner)
         now = self.clock()
         ttl = max(self.settings.store.retention_days * 86400, MIN_UPLOAD_TTL_S)
         record = await self.store.create_upload(

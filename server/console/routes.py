@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from server.app import make_preview
+from server.app import budgeted_preview
 from server.console import pages, stats
 from server.console.session import COOKIE, LOGIN_COOKIE, Sessions
 from server.result_urls import load_secret
@@ -51,6 +51,10 @@ HEADERS = {
     "X-Frame-Options": "DENY",
 }
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+#: A thumbnail the server has no room to decode now (too many large images at once).
+BUSY = "server busy: too many large images at once, try again"
 
 
 class BadRequest(Exception):
@@ -287,7 +291,11 @@ class Console:
         jpeg = self.thumbs.get(key)
         if jpeg is None:
             data = await self.editor(request).task_image(task_id, role, int(index))
-            jpeg = base64.b64decode(await asyncio.to_thread(make_preview, data, size))
+            preview = await budgeted_preview(data, size)  # within the pixel budget
+            if preview is None:
+                busy = Response(BUSY, status_code=503, headers={"Retry-After": "5"})
+                return secured(busy)
+            jpeg = base64.b64decode(preview)
             self.thumbs[key] = jpeg
             while len(self.thumbs) > THUMBS_KEPT:
                 self.thumbs.popitem(last=False)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import abc
 import json
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -227,10 +228,58 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
+#: How long an image being stored counts in its owner's share before a task or an upload
+#: links it; a put whose request then failed stops counting after this.
+PENDING_S = 120.0
+
+
+class PendingPuts:
+    """Images this process is storing for owners that nothing links yet, so that their
+    owner's concurrent requests count them against ``store.owner_share``."""
+
+    def __init__(self) -> None:
+        self._puts: dict[str, tuple[str | None, int, float]] = {}
+
+    def add(self, sha256: str, owner: str | None, size: int) -> None:
+        self._puts[sha256] = (owner, size, time.monotonic())
+
+    def drop(self, shas: Iterable[str | None]) -> None:
+        """Linked (or never stored): no longer pending."""
+        for sha in shas:
+            self._puts.pop(sha or "", None)
+
+    def bytes_of(self, owner: str) -> int:
+        stale = time.monotonic() - PENDING_S
+        for sha in [k for k, (_, _, at) in self._puts.items() if at < stale]:
+            del self._puts[sha]
+        return sum(size for who, size, _ in self._puts.values() if who == owner)
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """How much the store's images may take (``store.max_results_mb``, ``store.owner_share``).
+
+    ``max_bytes``: all blobs together, counted once each; None: no cap. ``owner_share``: the
+    part of it one owner's tasks may use (their inputs and results, a blob shared with
+    another owner counting for both); 1: no cap of their own. Tasks stored without an owner
+    (trusted callers) have no share.
+    """
+
+    max_bytes: int | None = None
+    owner_share: float = 1.0
+
+    def share(self) -> int | None:
+        """One owner's bytes at most, or None."""
+        if self.max_bytes is None or self.owner_share >= 1:
+            return None
+        return int(self.max_bytes * self.owner_share)
+
+
 class Store(abc.ABC):
     """Tasks with leases, and the rows of the blobs they use (bytes in ``blobs``)."""
 
     blobs: BlobStore
+    limits: StoreLimits = StoreLimits()
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -245,9 +294,22 @@ class Store(abc.ABC):
     # ---- blobs -------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def put_blob(self, image: InputImage) -> str:
+    async def put_blob(
+        self, image: InputImage, *, owner: str | None = None, strict: bool = True
+    ) -> str:
         """Store an image once (its row and its bytes); return its sha256. Until a task links
-        it (``create_task``, ``finish``), clean-up leaves it alone for ORPHAN_GRACE_S."""
+        it (``create_task``, ``finish``), clean-up leaves it alone for ORPHAN_GRACE_S.
+
+        Under ``limits``, bytes new to the store must fit as they are written: the oldest
+        finished tasks are forgotten to make room (``owner``'s own first when they are over
+        their share); when nothing more can go, ``StorageFull`` (``strict``, an input), or
+        the image is stored past the cap (a result, already paid for). A write that fails
+        leaves neither row nor bytes, and a full disk is ``StorageFull`` naming the store."""
+
+    @abc.abstractmethod
+    async def stored_bytes(self, owner: str | None = None) -> int:
+        """The bytes of every stored blob, each counted once; of ``owner``'s tasks' blobs
+        only, if given."""
 
     @abc.abstractmethod
     async def read_blob(self, sha256: str) -> InputImage:

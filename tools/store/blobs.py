@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -19,8 +20,11 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from tools.errors import StorageError, StorageFull
 from tools.media import EXTENSIONS
 
+#: The errors a full disk or an exhausted quota gives.
+FULL = (errno.ENOSPC, errno.EDQUOT)
 #: What a key looks like; nothing else is ever turned into a file name.
 KEY = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}\.[a-z]{3,4}$")
 
@@ -51,7 +55,9 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key``, replacing what is there."""
+        """Store ``data`` under ``key``, replacing what is there. A write that fails leaves
+        nothing behind; ``StorageFull`` when there is no room (naming the store),
+        ``StorageError`` when the store refuses it otherwise."""
 
     @abc.abstractmethod
     async def get(self, key: str, size: int) -> bytes:
@@ -103,7 +109,16 @@ class FileBlobStore(BlobStore):
         return self.root / key
 
     async def put(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(_write_atomic, self.path(key), data)
+        try:
+            await asyncio.to_thread(_write_atomic, self.path(key), data)
+        except OSError as exc:
+            if exc.errno in FULL:
+                raise StorageFull(
+                    f"storage full: no space left for images in {self.root} ({exc.strerror})"
+                ) from None
+            raise StorageError(
+                f"cannot write images in {self.root}: {exc.strerror or exc}"
+            ) from None
 
     async def get(self, key: str, size: int) -> bytes:
         try:
@@ -150,6 +165,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique per call: two tasks storing the same image at once must not share a temp file.
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:  # no fsync: see the class's docstring
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:  # no fsync: see the class's docstring
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:  # a full disk, or any other failure: no partial file stays behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

@@ -4,14 +4,15 @@ reached raises ``StoreUnavailable`` (retryable), never the driver's own exceptio
 An outage is a connection refused, reset or timed out (``OSError``), a connection the
 server closed or refused while starting or stopping (asyncpg's connection and shutdown
 errors, too many clients), SQLite's "database is locked" past its busy timeout, or an
-S3-compatible server that cannot be reached. A wrong statement, a constraint or a missing
-row is not: those keep their own errors. ``reports_outages`` applies the rule to every
-public coroutine of a store class, those added later included.
+S3-compatible server that cannot be reached. A wrong statement, a constraint, a missing
+row or a full disk is not: those keep their own errors. ``reports_outages`` applies the
+rule to every public coroutine of a store class, those added later included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
 import logging
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from tools.errors import StoreUnavailable
+from tools.errors import RetouchError, StoreUnavailable
 
 C = TypeVar("C", bound=type)
 
@@ -42,10 +43,12 @@ _ASYNCPG_OUTAGES = (
 
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` says the database (or the blob store) cannot be reached just now, or
-    was raised while handling such an error (a rollback on a connection that is gone)."""
+    was raised while handling such an error (a rollback on a connection that is gone). A
+    Retouch error is classified already (StorageFull for a full disk, NotFound for a file
+    that is gone): never an outage, whatever it was raised while handling."""
     seen: BaseException | None = exc
     for _ in range(5):
-        if seen is None:
+        if seen is None or isinstance(seen, RetouchError):
             return False
         if _is_outage(seen):
             return True
@@ -54,8 +57,8 @@ def is_outage(exc: BaseException) -> bool:
 
 
 def _is_outage(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):  # refused, reset, unreachable, timed out
-        return True
+    if isinstance(exc, OSError):  # refused, reset, unreachable, timed out; not a full disk
+        return exc.errno not in (errno.ENOSPC, errno.EDQUOT)
     if isinstance(exc, sqlite3.OperationalError):
         return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_BUSY
     asyncpg = sys.modules.get("asyncpg.exceptions")

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 
-from tools.errors import NotFound
+from tools.errors import NotFound, StorageFull
 from tools.media import InputImage
 from tools.models import LOCAL_OWNER, BudgetLimits, ImageFailure, ResultImage, TaskStatus
 from tools.notifier import TaskEvent
@@ -34,6 +36,7 @@ from tools.store.base import (
     ActiveTask,
     Admission,
     OwnerUsage,
+    PendingPuts,
     Store,
     TaskFilter,
     TaskRecord,
@@ -52,12 +55,37 @@ log = logging.getLogger("retouch.store")
 
 #: The database's clock, in seconds since the epoch (one value per statement).
 NOW = "extract(epoch FROM statement_timestamp())::float8"
+#: The advisory lock under which images are counted against the size cap.
+CAP = "store:cap"
+MB = 1024 * 1024
 #: The channel the task trigger announces changes on.
 CHANNEL = "retouch_tasks"
 #: How often the listening connection is checked when nothing arrives (a dead network
 #: closes no socket), and the longest wait between two attempts to reconnect.
 LISTEN_CHECK_S = 10.0
 RECONNECT_MAX_S = 5.0
+
+
+R = TypeVar("R")
+
+
+def _reports_full(
+    method: Callable[..., Awaitable[R]],
+) -> Callable[..., Awaitable[R]]:
+    """A write whose database has no room left is StorageFull naming it (no password)."""
+
+    @functools.wraps(method)
+    async def write(self: PostgresStore, *args: Any, **kwargs: Any) -> R:
+        try:
+            return await method(self, *args, **kwargs)
+        except asyncpg.DiskFullError:
+            url = urlsplit(self._url)
+            where = f"{url.hostname or 'localhost'}:{url.port or 5432}{url.path}"
+            raise StorageFull(
+                f"storage full: the database at {where} cannot grow (no space left)"
+            ) from None
+
+    return write
 
 
 @reports_outages
@@ -71,6 +99,7 @@ class PostgresStore(Store):
         self._subscribers: list[Callable[[TaskEvent], None]] = []
         self._listening: asyncio.Task[None] | None = None
         self.listener: asyncpg.Connection | None = None  # the LISTEN connection (tests)
+        self._pending = PendingPuts()
 
     @classmethod
     async def open(
@@ -165,26 +194,146 @@ class PostgresStore(Store):
 
     # ---- blobs -------------------------------------------------------------------------
 
-    async def put_blob(self, image: InputImage) -> str:
+    @_reports_full
+    async def put_blob(
+        self, image: InputImage, *, owner: str | None = None, strict: bool = True
+    ) -> str:
         sha = await content_hash(image.data)
+        size = len(image.data)
         # The row first, marked pending: from then on no process's clean-up deletes the bytes
         # (one holding the row locked to delete it makes us wait, and we store it anew).
-        await self.pool.execute(
+        insert = (
             "INSERT INTO blobs (sha256, mime_type, bytes, width, height, created_at, pending,"
             f" grace_until) VALUES ($1, $2, $3, $4, $5, {NOW}, 1, {NOW} + $6)"
             " ON CONFLICT (sha256) DO UPDATE SET pending = blobs.pending + 1,"
-            " grace_until = EXCLUDED.grace_until",
-            sha,
-            image.mime_type,
-            len(image.data),
-            image.width,
-            image.height,
-            ORPHAN_GRACE_S,
+            " grace_until = EXCLUDED.grace_until"
         )
+        values = (sha, image.mime_type, size, image.width, image.height, ORPHAN_GRACE_S)
+        fits = True
+        if self.limits.max_bytes is None:
+            await self.pool.execute(insert, *values)
+        else:  # room made and the row counted under one lock for every process: the cap holds
+            async with self.pool.acquire() as db, db.transaction():
+                await db.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", CAP)
+                known = await db.fetchval("SELECT 1 FROM blobs WHERE sha256 = $1", sha)
+                if not known:
+                    fits = await self._make_room(db, size, owner)
+                if known or fits or not strict:
+                    await db.execute(insert, *values)
+                    self._pending.add(sha, owner, size)
+            if not fits and strict:
+                raise self._full(size, owner)
         key = blob_key(sha, image.mime_type)
-        if await self.blobs.size(key) != len(image.data):  # none yet, or one cut short
-            await self.blobs.put(key, image.data)
+        try:
+            if await self.blobs.size(key) != size:  # none yet, or one cut short
+                await self.blobs.put(key, image.data)
+        except BaseException:
+            await asyncio.shield(self._forget_unwritten(sha, key))
+            raise
         return sha
+
+    async def _forget_unwritten(self, sha: str, key: str) -> None:
+        """After a failed put: its pending mark goes, and the row too when nothing else
+        holds it, so no row counts bytes that never landed."""
+        self._pending.drop([sha])
+        with contextlib.suppress(Exception):
+            async with self.pool.acquire() as db, db.transaction():
+                left = await db.fetchval(
+                    "UPDATE blobs SET pending = greatest(pending - 1, 0) WHERE sha256 = $1"
+                    " RETURNING pending",
+                    sha,
+                )
+                gone = left == 0 and await db.fetchval(
+                    "DELETE FROM blobs WHERE sha256 = $1 AND pending = 0 AND NOT EXISTS"
+                    " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = $1) AND NOT EXISTS"
+                    " (SELECT 1 FROM uploads u WHERE u.sha256 = $1) RETURNING 1",
+                    sha,
+                )
+                if gone:
+                    await self.blobs.delete(key)
+
+    async def _make_room(self, db: asyncpg.Connection, size: int, owner: str | None) -> bool:
+        """Forget the oldest finished tasks (``owner``'s first while they are over their
+        share) until ``size`` more bytes fit, deleting the bytes of the blobs that go (their
+        rows stay locked until then); False if they still do not fit."""
+        share = self.limits.share()
+        if share is not None and owner is not None:
+            while await self._owner_bytes(db, owner) + size > share:
+                if not await self._forget_oldest(db, owner):
+                    return False
+        cap = self.limits.max_bytes
+        assert cap is not None
+        while await self._total_bytes(db) + size > cap:
+            if not await self._forget_oldest(db, None):
+                return False
+        return True
+
+    def _full(self, size: int, owner: str | None) -> StorageFull:
+        """Why ``size`` more bytes cannot be stored (after :meth:`_make_room` said so)."""
+        share = self.limits.share()
+        if share is not None and owner is not None:
+            used = self._pending.bytes_of(owner)
+            return StorageFull(
+                f"storage full for {owner}: their tasks keep their {share / MB:.1f} MB share "
+                f"(store.owner_share) and none of them has finished ({used / MB:.1f} MB being "
+                "stored now); try again when one has"
+            )
+        cap = self.limits.max_bytes or 0
+        return StorageFull(
+            f"storage full: the store keeps its {cap / MB:.0f} MB (store.max_results_mb) for "
+            f"tasks that have not finished, and {size / MB:.1f} MB more does not fit; try "
+            "again later"
+        )
+
+    async def _forget_oldest(self, db: asyncpg.Connection, owner: str | None) -> bool:
+        """Forget the oldest finished task (``owner``'s if given) and the bytes no task or
+        upload uses any more; False if there is none."""
+        where = "finished_at IS NOT NULL" + (f" AND {_of('$1', owner)}" if owner else "")
+        task_id = await db.fetchval(
+            f"SELECT id FROM tasks WHERE {where} ORDER BY finished_at LIMIT 1"
+            " FOR UPDATE SKIP LOCKED",
+            *((owner,) if owner else ()),
+        )
+        if task_id is None:
+            return False
+        shas = [
+            r[0]
+            for r in await db.fetch("SELECT sha256 FROM task_blobs WHERE task_id = $1", task_id)
+        ]
+        await db.execute("DELETE FROM tasks WHERE id = $1", task_id)  # links go too (CASCADE)
+        rows = await db.fetch(
+            "DELETE FROM blobs WHERE sha256 = ANY($1::text[]) AND NOT EXISTS"
+            " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = blobs.sha256)"
+            " AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = blobs.sha256)"
+            f" AND (pending = 0 OR grace_until < {NOW}) RETURNING sha256, mime_type",
+            shas,
+        )
+        for sha, mime in rows:
+            await self.blobs.delete(blob_key(sha, mime))
+        return True
+
+    async def _total_bytes(self, db: asyncpg.Connection | asyncpg.Pool) -> int:
+        return int(await db.fetchval("SELECT COALESCE(sum(bytes), 0) FROM blobs"))
+
+    async def _owner_bytes(self, db: asyncpg.Connection | asyncpg.Pool, owner: str) -> int:
+        """The blobs of ``owner``'s tasks and uploads, each once, and those this process is
+        storing for them that nothing links yet."""
+        linked = await db.fetchval(
+            "SELECT COALESCE(sum(bytes), 0) FROM blobs WHERE sha256 IN (SELECT tb.sha256"
+            f" FROM task_blobs tb JOIN tasks t ON t.id = tb.task_id WHERE {_of('$1', owner)}"
+            " UNION SELECT sha256 FROM uploads WHERE owner = $1)",
+            owner,
+        )
+        pending = self._pending.bytes_of(owner)
+        return int(linked) + pending
+
+    async def stored_bytes(self, owner: str | None = None) -> int:
+        if owner is None:
+            return await self._total_bytes(self.pool)
+        return await self._owner_bytes(self.pool, owner)
+
+    def _linked(self, shas: Iterable[str | None]) -> None:
+        self._pending.drop(shas)
 
     async def read_blob(self, sha256: str) -> InputImage:
         row = await self.pool.fetchrow(
@@ -231,6 +380,7 @@ class PostgresStore(Store):
 
     # ---- uploads -----------------------------------------------------------------------
 
+    @_reports_full
     async def create_upload(
         self, *, owner: str, sha256: str, created_at: float, expires_at: float
     ) -> UploadRecord:
@@ -246,6 +396,7 @@ class PostgresStore(Store):
             created_at,
             expires_at,
         )
+        self._linked([sha256])
         return upload
 
     async def get_upload(self, upload_id: str, owner: str) -> UploadRecord | None:
@@ -259,6 +410,7 @@ class PostgresStore(Store):
 
     # ---- tasks -------------------------------------------------------------------------
 
+    @_reports_full
     async def create_task(
         self,
         *,
@@ -309,6 +461,7 @@ class PostgresStore(Store):
                     return made
                 admission.check(await self._usage(db, owner, admission.windows))
                 row = await db.fetchrow(_CREATE, *values)
+        self._linked(shas)
         if row is None:  # made before with this key
             made = await self.find_by_key(key or "")
             if made is None:
@@ -576,6 +729,7 @@ class PostgresStore(Store):
         )
         return row is not None
 
+    @_reports_full
     async def finish(
         self,
         task_id: str,
@@ -630,6 +784,7 @@ class PostgresStore(Store):
             [r.sha256 for r in results],
             *((worker,) if worker else ()),
         )
+        self._linked(r.sha256 for r in results)
         return bool(count)
 
     async def reroute(self, task_id: str, worker: str, vendor: str, note: str) -> bool:

@@ -21,7 +21,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tools.errors import ConfigError
+from tools.errors import ConfigError, StorageError, StorageFull
 from tools.store.blobs import KEY, BlobDamaged, BlobMissing, BlobStore
 
 #: Blobs from this size on go up as multipart uploads of ``PART_SIZE`` parts, up to
@@ -110,10 +110,16 @@ class S3BlobStore(BlobStore):
 
     async def put(self, key: str, data: bytes) -> None:
         name = self._name(key)
-        if len(data) < MULTIPART_THRESHOLD:
-            await self.client.put_object(Bucket=self.bucket, Key=name, Body=data)
-        else:
-            await self._put_multipart(name, data)
+        try:
+            if len(data) < MULTIPART_THRESHOLD:
+                await self.client.put_object(Bucket=self.bucket, Key=name, Body=data)
+            else:
+                await self._put_multipart(name, data)
+        except ClientError as exc:
+            where = f"bucket {self.bucket!r}"
+            if _code(exc) in FULL_CODES or _status(exc) == 507:
+                raise StorageFull(f"storage full: {where} has no room ({_code(exc)})") from None
+            raise StorageError(f"cannot write images in {where}: {_reason(exc)}") from None
 
     async def _put_multipart(self, name: str, data: bytes) -> None:
         upload = await self.client.create_multipart_upload(Bucket=self.bucket, Key=name)
@@ -236,6 +242,14 @@ def _session() -> AioSession:
     ~10 ms instead of ~100 ms (the API's description is read once). Credentials taken from
     the environment are resolved on first use and kept."""
     return get_session()
+
+
+#: What S3-compatible servers answer when a bucket or a disk is full (MinIO, Ceph, R2).
+FULL_CODES = ("XMinioStorageFull", "QuotaExceeded", "InsufficientStorage")
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
 def _code(exc: ClientError) -> str:

@@ -7,6 +7,7 @@ timeout runs out is reported as ``StoreUnavailable`` (``outages.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from tools.errors import NotFound
+from tools.errors import NotFound, StorageFull
 from tools.media import InputImage
 from tools.models import LOCAL_OWNER, BudgetLimits, ImageFailure, ResultImage, TaskStatus
 from tools.notifier import TaskEvent
@@ -29,6 +30,7 @@ from tools.store.base import (
     ActiveTask,
     Admission,
     OwnerUsage,
+    PendingPuts,
     Store,
     TaskFilter,
     TaskRecord,
@@ -54,17 +56,22 @@ COLUMNS = [f.name for f in fields(TaskRecord)]
 #: The database's clock in Unix seconds (to the millisecond), the same value throughout one
 #: statement.
 NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+MB = 1024 * 1024
 
 
 @reports_outages
 class SQLiteStore(Store):
     """One SQLite database, and the blob store holding its images' bytes."""
 
-    def __init__(self, db: aiosqlite.Connection, blobs: BlobStore) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, blobs: BlobStore, path: Path | str = ":memory:"
+    ) -> None:
         self.db = db
         self.blobs = blobs
         self._write = asyncio.Lock()
         self._unlinked: dict[str, float] = {}  # sha256 → when put_blob stored it
+        self._pending = PendingPuts()
+        self.path = path
 
     @classmethod
     async def open(cls, path: Path | str, blobs: BlobStore | Path | str) -> SQLiteStore:
@@ -82,7 +89,7 @@ class SQLiteStore(Store):
         await db.execute("PRAGMA foreign_keys=ON")
         await db.execute("PRAGMA busy_timeout=30000")
         await migrate(db, CORE)
-        return cls(db, blobs)
+        return cls(db, blobs, path)
 
     async def close(self) -> None:
         await self.db.close()
@@ -102,8 +109,10 @@ class SQLiteStore(Store):
                 await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
                 await self.db.commit()
-            except BaseException:
-                await self.db.rollback()
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await self.db.rollback()
+                self._raise_if_full(exc)
                 raise
 
     async def execute(
@@ -115,29 +124,164 @@ class SQLiteStore(Store):
         one trip to the database thread instead of three (BEGIN, statement, COMMIT). The
         lock still keeps it out of another writer's open transaction."""
         async with self._write:
-            return list(await self.db.execute_fetchall(sql, params))
+            try:
+                return list(await self.db.execute_fetchall(sql, params))
+            except sqlite3.OperationalError as exc:
+                self._raise_if_full(exc)
+                raise
+
+    def _raise_if_full(self, exc: BaseException) -> None:
+        """A database that cannot grow is StorageFull naming it, not a bare sqlite3 error."""
+        if (
+            isinstance(exc, sqlite3.OperationalError)
+            and exc.sqlite_errorcode == sqlite3.SQLITE_FULL
+        ):
+            raise StorageFull(
+                f"storage full: the database {self.path} cannot grow (no space left)"
+            ) from None
 
     # ---- blobs -------------------------------------------------------------------------
 
-    async def put_blob(self, image: InputImage) -> str:
+    async def put_blob(
+        self, image: InputImage, *, owner: str | None = None, strict: bool = True
+    ) -> str:
         sha = await content_hash(image.data)
         self._unlinked[sha] = time.time()
         key = blob_key(sha, image.mime_type)
         whole = await self.blobs.size(key) == len(image.data)  # a cut-short one is put again
-        row = self.execute(
+        values = (sha, image.mime_type, len(image.data), image.width, image.height, time.time())
+        insert = (
             "INSERT OR IGNORE INTO blobs (sha256, mime_type, bytes, width, height, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (sha, image.mime_type, len(image.data), image.width, image.height, time.time()),
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING sha256"
         )
-        if whole:
-            await row
-        else:  # the row and the bytes at once (the grace above keeps the pair from clean-up)
-            await asyncio.gather(row, self.blobs.put(key, image.data))
+        inserted = False
+        try:
+            if self.limits.max_bytes is None:
+                # The row and the bytes at once (the grace above keeps the pair from clean-up).
+                outcomes = await asyncio.gather(
+                    self.execute(insert, values),
+                    asyncio.sleep(0) if whole else self.blobs.put(key, image.data),
+                    return_exceptions=True,
+                )
+                inserted = isinstance(outcomes[0], list) and bool(outcomes[0])
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+            else:  # room is made and the row counted in one transaction: the cap holds
+                async with self.transaction() as db:
+                    known = await db.execute_fetchall(
+                        "SELECT 1 FROM blobs WHERE sha256 = ?", (sha,)
+                    )
+                    size = len(image.data)
+                    gone = [] if known else await self._make_room(db, size, owner, strict)
+                    inserted = bool(await db.execute_fetchall(insert, values))
+                    if inserted:  # counted in its owner's share until a task links it
+                        self._pending.add(sha, owner, size)
+                await self._delete_files(gone)
+                if not whole:
+                    await self.blobs.put(key, image.data)
+        except BaseException:
+            await asyncio.shield(self._forget_unwritten(sha, inserted))
+            raise
         return sha
 
+    async def _forget_unwritten(self, sha: str, inserted: bool) -> None:
+        """After a failed put: the row it inserted goes, so no row counts bytes that never
+        landed (unless a task uses the blob meanwhile)."""
+        with contextlib.suppress(Exception):
+            if inserted:
+                await self.execute(
+                    "DELETE FROM blobs WHERE sha256 = ? AND NOT EXISTS"
+                    " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = blobs.sha256)",
+                    (sha,),
+                )
+            if not await self.db.execute_fetchall("SELECT 1 FROM blobs WHERE sha256 = ?", (sha,)):
+                self._unlinked.pop(sha, None)
+                self._pending.drop([sha])
+
+    async def _make_room(
+        self, db: aiosqlite.Connection, size: int, owner: str | None, strict: bool
+    ) -> list[sqlite3.Row]:
+        """Forget the oldest finished tasks (``owner``'s first while they are over their
+        share) until ``size`` more bytes fit; returns the blobs' rows that went, whose bytes
+        the caller deletes after the commit. StorageFull if they cannot fit and ``strict``."""
+        gone: list[sqlite3.Row] = []
+        share = self.limits.share()
+        if share is not None and owner is not None:
+            while (used := await self._owner_bytes(db, owner)) + size > share:
+                rows = await self._forget_oldest(db, owner)
+                if rows is None:
+                    if strict:
+                        raise StorageFull(
+                            f"storage full for {owner}: their tasks keep {used / MB:.1f} MB of "
+                            f"a {share / MB:.1f} MB share (store.owner_share) and none of "
+                            "them has finished; try again when one has"
+                        )
+                    break
+                gone += rows
+        cap = self.limits.max_bytes
+        assert cap is not None
+        while (total := await self._total_bytes(db)) + size > cap:
+            rows = await self._forget_oldest(db, None)
+            if rows is None:
+                if strict:
+                    raise StorageFull(
+                        f"storage full: the store keeps {total / MB:.1f} MB of its "
+                        f"{cap / MB:.0f} MB (store.max_results_mb) for tasks that have not "
+                        f"finished, and {size / MB:.1f} MB more does not fit; try again later"
+                    )
+                break
+            gone += rows
+        return gone
+
+    async def _forget_oldest(
+        self, db: aiosqlite.Connection, owner: str | None
+    ) -> list[sqlite3.Row] | None:
+        """Forget the oldest finished task (of ``owner`` if given); the rows of the blobs
+        that no task uses any more, deleted; None if there was no such task."""
+        where = "finished_at IS NOT NULL" + (f" AND {_of(owner)}" if owner is not None else "")
+        oldest = await db.execute_fetchall(
+            f"SELECT id FROM tasks WHERE {where} ORDER BY finished_at LIMIT 1",
+            (owner,) if owner is not None else (),
+        )
+        if not oldest:
+            return None
+        task_id = oldest[0][0]
+        shas = [
+            r[0]
+            for r in await db.execute_fetchall(
+                "DELETE FROM task_blobs WHERE task_id = ? RETURNING sha256", (task_id,)
+            )
+        ]
+        await db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+        return await self._orphan_rows(db, list(dict.fromkeys(shas)))
+
+    async def _total_bytes(self, db: aiosqlite.Connection) -> int:
+        rows = await db.execute_fetchall("SELECT COALESCE(SUM(bytes), 0) FROM blobs")
+        return int(rows[0][0])
+
+    async def _owner_bytes(self, db: aiosqlite.Connection, owner: str) -> int:
+        """The blobs of ``owner``'s tasks and uploads, each once, and those this process is
+        storing for them that nothing links yet."""
+        rows = await db.execute_fetchall(
+            "SELECT COALESCE(SUM(bytes), 0) FROM blobs WHERE sha256 IN (SELECT tb.sha256"
+            f" FROM task_blobs tb JOIN tasks t ON t.id = tb.task_id WHERE {_of(owner)}"
+            " UNION SELECT sha256 FROM uploads WHERE owner = ?)",
+            (owner, owner),
+        )
+        pending = self._pending.bytes_of(owner)
+        return int(rows[0][0]) + pending
+
+    async def stored_bytes(self, owner: str | None = None) -> int:
+        if owner is None:
+            return await self._total_bytes(self.db)
+        return await self._owner_bytes(self.db, owner)
+
     def _linked(self, shas: Iterable[str | None]) -> None:
+        shas = list(shas)
         for sha in shas:
             self._unlinked.pop(sha or "", None)
+        self._pending.drop(shas)
 
     async def read_blob(self, sha256: str) -> InputImage:
         rows = await self.db.execute_fetchall("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
@@ -537,7 +681,18 @@ class SQLiteStore(Store):
 
     async def _delete_orphans(self, task_shas: list[str] | None = None) -> tuple[int, int]:
         """Delete blobs no task or upload refers to, rows and bytes (only ``task_shas`` if
-        given); returns how many and their bytes.
+        given); returns how many and their bytes."""
+        async with self.transaction() as db:
+            rows = await self._orphan_rows(db, task_shas)
+        await self._delete_files(rows)
+        return len(rows), sum(int(r[2]) for r in rows)
+
+    async def _orphan_rows(
+        self, db: aiosqlite.Connection, task_shas: list[str] | None = None
+    ) -> list[sqlite3.Row]:
+        """Delete the rows of blobs no task or upload refers to (only ``task_shas`` if given) in the
+        caller's transaction; return them (sha256, mime_type, bytes), whose bytes the caller
+        deletes once that commits (:meth:`_delete_files`).
 
         A blob this process stored but has not linked yet is kept: it is an input or a
         result about to be linked (deleting it made that task's insert fail)."""
@@ -548,45 +703,39 @@ class SQLiteStore(Store):
         where, params = "", tuple(keep)
         if task_shas is not None:
             if not task_shas:
-                return 0, 0
+                return []
             where = f" AND sha256 IN ({','.join('?' * len(task_shas))})"
             params += tuple(task_shas)
-        rows = await self.execute(
-            "DELETE FROM blobs WHERE NOT EXISTS"
-            " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = blobs.sha256)"
-            " AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = blobs.sha256)"
-            f" AND sha256 NOT IN ({','.join('?' * len(keep))}){where}"
-            " RETURNING sha256, mime_type, bytes",
-            params,
+        return list(
+            await db.execute_fetchall(
+                "DELETE FROM blobs WHERE NOT EXISTS"
+                " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = blobs.sha256)"
+                " AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = blobs.sha256)"
+                f" AND sha256 NOT IN ({','.join('?' * len(keep))}){where}"
+                " RETURNING sha256, mime_type, bytes",
+                params,
+            )
         )
+
+    async def _delete_files(self, rows: list[sqlite3.Row]) -> None:
+        """Delete the bytes of blobs whose rows went (unless stored anew meanwhile)."""
         for sha, mime, _ in rows:
             again = await self.db.execute_fetchall("SELECT 1 FROM blobs WHERE sha256 = ?", (sha,))
-            if not again:  # not stored anew meanwhile
+            if not again:
                 await self.blobs.delete(blob_key(sha, mime))
-        return len(rows), sum(int(r[2]) for r in rows)
 
     async def _evict(self, max_bytes: int) -> int:
         """Forget finished tasks, oldest first, until the stored files fit in ``max_bytes``.
         Sizes are counted per file, so a file several tasks share is freed only with the
         last of them."""
-        rows = await self.db.execute_fetchall("SELECT COALESCE(SUM(bytes), 0) FROM blobs")
-        total, removed = int(rows[0][0]), 0
-        while total > max_bytes:
-            oldest = await self.db.execute_fetchall(
-                "SELECT id FROM tasks WHERE finished_at IS NOT NULL ORDER BY finished_at LIMIT 1"
-            )
-            if not oldest:
+        removed = 0
+        while await self._total_bytes(self.db) > max_bytes:
+            async with self.transaction() as db:
+                rows = await self._forget_oldest(db, None)
+            if rows is None:
                 break
-            task_id = oldest[0][0]
-            shas = [
-                r[0]
-                for r in await self.execute(
-                    "DELETE FROM task_blobs WHERE task_id = ? RETURNING sha256", (task_id,)
-                )
-            ]
-            await self.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
-            count, freed = await self._delete_orphans(list(dict.fromkeys(shas)))
-            removed, total = removed + count, total - freed
+            await self._delete_files(rows)
+            removed += len(rows)
         return removed
 
     # ---- owner queries -----------------------------------------------------------------

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from tools.config import MB, VendorSettings
 from tools.errors import ConfigError, InvalidParameter, VendorError, VendorFault
-from tools.media import fit
+from tools.media import fit_async
 from tools.models import EditRequest, ImageFailure
 from tools.vendors.base import (
     Capability,
@@ -132,7 +132,7 @@ class NebulaVendor(Vendor):
                 parameter="negative_prompt",
             )
 
-    def _body(self, job: Job) -> dict[str, Any]:
+    async def _body(self, job: Job) -> dict[str, Any]:
         s = self.settings
         if not 1 <= len(job.images) <= min(3, s.max_images):
             raise InvalidParameter(
@@ -146,7 +146,7 @@ class NebulaVendor(Vendor):
         self._check_text(job.prompt, job.negative_prompt)
         parts: list[dict[str, str]] = []
         for i, image in enumerate(job.images, 1):
-            fitted, notes = fit(
+            fitted, notes = await fit_async(
                 image,
                 min_side=s.min_side,
                 max_side=s.max_side,
@@ -174,7 +174,7 @@ class NebulaVendor(Vendor):
         key = self.settings.api_key.get_secret_value()
         if not key:
             raise ConfigError(f"vendors.{self.name}.api_key is empty", vendor=self.name)
-        body = self._body(job)
+        body = await self._body(job)
         url = self.settings.base_url.rstrip("/") + "/v1/images/generations"
         headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
         try:

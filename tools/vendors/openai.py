@@ -27,6 +27,7 @@ import httpx
 from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
+from tools import pixel_budget
 from tools.config import MB, VendorSettings
 from tools.errors import (
     ConfigError,
@@ -37,7 +38,7 @@ from tools.errors import (
     VendorError,
     VendorFault,
 )
-from tools.media import InputImage, encode, fit, fit_mask
+from tools.media import InputImage, encode, fit_async, fit_mask
 from tools.models import EditRequest
 from tools.vendors.base import (
     Capability,
@@ -298,7 +299,7 @@ class OpenAIVendor(Vendor):
             headers["OpenAI-Project"] = s.project
         return headers
 
-    def _prepare_images(self, job: Job) -> list[InputImage]:
+    async def _prepare_images(self, job: Job) -> list[InputImage]:
         s = self.settings
         if not job.images:
             raise InvalidParameter("edit needs at least one image", parameter="images")
@@ -316,7 +317,7 @@ class OpenAIVendor(Vendor):
                     "images only (crop it first)",
                     parameter="images",
                 )
-            fitted, notes = fit(
+            fitted, notes = await fit_async(
                 image,
                 max_bytes=s.max_bytes,
                 formats=tuple(s.formats),
@@ -370,8 +371,13 @@ class OpenAIVendor(Vendor):
                 parameter="prompt",
             )
         headers = self._headers()
-        images = self._prepare_images(job)
-        mask = self._prepare_mask(job, images[0])
+        images = await self._prepare_images(job)
+        mask = None
+        if job.mask is not None:  # fitted, made gray, made RGBA: within the pixel budget
+            cost = 4 * pixel_budget.decoded_bytes(images[0].width, images[0].height)
+            mask = await pixel_budget.PIXELS.run(
+                cost, self._prepare_mask, job, images[0], bounded=False
+            )
         form = self._form(job)
         field = "image" if len(images) == 1 else "image[]"
         files: list[tuple[str, tuple[str, bytes, str]]] = [

@@ -20,6 +20,7 @@ from tools.config import Settings, load_settings
 from tools.errors import ConfigError
 from tools.memory import tune_malloc
 from tools.service import Editor
+from tools.store import check_usable
 
 log = logging.getLogger("retouch.worker")
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = load_settings(args.config)
+        check_usable(settings.store)
     except ConfigError as exc:
         print(f"retouch-worker: {exc.message}", file=sys.stderr)
         return 2

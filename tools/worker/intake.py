@@ -15,7 +15,7 @@ from dataclasses import replace
 import httpx
 from PIL import Image
 
-from tools import media
+from tools import media, pixel_budget
 from tools.errors import RetouchError, VendorError, VendorFault, VendorTimeout, error_from_dict
 from tools.limits import delay
 from tools.models import ImageFailure, ResultImage, TaskStatus
@@ -25,6 +25,11 @@ from tools.timeline import Timeline
 from tools.vendors.base import Finished, OutputImage, Vendor
 
 RESULT_LIMIT = 200 * 1024 * 1024
+#: A task's first results up to this size are kept decoded for the preview of a caller that
+#: waited (``Editor.decoded_result``): at most 2 × 1536² pixels (19 MB) a task, outside the
+#: pixel budget. Others are let go once checked; their previews decode them again, within it.
+KEEP_DECODED_PX = 1536 * 1536
+KEEP_DECODED_PER_TASK = 2
 #: Result downloads: attempts on a transient failure (5xx, 429, a broken connection), and
 #: the time one attempt may take in all (httpx's timeout is per read, not per body).
 RESULT_ATTEMPTS = 3
@@ -99,13 +104,18 @@ class Intake:
                 mark(record.id, "decoded")
                 if isinstance(text_mark, str):
                     stored, pixels = await _stamp(pixels, stored.format, text_mark)
-                sha = await store.put_blob(stored)
+                small = pixels.width * pixels.height <= KEEP_DECODED_PX
+                kept = pixels if small and len(results) < KEEP_DECODED_PER_TASK else None
+                del pixels  # a large result is not held past its check, outside the budget
+                # Paid for: kept past the size cap if nothing can be evicted (a full disk
+                # is still StorageFull, recorded as this image's failure).
+                sha = await store.put_blob(stored, owner=record.owner, strict=False)
                 mark(record.id, "result stored")
             except RetouchError as exc:
                 failures.append(ImageFailure(index=index, code=exc.code, message=exc.message))
                 continue
-            if decoded is not None:
-                decoded[len(results)] = pixels
+            if decoded is not None and kept is not None:
+                decoded[len(results)] = kept
             results.append(
                 ResultImage(
                     index=len(results),
@@ -203,7 +213,8 @@ def at_most(outcome: Finished, n: int, vendor: str) -> Finished:
 
 
 async def _stamp(image: Image.Image, fmt: str, text: str) -> tuple[media.InputImage, Image.Image]:
-    """The image with a text watermark, in its own format (JPEG stays JPEG, else PNG)."""
+    """The image with a text watermark, in its own format (JPEG stays JPEG, else PNG),
+    within the pixel budget (the stamped copy, the encoder)."""
 
     def run() -> tuple[media.InputImage, Image.Image]:
         from tools.engine.watermark import stamp  # numpy: loaded off the event loop
@@ -211,7 +222,8 @@ async def _stamp(image: Image.Image, fmt: str, text: str) -> tuple[media.InputIm
         out = stamp(image, text).image
         return media.encode(out, "JPEG" if fmt == "jpeg" else "PNG"), out
 
-    return await asyncio.to_thread(run)
+    cost = 3 * pixel_budget.decoded_bytes(image.width, image.height)
+    return await pixel_budget.PIXELS.run(cost, run, bounded=False)
 
 
 async def fetch_result(
@@ -230,10 +242,11 @@ async def fetch_decoded(
     vendor: str,
     safe: media.MediaPolicy | None = None,
 ) -> tuple[media.InputImage, Image.Image]:
-    """``fetch_result``, and the image its check decoded."""
+    """``fetch_result``, and the image its check decoded (within the pixel budget, waiting
+    its turn: the vendor's work is done and maybe paid for)."""
     policy = media.MediaPolicy(max_bytes=RESULT_LIMIT, max_pixels=400_000_000)
     if image.data is not None:
-        return await asyncio.to_thread(media.inspect_decoded, image.data, policy, "result")
+        return await media.check_decoded(image.data, policy, "result", bounded=False)
     if not image.url:
         raise VendorFault(f"{vendor} returned a result with neither data nor URL", vendor=vendor)
     if safe is not None:  # a URL that did not come from the vendor's own answer
@@ -241,7 +254,7 @@ async def fetch_decoded(
         data = await media.fetch(image.url, limits, client, "result")
     else:
         data = await _download_retrying(image.url, client, vendor)
-    return await asyncio.to_thread(media.inspect_decoded, data, policy, "result")
+    return await media.check_decoded(data, policy, "result", bounded=False)
 
 
 async def _download_retrying(url: str, client: httpx.AsyncClient, vendor: str) -> bytes:

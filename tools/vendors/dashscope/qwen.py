@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tools.errors import InvalidParameter, Unsupported, VendorFault
-from tools.media import InputImage, fit
+from tools.media import InputImage, fit_async
 from tools.models import EditRequest
 from tools.vendors.base import Capability, Finished, Job, OutputImage
 from tools.vendors.dashscope.client import Client, image_count, output
@@ -85,7 +85,7 @@ class QwenEdit:
         fitted: list[tuple[str, InputImage]] = []
         for i, image in enumerate(job.images, 1):
             label = f"image {i}" if len(job.images) > 1 else "image"
-            out, notes = fit(
+            out, notes = await fit_async(
                 image,
                 min_side=s.edit_min_side,
                 max_side=s.edit_max_side,

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from tools.catalog import MaskRule
 from tools.errors import InvalidParameter, Unsupported, VendorCanceled, VendorFault, VendorRejected
-from tools.media import InputImage, fit, fit_mask
+from tools.media import InputImage, fit_async, fit_mask_async
 from tools.models import ImageFailure
 from tools.vendors.base import Capability, Finished, Job, OutputImage, Pending
 from tools.vendors.dashscope.client import Client, image_count, output
@@ -92,7 +92,7 @@ class Wanx:
         parameters = self._parameters(job)
         prompt = c.prompt(job, DEFAULT_PROMPTS.get(job.function))
 
-        base, notes = fit(
+        base, notes = await fit_async(
             job.images[0],
             min_side=s.min_side,
             max_side=s.max_side,
@@ -104,7 +104,7 @@ class Wanx:
         job.notes.extend(notes)
         files: list[tuple[str, InputImage]] = [("image", base)]
         if job.mask is not None:
-            mask, notes = fit_mask(job.mask, (base.width, base.height))
+            mask, notes = await fit_mask_async(job.mask, (base.width, base.height))
             job.notes.extend(notes)
             files.append(("mask", mask))
         urls = await upload(c, s.model, files, job)
