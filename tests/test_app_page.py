@@ -19,15 +19,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -36,7 +33,7 @@ from tests.conftest import DATA, data_uri, png
 from tests.fakes.http import Fault
 from tests.fakes.openai import FakeOpenAI
 from tests.optional import CHROMIUM, CHROMIUM_ARGS, UI_MODULES, needs
-from tests.test_mcp import ROOT, env, free_port
+from tests.servers import ROOT, env, free_port, http_server
 from tools.config import Settings, load_settings
 from tools.store import open_store
 
@@ -78,28 +75,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, openai: FakeOpenAI) -> Iter
         encoding="utf-8",
     )
     variables = {k: v for k, v in env().items() if k not in SECRETS}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--config", str(config), "--transport", "http"],
-        env=variables,
-        cwd=str(ROOT),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        else:
-            proc.kill()
-            raise AssertionError(proc.communicate()[0].decode())
+    with http_server(config, port, variables=variables) as (base, _):
         yield Server(base, load_settings(config))
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

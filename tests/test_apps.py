@@ -8,14 +8,10 @@ from __future__ import annotations
 import base64
 import io
 import re
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from mcp import Client
@@ -26,7 +22,7 @@ from PIL import Image
 from server.app import build_server
 from server.apps import EDITOR_URI, INPUT_TOOL, PAGE, UPLOAD_TOOL, request_body_limit
 from tests.conftest import DATA, MakeSettings, data_uri, png
-from tests.test_mcp import ROOT, env, free_port
+from tests.servers import free_port, http_server
 from tools.config import Settings
 
 APPS = advertise("io.modelcontextprotocol/ui", {"mimeTypes": ["text/html;profile=mcp-app"]})
@@ -186,28 +182,8 @@ def live(make_settings: MakeSettings) -> Iterator[tuple[str, Settings]]:
         f"[mcp]\nport = {port}\n{users}[media]\nmax_bytes = {MAX_BYTES}\n"
         '[vendors.local]\nesrgan = "off"\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--config", settings.source, "--transport", "http"],
-        env=env(),
-        cwd=str(ROOT),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        else:
-            proc.kill()
-            raise AssertionError(proc.communicate()[0].decode())
+    with http_server(settings.source, port) as (base, _):
         yield base, settings
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @asynccontextmanager

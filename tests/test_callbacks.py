@@ -9,8 +9,6 @@ import contextlib
 import json
 import os
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +25,7 @@ from server.app import build_server
 from tests.conftest import MakeSettings, png
 from tests.fakes.http import make_png
 from tests.fakes.softsugar import FakeSoftSugar
-from tests.test_mcp import ROOT, env, free_port
+from tests.servers import free_port, start_http_server, wait_healthy
 from tests.test_secrets import http_app
 from tools.callbacks import SECRET_DIR, callback_secrets, load_secret
 from tools.cli import main as cli
@@ -583,19 +581,9 @@ async def test_the_real_server_with_a_generated_secret(
         f'[mcp]\nport = {port}\n[media]\nallow_networks = ["127.0.0.0/8"]\n'
         + sugar_table("softsugar", fake, None)
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--config", settings.source, "--transport", "http"],
-        env=env(),
-        cwd=str(ROOT),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_http_server(settings.source)
     try:
-        for _ in range(300):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health", timeout=0.5).status_code == 200:
-                    break
-            time.sleep(0.05)
+        wait_healthy(proc, base)
         secret = (Path(str(settings.store.dir)) / SECRET_DIR / "softsugar").read_text().strip()
         fake.callback_url = f"{base}/callbacks/softsugar/{secret}"
         fake.task_seconds = 0.1

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -19,7 +16,7 @@ from tests.conftest import MakeSettings, data_uri, decode, sample
 from tests.fakes.dashscope import FakeDashScope, free_quota_exhausted, rate_limited
 from tests.fakes.http import Fault
 from tests.fakes.softsugar import FakeSoftSugar
-from tests.test_mcp import ROOT, env, free_port
+from tests.servers import free_port, http_server
 from tools.config import Settings
 from tools.models import EditRequest, TaskStatus
 from tools.service import Editor
@@ -240,24 +237,8 @@ def softsugar_server(make_settings: MakeSettings) -> Iterator[tuple[str, FakeSof
         )
         # What the operator registers in the SoftSugar console: the URL and its secret.
         vendor.callback_url = f"http://127.0.0.1:{port}/callbacks/softsugar/{SUGAR_SECRET}"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--config", settings.source, "--transport", "http"],
-            env=env(),
-            cwd=str(ROOT),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            for _ in range(200):
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
+        with http_server(settings.source, port):
             yield f"http://127.0.0.1:{port}/mcp", vendor
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 async def test_softsugar_result_arrives_by_callback(

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import base64
-import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,9 +14,9 @@ from mcp.types import ImageContent, ResourceLink, TextContent
 
 from server.app import build_server
 from tests.conftest import DATA, MakeSettings, data_uri, decode, sample
+from tests.servers import ROOT, env, free_port
+from tests.servers import http_server as serving
 from tools.config import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 async def full_round_trip(client: Client, image: str) -> None:
@@ -114,16 +109,6 @@ async def test_legacy_protocol_and_errors(settings: Settings) -> None:
             await client.read_resource("retouch://tasks/" + "0" * 32 + "/0")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
 async def test_stdio_round_trip(settings: Settings) -> None:
     params = StdioServerParameters(
         command=sys.executable,
@@ -139,28 +124,8 @@ async def test_stdio_round_trip(settings: Settings) -> None:
 def http_server(make_settings: MakeSettings) -> Iterator[tuple[str, str]]:
     port = free_port()
     settings = make_settings(f'[mcp]\nport = {port}\nauth_token = "s3cret-token"\n')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--config", settings.source, "--transport", "http"],
-        env=env(),
-        cwd=str(ROOT),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        else:
-            proc.kill()
-            raise AssertionError(proc.communicate()[0].decode())
+    with serving(settings.source, port) as (base, _):
         yield base, "s3cret-token"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def test_streamable_http_round_trip_with_token(http_server: tuple[str, str]) -> None:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import subprocess
-import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,8 +19,8 @@ from mcp.client.streamable_http import streamable_http_client
 from tests.conftest import MakeSettings, data_uri, sample
 from tests.fakes.dashscope import FakeDashScope
 from tests.mcp_wire import Wire
+from tests.servers import free_port, start_http_server, wait_healthy
 from tests.test_e2e_vendors import KEY, dashscope_table
-from tests.test_mcp import ROOT, env, free_port
 
 TOKEN = "replica-token"
 COLORIZE = {"images": [data_uri(sample("coffee.png"))], "function": "colorization"}
@@ -40,28 +37,10 @@ def fake() -> Iterator[FakeDashScope]:
 def replicas(config: str, *ports: int) -> Iterator[list[str]]:
     """``python -m server --transport http`` once per port, started together; yields their
     MCP URLs once every one answers."""
-    command = [sys.executable, "-m", "server", "--config", config, "--transport", "http"]
-    procs = [
-        subprocess.Popen(
-            [*command, "--port", str(port)],
-            env=env(),
-            cwd=str(ROOT),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for port in ports
-    ]
+    procs = [start_http_server(config, "--port", str(port)) for port in ports]
     try:
         for proc, port in zip(procs, ports, strict=True):
-            for _ in range(400):
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).is_success:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-            else:
-                proc.kill()
-                raise AssertionError(proc.communicate()[0].decode())
+            wait_healthy(proc, f"http://127.0.0.1:{port}")
         yield [f"http://127.0.0.1:{port}/mcp" for port in ports]
     finally:
         for proc in procs:

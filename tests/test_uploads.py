@@ -13,7 +13,6 @@ import json
 import random
 import re
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -35,8 +34,8 @@ from server.uploads import MULTIPART_OVERHEAD
 from tests.chaos.helpers import BOMB_SIZES, BOMBS, encoded
 from tests.conftest import DATA, MakeSettings, png
 from tests.optional import INSPECTOR, needs
+from tests.servers import free_port, http_server
 from tests.test_hostile import CORPUS, EXIF_TRICKS, POLYGLOT_REFUSED, jpeg_with_raw_exif
-from tests.test_mcp import ROOT, env, free_port
 from tools.cli import main
 from tools.config import Settings
 from tools.errors import NotFound
@@ -571,28 +570,8 @@ async def test_the_upload_page_is_self_contained_under_a_strict_csp(served: Serv
 def live_server(make_settings: MakeSettings) -> Iterator[tuple[str, Settings]]:
     port = free_port()
     settings = make_settings(f'[mcp]\nport = {port}\nauth_token = "{TOKEN}"\n')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--config", settings.source, "--transport", "http"],
-        env=env(),
-        cwd=str(ROOT),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        else:
-            proc.kill()
-            raise AssertionError(proc.communicate()[0].decode())
+    with http_server(settings.source, port) as (base, _):
         yield base, settings
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @dataclass

@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 
 from server import http as server_http
 from tests.conftest import MakeSettings, png
-from tests.test_mcp import ROOT, env, free_port
+from tests.servers import env, free_port, start_http_server, wait_healthy
 from tests.test_users import ALICE, BOB, CAROL, edit, post_mcp, serve, users_toml
 from tools import cli
 from tools.config import Settings
@@ -204,12 +202,8 @@ def test_a_real_server_accepts_an_added_token_then_refuses_it_once_revoked(
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--config", settings.source, "--transport", "http"],
-            env={**env(), "RETOUCH_LOG_LEVEL": "DEBUG"},
-            cwd=str(ROOT),
-            stdout=out,
-            stderr=subprocess.STDOUT,
+        proc = start_http_server(
+            settings.source, variables={**env(), "RETOUCH_LOG_LEVEL": "DEBUG"}, output=out
         )
 
     def status(token: str) -> int:
@@ -224,12 +218,7 @@ def test_a_real_server_accepts_an_added_token_then_refuses_it_once_revoked(
         return time.monotonic() - start
 
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        wait_healthy(proc, base)
         token = added(settings, capsys, "bob")
         within(server_http.ADDED_USERS_TTL_S + 3, token, 200)
         assert status(ALICE) == 200

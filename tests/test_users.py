@@ -11,9 +11,6 @@ import contextlib
 import hashlib
 import hmac
 import re
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,7 @@ from server.app import RESULT_TEMPLATE, build_server
 from server.http import build_http_app
 from tests.conftest import MakeSettings, data_uri, png
 from tests.mcp_wire import Wire
-from tests.test_mcp import ROOT, env, free_port
+from tests.servers import env, free_port, start_http_server, wait_healthy
 from tools import cli
 from tools.config import Settings
 from tools.errors import ConfigError
@@ -509,21 +506,12 @@ async def test_a_real_server_logs_no_token(make_settings: MakeSettings, tmp_path
     settings = make_settings(users_toml("alice", "bob").replace("port = 8765", f"port = {port}"))
     log = tmp_path / "server.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--config", settings.source, "--transport", "http"],
-            env={**env(), "RETOUCH_LOG_LEVEL": "DEBUG"},
-            cwd=str(ROOT),
-            stdout=out,
-            stderr=subprocess.STDOUT,
+        proc = start_http_server(
+            settings.source, variables={**env(), "RETOUCH_LOG_LEVEL": "DEBUG"}, output=out
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        wait_healthy(proc, base)
         for token in (f"{ALICE}x", UNKNOWN, BOB[:-1]):
             bad = httpx.post(f"{base}/mcp", json={}, headers={"Authorization": f"Bearer {token}"})
             assert bad.status_code == 401
