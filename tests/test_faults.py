@@ -442,6 +442,43 @@ async def test_a_worker_woken_as_it_stops_still_stops(make_settings: MakeSetting
             await editor.worker.start()
 
 
+@pytest.mark.parametrize("grace", [10, 0])
+async def test_a_clean_stop_lets_a_submission_in_flight_reach_the_store(
+    make_settings: MakeSettings, grace: float
+) -> None:
+    # A deploy's SIGTERM while wanx is answering a submission: cut off there, the vendor
+    # has the task but the store does not know it, so the next process can only fail it
+    # (it never sends twice). With the grace, the stop waits for the answer to be stored.
+    with FakeDashScope() as fake:
+        fake.task_seconds = 0.3
+        fake.inject("create", Fault.delay(1.0))
+        settings = make_settings(
+            f'[vendors.ds]\nkind = "dashscope"\napi_key = "{fake.api_key}"\n'
+            f'base_url = "{fake.base_url}"\npoll_interval_s = 0.05\n'
+        )
+        settings.worker.stop_grace_s = grace
+        request = EditRequest(images=[data_uri(png((512, 512)))], function="colorization")
+        async with Editor(settings) as editor:
+            task = await editor.edit_image(request.model_copy(update={"vendor": "ds"}))
+            for _ in range(500):  # until the submission has left
+                if fake.requests_to("create"):
+                    break
+                await asyncio.sleep(0.01)
+            assert editor.worker is not None
+            await editor.worker.stop()
+            stopped = await editor.store.get(task.id)
+        async with Editor(settings) as editor:
+            done = await editor.check_task(task.id, wait_seconds=30)
+    assert fake.submissions == 1
+    if grace:
+        assert stopped.vendor_task_id, "the vendor's task id did not reach the store"
+        assert done.status == TaskStatus.succeeded, done.error
+    else:  # what a stop without grace costs: the task the vendor accepted is failed
+        assert not stopped.vendor_task_id
+        assert done.status == TaskStatus.failed and done.error is not None
+        assert "not billed twice" in done.error.message
+
+
 async def test_a_task_query_throttled_past_max_retries_is_asked_again_not_failed(
     make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

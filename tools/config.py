@@ -219,6 +219,9 @@ class WorkerSettings(Section):
     lease_s: float = Field(30, ge=5, le=3600)
     idle_poll_s: float = Field(0.5, gt=0, le=60)
     callback_timeout_s: float = Field(3600, gt=0)
+    #: On a clean stop, how long a submission in flight may take to reach the store (its
+    #: vendor task id, or a synchronous vendor's results) before it is cut off.
+    stop_grace_s: float = Field(10, ge=0, le=300)
 
 
 #: The user that ``mcp.auth_token`` names.

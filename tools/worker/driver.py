@@ -73,6 +73,9 @@ class Driver:
         self.intake = intake
         self.notifier = notifier
         self.timeline = timeline or Timeline()
+        #: Tasks sent (or being sent) to their vendor whose answer is not yet in the store:
+        #: cut off there, the next process could only fail them (it cannot send again).
+        self.unsettled: set[str] = set()
 
     async def run(
         self,
@@ -95,6 +98,8 @@ class Driver:
             return await self._fail(
                 record, VendorFault(f"internal error ({type(exc).__name__})", transient=False)
             )
+        finally:
+            self.unsettled.discard(record.id)
         return False
 
     async def _drive(
@@ -122,6 +127,7 @@ class Driver:
             )
         else:
             job = await self._job(record, inputs)
+            self.unsettled.add(record.id)
 
             def submit() -> Awaitable[Outcome]:
                 nonlocal sent
@@ -142,6 +148,7 @@ class Driver:
                     notes=notes,
                     progress=f"{vendor.name}: {outcome.status or 'submitted'}",
                 )
+                self.unsettled.discard(record.id)  # polled again by whoever holds it next
         try:
             if isinstance(outcome, Pending):
                 outcome = await self._wait(vendor, record, outcome, sent)

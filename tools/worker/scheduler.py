@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections import Counter
 
@@ -77,9 +78,15 @@ class Worker:
         ]
 
     async def stop(self) -> None:
-        """Stop at once and hand every held task back to the store for the next process."""
+        """Stop and hand every held task back to the store for the next process: claim
+        nothing more, let submissions in flight reach the store (``worker.stop_grace_s``,
+        within the lease), then cut off the rest, which the next process polls again."""
         self._stopping = True
         self._unsubscribe()
+        self._unsubscribe = lambda: None  # a second stop() finds nothing left to do
+        for task in self._loops:
+            task.cancel()
+        await self._settle()
         for task in [*self._loops, *self.running.values()]:
             task.cancel()
         for task in [*self._loops, *self.running.values()]:
@@ -91,6 +98,18 @@ class Worker:
             log.warning("store unavailable: the tasks held here are free when their leases end")
         self.running.clear()
         self._held.clear()
+
+    async def _settle(self) -> None:
+        """Wait while a running task is between sending to its vendor and storing the
+        answer: cut off there, it could only be failed (a billing vendor is never sent the
+        same task twice)."""
+        worker = self.settings.worker
+        deadline = time.monotonic() + min(worker.stop_grace_s, worker.lease_s / 2)
+        while time.monotonic() < deadline and any(
+            task_id in self.driver.unsettled and not task.done()
+            for task_id, task in self.running.items()
+        ):
+            await asyncio.sleep(0.02)
 
     def wake(self) -> None:
         """Claim now: a task was queued."""
