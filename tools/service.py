@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import time
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tools import budgets, catalog, media, pixel_budget
+from tools import budgets, catalog, media, pixel_budget, telemetry
 from tools.callbacks import callback_secrets, same_secret
 from tools.config import OWNER_NAME, Settings, unbilled
 from tools.errors import InvalidParameter, NotFound, RetouchError, Unsupported
@@ -41,6 +42,7 @@ from tools.users import Users
 from tools.vendors.base import Vendor
 from tools.vendors.registry import kinds_that_can, vendor_class
 from tools.worker import Intake, Worker
+from tools.worker.scheduler import capacity
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -50,6 +52,8 @@ Progress = Callable[[Task], Awaitable[None]]
 MIN_UPLOAD_TTL_S = 3600.0
 #: Tasks whose decoded results are kept for the front end that waited for them.
 KEEP_DECODED = 8
+
+log = logging.getLogger("retouch.tasks")
 
 
 class Editor:
@@ -245,6 +249,18 @@ class Editor:
             created_at=self.clock(),
             admission=admission,
         )
+        log.info(
+            "task %s queued for %s (%s)",
+            record.id,
+            vendor.name,
+            request.function,
+            extra={
+                "task_id": record.id,
+                "owner": owner,
+                "vendor": vendor.name,
+                "event": "task_queued",
+            },
+        )
         self.timeline.mark(record.id, "received", received)
         self.timeline.mark(record.id, "inputs loaded", loaded)
         self.timeline.mark(record.id, "stored")
@@ -319,6 +335,12 @@ class Editor:
             record = await self.store.get(task_id)
         self.notifier.changed(task_id)
         return record.public()
+
+    async def metrics_view(self) -> telemetry.StoreView:
+        """What ``/metrics`` shows of the whole store: one aggregate read, and each
+        configured vendor's slots."""
+        slots = {name: capacity(vendor) for name, vendor in self.vendors.items()}
+        return telemetry.StoreView(await self.store.tallies(), slots)
 
     async def list_tasks(self, *, owner: str | None = None, limit: int = 20) -> list[Task]:
         """The newest tasks first: ``owner``'s, or everyone's with None."""

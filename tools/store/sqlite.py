@@ -19,6 +19,7 @@ from typing import Any
 
 import aiosqlite
 
+from tools import telemetry
 from tools.errors import NotFound, StorageFull
 from tools.media import InputImage
 from tools.models import LOCAL_OWNER, BudgetLimits, ImageFailure, ResultImage, TaskStatus
@@ -32,6 +33,7 @@ from tools.store.base import (
     OwnerUsage,
     PendingPuts,
     Store,
+    Tally,
     TaskFilter,
     TaskRecord,
     TaskSummary,
@@ -440,6 +442,17 @@ class SQLiteStore(Store):
         )
         return [_summary(r) for r in rows]
 
+    async def tallies(self, now: float | None = None) -> list[Tally]:
+        rows = await self.db.execute_fetchall(
+            """
+            SELECT status, vendor, function, currency, count(*), COALESCE(sum(billed_images), 0),
+                sum(cost), COALESCE(sum(status = 'running' AND lease_until >= ?), 0)
+            FROM tasks GROUP BY status, vendor, function, currency
+            """,
+            (time.time() if now is None else now,),
+        )
+        return [Tally(*row) for row in rows]
+
     async def claim(
         self, vendor: str, worker: str, *, capacity: int, lease_s: float
     ) -> list[TaskRecord]:
@@ -555,7 +568,7 @@ class SQLiteStore(Store):
             f"""UPDATE tasks SET status = ?, finished_at = ?, updated_at = ?, progress = NULL,
                     lease_owner = NULL, lease_until = 0, results = ?, failures = ?, error = ?,
                     notes = COALESCE(?, notes), billed_images = ?, cost = ?, currency = ?
-                WHERE id = ? AND {guard} RETURNING id""",
+                WHERE id = ? AND {guard} RETURNING vendor, function, owner, created_at""",
             (
                 status.value,
                 now,
@@ -572,6 +585,8 @@ class SQLiteStore(Store):
             ),
         )
         self._linked(r.sha256 for r in results)
+        for vendor, function, owner, created_at in rows:
+            telemetry.task_ended(task_id, status.value, vendor, function, owner, now - created_at)
         return bool(rows)
 
     async def reroute(self, task_id: str, worker: str, vendor: str, note: str) -> bool:
