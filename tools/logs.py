@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
@@ -26,6 +27,14 @@ from tools.vendors.base import redact
 CONTEXT = ("task_id", "owner", "vendor", "event")
 #: Shown in place of a secret.
 MASK = "***"
+#: The task the running code works on (set by the worker's driver for each task it drives),
+#: so that every line logged meanwhile (an HTTP client's too) names it.
+TASK: ContextVar[dict[str, str | None] | None] = ContextVar("retouch_task", default=None)
+
+
+def set_task(task_id: str, owner: str | None, vendor: str) -> None:
+    """Name this task in what this asyncio task (and those it starts) logs from now on."""
+    TASK.set({"task_id": task_id, "owner": owner, "vendor": vendor})
 
 
 def secrets_of(value: Any) -> Iterator[str]:
@@ -99,8 +108,11 @@ class JsonFormatter(logging.Formatter):
             "message": self.redactor(record.getMessage()),
             "pid": record.process,
         }
+        context = TASK.get() or {}
         for name in CONTEXT:
             value = getattr(record, name, None)
+            if value is None:
+                value = context.get(name)
             if value is not None:
                 line[name] = self.redactor(str(value))
         if record.exc_info:

@@ -18,7 +18,7 @@ from typing import TypeVar
 import httpx
 from PIL import Image
 
-from tools import telemetry
+from tools import logs, telemetry
 from tools.config import Settings
 from tools.errors import (
     ContentRejected,
@@ -85,6 +85,7 @@ class Driver:
 
         ``inputs``: its images, where the caller holds them (else they are read from the
         store); ``decoded``: filled with the results' decoded images (``Intake.take``)."""
+        logs.set_task(record.id, record.owner, record.vendor)
         try:
             await self._drive(record, inputs, decoded)
         except asyncio.CancelledError:
