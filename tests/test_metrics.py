@@ -268,3 +268,130 @@ async def test_only_loopback_or_the_token_may_read_it(served: tuple[Settings, in
     refused = httpx.get(outside, timeout=10)
     assert refused.status_code == 401, refused.text
     assert httpx.get(outside, headers=bearer, timeout=10).status_code == 200
+
+
+# ---- the worker's and the bot's exporters -------------------------------------------------
+
+
+def scrape(port: int, **headers: str) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", headers=headers, timeout=10)
+
+
+async def test_a_worker_process_serves_its_metrics(make_settings: MakeSettings) -> None:
+    """A real ``retouch-worker`` on worker.metrics_port runs a task this process queued:
+    its exporter shows the end it recorded and the store's gauges; bad requests refused."""
+    from tools.models import EditRequest
+    from tools.service import Editor
+
+    port = free_port()
+    settings = make_settings(
+        f"metrics_port = {port}\n"  # in make_settings' [worker] table
+        f'[metrics]\ntoken = "{SCRAPER}"\n[vendors.local]\nkind = "local"\nesrgan = "off"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.worker", "--config", settings.source],
+        env=env(),
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with Editor(settings, run_worker=False) as editor:
+            task = await editor.edit_image(
+                EditRequest(images=[data_uri(png())], function="lineart"), owner="alice"
+            )
+            for _ in range(400):
+                if (await editor.check_task(task.id)).status.finished:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await editor.check_task(task.id)).status == "succeeded"
+        for _ in range(200):
+            with contextlib.suppress(httpx.HTTPError):
+                answer = scrape(port)
+                if answer.status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+        fams = families(answer.text)
+        count = [
+            s.value
+            for s in samples(fams, TASK_HIST, f"{TASK_HIST}_count")
+            if s.labels == {"vendor": "local", "function": "lineart", "status": "succeeded"}
+        ]
+        assert count == [1.0]  # ended by the worker, not by this process
+        tasks = [(s.labels, s.value) for s in samples(fams, "retouch_tasks")]
+        assert tasks == [({"status": "succeeded", "vendor": "local", "function": "lineart"}, 1.0)]
+
+        assert scrape(port, **{"X-Forwarded-For": "203.0.113.9"}).status_code == 401
+        ok = scrape(
+            port, **{"X-Forwarded-For": "203.0.113.9", "Authorization": f"Bearer {SCRAPER}"}
+        )
+        assert ok.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/other", timeout=10).status_code == 404
+        assert httpx.post(f"http://127.0.0.1:{port}/metrics", timeout=10).status_code == 405
+        body = httpx.request("GET", f"http://127.0.0.1:{port}/metrics", content=b"x" * 10)
+        assert body.status_code == 413
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()
+    assert f"metrics on 127.0.0.1:{port}" in err.decode()
+
+
+def test_an_exporter_beyond_loopback_needs_the_token(
+    make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bots.__main__ import main as bot_main
+    from tools.worker.__main__ import main as worker_main
+
+    settings = make_settings(
+        'metrics_port = 9464\n[metrics]\nhost = "0.0.0.0"\n'  # metrics_port: in [worker]
+        '[telegram]\ntoken = "123:abc"\nmetrics_port = 9465\n'
+    )
+    assert worker_main(["--config", settings.source]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("retouch-worker: worker.metrics_port") and "metrics.token" in err
+    assert bot_main(["--config", settings.source]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("retouch-bot: telegram.metrics_port") and "metrics.token" in err
+
+
+async def test_the_bot_counts_updates_and_deliveries_on_its_port(
+    make_settings: MakeSettings,
+) -> None:
+    from tests.fakes.telegram import FakeBotAPI
+    from tests.test_bot import USER, bot, table
+    from tools import telemetry
+
+    def value(name: str, **labels: str) -> float:
+        return telemetry.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    port = free_port()
+    with FakeBotAPI() as fake:
+        tg = {
+            "token": fake.token,
+            "api_base_url": fake.api_base_url,
+            "file_base_url": fake.file_base_url,
+            "allowed_user_ids": [USER],
+            "metrics_port": port,
+        }
+        settings = make_settings(
+            table("telegram", tg) + '[vendors.local]\nkind = "local"\nesrgan = "off"\n'
+        )
+        allowed = value("retouch_bot_updates_total", kind="message", outcome="allowed")
+        refused = value("retouch_bot_updates_total", kind="message", outcome="refused")
+        sent = value("retouch_bot_deliveries_total", outcome="sent")
+        async with bot(settings):
+            fake.user_sends_photo(USER, USER, png((40, 30)), "/adjust rotate 90")
+            await fake.wait_for("sendPhoto")
+            fake.user_sends_text(4242, 4242, "/start")  # a stranger
+            await fake.wait_for("sendMessage", predicate=lambda c: "4242" in str(c.params))
+            # from another thread: the exporter asks the store on this (the bot's) loop
+            answer = await asyncio.to_thread(scrape, port)
+            assert answer.status_code == 200
+            fams = families(answer.text)
+            assert "retouch_tasks" in fams and "retouch_bot_updates" in fams
+        assert value("retouch_bot_updates_total", kind="message", outcome="allowed") == allowed + 1
+        assert value("retouch_bot_updates_total", kind="message", outcome="refused") == refused + 1
+        assert value("retouch_bot_deliveries_total", outcome="sent") == sent + 1
+        with pytest.raises(httpx.HTTPError):  # the exporter stopped with the bot
+            scrape(port)
