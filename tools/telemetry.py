@@ -35,7 +35,13 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -44,6 +50,10 @@ from tools.errors import ConfigError
 from tools.store.base import Tally
 
 log = logging.getLogger("retouch.tasks")
+
+#: No ``*_created`` series: in the text format each is one more gauge per label set, and
+#: Prometheus does not use them.
+disable_created_metrics()
 
 #: This process's own metrics (not prometheus_client's global registry: a library that
 #: registers there cannot collide with these names, and tests read exactly these).
