@@ -395,3 +395,41 @@ async def test_the_bot_counts_updates_and_deliveries_on_its_port(
         assert value("retouch_bot_deliveries_total", outcome="sent") == sent + 1
         with pytest.raises(httpx.HTTPError):  # the exporter stopped with the bot
             scrape(port)
+
+
+async def test_scrapes_together_share_one_read_of_the_store(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tools import telemetry
+    from tools.service import Editor
+
+    settings = make_settings('[vendors.local]\nkind = "local"\nesrgan = "off"\n')
+    async with Editor(settings, run_worker=False) as editor:
+        reads = 0
+        real = editor.store.tallies
+
+        async def counted(now: float | None = None) -> Any:
+            nonlocal reads
+            reads += 1
+            await asyncio.sleep(0.05)
+            return await real(now)
+
+        monkeypatch.setattr(editor.store, "tallies", counted)
+        views = await asyncio.gather(*(editor.metrics_view() for _ in range(5)))
+        assert reads == 1 and all(v is views[0] for v in views)
+        assert await editor.metrics_view() is views[0]  # within VIEW_TTL_S
+        monkeypatch.setattr(telemetry, "VIEW_TTL_S", 0.0)
+        await asyncio.sleep(0.01)
+        assert await editor.metrics_view() is not views[0] and reads == 2
+
+        async def down(now: float | None = None) -> Any:
+            raise ConnectionRefusedError
+
+        monkeypatch.setattr(editor.store, "tallies", down)
+        await asyncio.sleep(0.01)
+        body = (await telemetry.render(editor.metrics_view)).decode()
+        fams = families(body)
+        assert samples(fams, "retouch_store_up")[0].value == 0.0
+        assert "retouch_tasks" not in fams and TASK_HIST in fams  # the process's own still
+        monkeypatch.setattr(editor.store, "tallies", counted)
+        assert (await editor.metrics_view()).slots == {"local": 2}  # a failure is not kept

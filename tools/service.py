@@ -94,6 +94,8 @@ class Editor:
         self._callback_secrets: dict[str, str] = {}
         self._decoy = secrets.token_urlsafe(32)  # compared when a name has no secret
         self._taking: set[str] = set()  # tasks a callback is being taken for, in this process
+        # the last read of the store's gauges: when it began, and the read
+        self._metrics_view: tuple[float, asyncio.Future[telemetry.StoreView] | None] = (0.0, None)
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -338,7 +340,22 @@ class Editor:
 
     async def metrics_view(self) -> telemetry.StoreView:
         """What ``/metrics`` shows of the whole store: one aggregate read, and each
-        configured vendor's slots."""
+        configured vendor's slots. Scrapes that arrive together share one read, and a read
+        serves for ``telemetry.VIEW_TTL_S`` (the read scans every task)."""
+        read_at, reading = self._metrics_view
+        if reading is None or (
+            reading.done() and time.monotonic() - read_at > telemetry.VIEW_TTL_S
+        ):
+            reading = asyncio.ensure_future(self._read_metrics_view())
+            self._metrics_view = (time.monotonic(), reading)
+        try:
+            return await asyncio.shield(reading)
+        except BaseException:
+            if reading.done():  # a failed read is not kept
+                self._metrics_view = (0.0, None)
+            raise
+
+    async def _read_metrics_view(self) -> telemetry.StoreView:
         slots = {name: capacity(vendor) for name, vendor in self.vendors.items()}
         return telemetry.StoreView(await self.store.tallies(), slots)
 

@@ -85,6 +85,9 @@ VENDOR_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+#: How long one read of the store's gauges serves scrapes (``Editor.metrics_view``).
+VIEW_TTL_S = 5.0
+
 #: Names of the store's gauges (``StoreCollector``).
 STORE_METRICS = (
     "retouch_tasks",

@@ -74,6 +74,8 @@ class SQLiteStore(Store):
         self._unlinked: dict[str, float] = {}  # sha256 → when put_blob stored it
         self._pending = PendingPuts()
         self.path = path
+        self._reader: aiosqlite.Connection | None = None  # for tallies (see there)
+        self._opening_reader = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path | str, blobs: BlobStore | Path | str) -> SQLiteStore:
@@ -94,6 +96,8 @@ class SQLiteStore(Store):
         return cls(db, blobs, path)
 
     async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
         await self.db.close()
         await self.blobs.close()
 
@@ -443,7 +447,11 @@ class SQLiteStore(Store):
         return [_summary(r) for r in rows]
 
     async def tallies(self, now: float | None = None) -> list[Tally]:
-        rows = await self.db.execute_fetchall(
+        """Read on a connection of its own (read-only; WAL lets it read beside the writer):
+        the scan of every task takes a while on a large store, and on the shared connection
+        it would hold up every other statement of this process meanwhile."""
+        db = await self._read_connection()
+        rows = await db.execute_fetchall(
             """
             SELECT status, vendor, function, currency, count(*), COALESCE(sum(billed_images), 0),
                 sum(cost), COALESCE(sum(status = 'running' AND lease_until >= ?), 0)
@@ -452,6 +460,17 @@ class SQLiteStore(Store):
             (time.time() if now is None else now,),
         )
         return [Tally(*row) for row in rows]
+
+    async def _read_connection(self) -> aiosqlite.Connection:
+        if str(self.path) == ":memory:":
+            return self.db
+        async with self._opening_reader:
+            if self._reader is None:
+                uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"
+                reader = await aiosqlite.connect(uri, uri=True, timeout=30)
+                await reader.execute("PRAGMA busy_timeout=30000")
+                self._reader = reader
+        return self._reader
 
     async def claim(
         self, vendor: str, worker: str, *, capacity: int, lease_s: float
