@@ -13,7 +13,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import MakeSettings, data_uri, png, sample
 from tests.fakes.dashscope import FakeDashScope, rate_limited
+from tests.servers import ROOT, env, free_port, http_server
 from tests.test_e2e_vendors import KEY, dashscope_table
-from tests.test_mcp import ROOT, env, free_port
 from tools.config import Settings
 
 TOKEN = "metrics-mcp-user-token-0123"
@@ -66,32 +65,12 @@ def fake() -> Iterator[FakeDashScope]:
 
 
 @contextlib.contextmanager
-def mcp_server(settings: Settings, port: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``python -m server --transport http`` on 0.0.0.0:port; yields it and its stderr's file
-    once it answers."""
-    log_path = Path(settings.source).with_name("mcp-stderr.log")
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--config", settings.source, "--transport", "http"],
-            env=env(),
-            cwd=str(ROOT),
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
-    try:
-        for _ in range(400):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).is_success:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        else:
-            proc.kill()
-            raise AssertionError(log_path.read_text())
-        yield proc, str(log_path)
-    finally:
-        proc.terminate()
-        proc.wait(20)
+def mcp_server(settings: Settings, port: int) -> Iterator[str]:
+    """``python -m server --transport http`` (tests/servers.py); yields the file its output
+    goes to, once it answers."""
+    log_path = Path(settings.source).with_name("mcp-output.log")
+    with log_path.open("wb") as output, http_server(settings.source, port, output=output):
+        yield str(log_path)
 
 
 @pytest.fixture
@@ -104,7 +83,7 @@ def served(make_settings: MakeSettings, fake: FakeDashScope) -> Iterator[tuple[S
         + dashscope_table("dashscope", fake)
         + 'price_per_image = 0.25\ncurrency = "CNY"\n'
     )
-    with mcp_server(settings, port) as (_, log_path):
+    with mcp_server(settings, port) as log_path:
         yield settings, port, log_path
 
 
