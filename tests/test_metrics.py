@@ -328,10 +328,12 @@ def test_an_exporter_beyond_loopback_needs_the_token(
     )
     assert worker_main(["--config", settings.source]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("retouch-worker: worker.metrics_port") and "metrics.token" in err
+    assert err.startswith(f"retouch-worker: {settings.source}: worker.metrics_port is set")
+    assert "metrics.token" in err and err.count("\n") == 1
     assert bot_main(["--config", settings.source]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("retouch-bot: telegram.metrics_port") and "metrics.token" in err
+    assert err.startswith(f"retouch-bot: {settings.source}: telegram.metrics_port is set")
+    assert "metrics.token" in err and err.count("\n") == 1
 
 
 async def test_the_bot_counts_updates_and_deliveries_on_its_port(

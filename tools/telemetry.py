@@ -334,7 +334,7 @@ def check_exporter(settings: Any, port: int | None, key: str) -> None:
     host = settings.metrics.host
     if port is not None and not settings.metrics.token.get_secret_value() and not is_loopback(host):
         raise ConfigError(
-            f"{key} is set and metrics.host is {host}, beyond loopback: set "
+            f"{settings.source}: {key} is set and metrics.host is {host}, beyond loopback: set "
             "metrics.token so that only your scrapers read the metrics"
         )
 
