@@ -19,6 +19,8 @@ runner); its own data lives in its own tables, its settings in its own section.
     inbox.py       every update written down before Telegram forgets it
     retry.py       429 / network retries for every Bot API call
     lengths.py     Telegram's text, caption and alert limits: every call's text cut to fit
+    metrics.py     updates and deliveries counted (in tools.telemetry's registry, served
+                   on ``telegram.metrics_port``)
     storage.py     the bot's tables: chat ↔ task, sent results, user settings, inbox
     migrations.py  the bot's numbered schema steps (m003, m005)
     settings.py    the ``[telegram]`` settings section (entry point ``retouch.settings``)

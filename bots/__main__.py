@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from telegram import Update
 
 from bots.telegram import RedactTokens, build_application, quiet_http_logs, serve_webhook
-from tools.config import load_settings
+from tools import logs, telemetry
+from tools.config import Settings, load_settings
 from tools.errors import ConfigError
 from tools.memory import tune_malloc
 from tools.store import check_usable
@@ -38,12 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactTokens())
+def setup_logging(settings: Settings) -> None:
+    logs.configure(settings, filters=[RedactTokens()])
     quiet_http_logs()
 
 
@@ -57,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(
                 "no bot token: set telegram.token in the config file or TELEGRAM_BOT_TOKEN"
             )
-        setup_logging(settings.log_level)
+        telemetry.check_exporter(settings, settings.telegram.metrics_port, "telegram.metrics_port")
+        setup_logging(settings)
         app = build_application(settings, run_worker=args.worker)
     except ConfigError as exc:
         print(f"retouch-bot: {exc.message}", file=sys.stderr)

@@ -22,6 +22,7 @@ from telegram import Update
 from telegram.constants import ChatType
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
+from bots import metrics
 from bots.settings import TelegramSettings
 from tools.service import Editor
 
@@ -101,10 +102,13 @@ def gate(
 
     async def check(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         if not isinstance(update, Update):
+            metrics.update_seen(update, False)
             raise ApplicationHandlerStop
         user = update.effective_user
         if user is not None and allowed(settings, user.id):
+            metrics.update_seen(update, True)
             return
+        metrics.update_seen(update, False)
         if user is None or user.is_bot:
             raise ApplicationHandlerStop  # channel posts, other bots: nothing to answer
         query, message = update.callback_query, update.effective_message

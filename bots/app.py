@@ -32,6 +32,7 @@ from bots.replies import on_error, say
 from bots.settings import TelegramSettings
 from bots.state import KEY, Runtime
 from bots.tracking import Tracker
+from tools import telemetry
 from tools.config import Settings
 from tools.service import Editor
 
@@ -79,6 +80,7 @@ class Lifecycle:
         self.editor: Editor | None = None
         self.db: storage.Db | None = None
         self.runtime: Runtime | None = None
+        self.exporter: telemetry.Exporter | None = None
 
     async def post_init(self, app: Application) -> None:
         inbox = cast(InboxApplication, app)  # build_application's class
@@ -122,6 +124,13 @@ class Lifecycle:
                 update.effective_message and rt.albums.holds(update.effective_message)
             ),
         )
+        if tg.metrics_port is not None:
+            self.exporter = telemetry.serve(
+                self.settings.metrics.host,
+                tg.metrics_port,
+                view=editor.metrics_view,
+                token=self.settings.metrics.token.get_secret_value(),
+            )
         log.info("bot @%s ready: functions %s", rt.bot_username, ", ".join(rt.functions))
 
     async def post_stop(self, app: Application) -> None:
@@ -130,6 +139,8 @@ class Lifecycle:
             await self.runtime.tracker.stop()
 
     async def post_shutdown(self, app: Application) -> None:
+        if self.exporter is not None:
+            self.exporter.close()
         if self.db is not None:
             await self.db.close()
         if self.editor is not None and hasattr(self.editor, "store"):

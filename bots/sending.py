@@ -11,6 +11,7 @@ from telegram import Bot, InputFile, InputMediaDocument, InputMediaPhoto, Messag
 from telegram.constants import ChatAction, FileSizeLimit
 from telegram.error import BadRequest, Forbidden, TelegramError
 
+from bots import metrics
 from bots.lengths import CAPTION, fit
 from bots.rendering import describe_task, photo_problem
 from bots.replies import reply_parameters
@@ -88,16 +89,26 @@ class Sender:
         done = start
         while done < len(results):
             chunk = results[done : done + 10]
-            if len(chunk) == 1:
-                sent = [
-                    await self._send_one(
-                        chat_id, task, chunk[0], as_files, caption if done == 0 else None, reply_to
+            try:
+                if len(chunk) == 1:
+                    sent = [
+                        await self._send_one(
+                            chat_id,
+                            task,
+                            chunk[0],
+                            as_files,
+                            caption if done == 0 else None,
+                            reply_to,
+                        )
+                    ]
+                else:
+                    sent = await self._send_group(
+                        chat_id, task, chunk, as_files, caption if done == 0 else None, reply_to
                     )
-                ]
-            else:
-                sent = await self._send_group(
-                    chat_id, task, chunk, as_files, caption if done == 0 else None, reply_to
-                )
+            except Exception:
+                metrics.delivered(len(chunk), ok=False)
+                raise
+            metrics.delivered(len(chunk))
             done += len(chunk)
             if on_sent is not None:
                 await on_sent(sent, done)

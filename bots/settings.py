@@ -24,6 +24,8 @@ class TelegramSettings(Section):
     stranger_replies: int = Field(3, ge=0)
     stranger_reply_window_s: float = Field(3600.0, gt=0)
     webhook_url: str = ""
+    #: retouch-bot serves GET /metrics on this port (at metrics.host), if set.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _token_from_environment(self) -> TelegramSettings:

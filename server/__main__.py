@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import NoReturn
 
+from tools import logs
 from tools.config import load_settings
 from tools.errors import ConfigError
 from tools.memory import tune_malloc
@@ -70,15 +71,13 @@ def main(argv: list[str] | None = None) -> None:
         check_usable(settings.store)  # now, not when the first client connects
     except ConfigError as exc:
         fail(exc)
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings)
     from server.app import build_server
 
     http = settings.mcp.transport == "http"
-    if not http:  # stdout carries the protocol
+    if not http and settings.log.format == "json":  # stdout carries the protocol
+        logging.getLogger("retouch.mcp").info(settings.store.where(), extra={"event": "started"})
+    elif not http:
         print(f"retouch-mcp: {settings.store.where()}", file=sys.stderr, flush=True)
     local_paths = args.allow_local_paths if args.allow_local_paths is not None else not http
     if not http:
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(exc)
     cfg = settings.mcp
     url = f"http://{cfg.host}:{cfg.port}{cfg.path}"
-    print(
+    banner = (
         f"Retouch MCP server on {url}{' (stateless)' if cfg.stateless else ''}\n"
         f"  vendors: {', '.join(settings.enabled_vendors())}\n"
         f"  data: {settings.store.where()}\n"
@@ -107,10 +106,14 @@ def main(argv: list[str] | None = None) -> None:
         f"  tasks: {'run here' if args.worker else 'run by retouch-worker processes'}\n"
         f"  connect: claude mcp add --transport http retouch {url}\n"
         f"       or: npx @modelcontextprotocol/inspector  (Streamable HTTP, URL above)\n"
-        f"  stop with Ctrl-C",
-        file=sys.stderr,
-        flush=True,
+        f"  stop with Ctrl-C"
     )
+    if settings.log.format == "json":  # every line of stderr one JSON object
+        logging.getLogger("retouch.mcp").info(banner, extra={"event": "started"})
+        # uvicorn's loggers then reach the root's JSON handler instead of its own format
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", log_config=None)
+        return
+    print(banner, file=sys.stderr, flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
 
 

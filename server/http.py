@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server import callbacks
 from server.apps import request_body_limit
 from server.console.routes import add_console
+from server.metrics import add_metrics
 from server.owners import set_owner
 from server.result_urls import ResultURLs, serve_result
 from server.uploads import Uploads
@@ -34,9 +35,9 @@ from tools.service import Editor
 
 #: Open without a token: prefixes, and exact paths (the upload page asks for the token
 #: itself; a result link carries its own signature; the console has its own sign-in and
-#: takes no bearer token).
+#: takes no bearer token; /metrics checks its own token, server/metrics.py).
 OPEN_PATHS = ("/health", "/callbacks/", "/results/", "/console/")
-OPEN_EXACT = ("/upload", "/console")
+OPEN_EXACT = ("/upload", "/console", "/metrics")
 #: How long the guard keeps its copy of the users added at run time (``retouch users``, the
 #: console): a user revoked there is refused by every process within this many seconds.
 ADDED_USERS_TTL_S = 2.0
@@ -186,6 +187,7 @@ def build_http_app(
         return await serve_result(request, urls)
 
     add_console(mcp, settings)
+    add_metrics(mcp, settings)
     app: Starlette = mcp.streamable_http_app(
         streamable_http_path=cfg.path,
         stateless_http=cfg.stateless,

@@ -64,6 +64,13 @@ BAD: list[tuple[str, dict[str, str], list[str]]] = [
     ("media = 3\n", {}, ["media"]),
     ("[store\npath = 1\n", {}, ["not valid TOML"]),
     ('[media]\nmax_bytes = "ten"\n[mcp]\nport = -1\n', {}, ["media.max_bytes", "mcp.port"]),
+    ('[log]\nformat = "xml"\n', {}, ["log.format", "'text'", "'json'"]),
+    ("", {"RETOUCH_LOG__FORMAT": "yaml"}, ["RETOUCH_LOG__FORMAT", "log.format"]),
+    ("[log]\nformatt = 1\n", {}, ["log.formatt", "unknown setting"]),
+    ('[metrics]\ntoken = "short"\n', {}, ["metrics.token", "16 characters"]),
+    ('[metrics]\nhost = "http://0.0.0.0"\n', {}, ["metrics.host"]),
+    ("[worker]\nmetrics_port = 0\n", {}, ["worker.metrics_port"]),
+    ('[worker]\nmetrics_port = "x"\n', {}, ["worker.metrics_port"]),
 ]
 
 

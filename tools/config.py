@@ -222,6 +222,42 @@ class WorkerSettings(Section):
     #: On a clean stop, how long a submission in flight may take to reach the store (its
     #: vendor task id, or a synchronous vendor's results) before it is cut off.
     stop_grace_s: float = Field(10, ge=0, le=300)
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="retouch-worker serves /metrics on this port"
+    )
+
+
+class MetricsSettings(Section):
+    """``[metrics]``: who may read ``/metrics`` (the HTTP server's route, and the ports the
+    worker and the bot serve it on). Loopback clients need no token; others send
+    ``Authorization: Bearer <token>``."""
+
+    token: SecretStr = Field(SecretStr(""), description="the scrapers' bearer token")
+    host: str = Field(
+        "127.0.0.1", description="where retouch-worker's and retouch-bot's exporters listen"
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _long_token(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value()
+        if token and (len(token) < 16 or not TOKEN_CHARS.fullmatch(token)):
+            raise ValueError("a metrics token needs at least 16 characters of A-Z a-z 0-9 -._~+/")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host_alone(cls, value: str) -> str:
+        if not value or any(c in value for c in "/ @"):
+            raise ValueError(f"metrics.host is an address alone (like 127.0.0.1), not {value!r}")
+        return value
+
+
+class LogSettings(Section):
+    """``[log]``: how log lines look. ``json``: one object a line (time, level, logger,
+    message, and the task id, owner, vendor and event where known)."""
+
+    format: Literal["text", "json"] = "text"
 
 
 #: The user that ``mcp.auth_token`` names.
@@ -485,6 +521,8 @@ class Settings(BaseSettings):
     mcp: MCPSettings = Field(default_factory=MCPSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
     vendors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     log_level: str = "INFO"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import time
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tools import budgets, catalog, media, pixel_budget
+from tools import budgets, catalog, media, pixel_budget, telemetry
 from tools.callbacks import callback_secrets, same_secret
 from tools.config import OWNER_NAME, Settings, unbilled
 from tools.errors import InvalidParameter, NotFound, RetouchError, Unsupported
@@ -41,6 +42,7 @@ from tools.users import Users
 from tools.vendors.base import Vendor
 from tools.vendors.registry import kinds_that_can, vendor_class
 from tools.worker import Intake, Worker
+from tools.worker.scheduler import capacity
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -50,6 +52,8 @@ Progress = Callable[[Task], Awaitable[None]]
 MIN_UPLOAD_TTL_S = 3600.0
 #: Tasks whose decoded results are kept for the front end that waited for them.
 KEEP_DECODED = 8
+
+log = logging.getLogger("retouch.tasks")
 
 
 class Editor:
@@ -90,6 +94,8 @@ class Editor:
         self._callback_secrets: dict[str, str] = {}
         self._decoy = secrets.token_urlsafe(32)  # compared when a name has no secret
         self._taking: set[str] = set()  # tasks a callback is being taken for, in this process
+        # the last read of the store's gauges: when it began, and the read
+        self._metrics_view: tuple[float, asyncio.Future[telemetry.StoreView] | None] = (0.0, None)
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -245,6 +251,18 @@ class Editor:
             created_at=self.clock(),
             admission=admission,
         )
+        log.info(
+            "task %s queued for %s (%s)",
+            record.id,
+            vendor.name,
+            request.function,
+            extra={
+                "task_id": record.id,
+                "owner": owner,
+                "vendor": vendor.name,
+                "event": "task_queued",
+            },
+        )
         self.timeline.mark(record.id, "received", received)
         self.timeline.mark(record.id, "inputs loaded", loaded)
         self.timeline.mark(record.id, "stored")
@@ -319,6 +337,27 @@ class Editor:
             record = await self.store.get(task_id)
         self.notifier.changed(task_id)
         return record.public()
+
+    async def metrics_view(self) -> telemetry.StoreView:
+        """What ``/metrics`` shows of the whole store: one aggregate read, and each
+        configured vendor's slots. Scrapes that arrive together share one read, and a read
+        serves for ``telemetry.VIEW_TTL_S`` (the read scans every task)."""
+        read_at, reading = self._metrics_view
+        if reading is None or (
+            reading.done() and time.monotonic() - read_at > telemetry.VIEW_TTL_S
+        ):
+            reading = asyncio.ensure_future(self._read_metrics_view())
+            self._metrics_view = (time.monotonic(), reading)
+        try:
+            return await asyncio.shield(reading)
+        except BaseException:
+            if reading.done():  # a failed read is not kept
+                self._metrics_view = (0.0, None)
+            raise
+
+    async def _read_metrics_view(self) -> telemetry.StoreView:
+        slots = {name: capacity(vendor) for name, vendor in self.vendors.items()}
+        return telemetry.StoreView(await self.store.tallies(), slots)
 
     async def list_tasks(self, *, owner: str | None = None, limit: int = 20) -> list[Task]:
         """The newest tasks first: ``owner``'s, or everyone's with None."""

@@ -224,6 +224,22 @@ class TaskSummary:
     lease_until: float
 
 
+@dataclass(frozen=True)
+class Tally:
+    """The tasks of one (status, vendor, function, currency), as ``Store.tallies`` counts
+    them: how many, the images their vendors billed, what they cost (None if none has a
+    price) and how many are running with a lease still held (slots in use)."""
+
+    status: str
+    vendor: str
+    function: str
+    currency: str | None
+    tasks: int
+    images: int
+    cost: float | None
+    live: int
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -396,6 +412,12 @@ class Store(abc.ABC):
     async def summaries(self, since: float) -> list[TaskSummary]:
         """Every task asked for at or after ``since``, and every task still queued or
         running, in ``seq`` order (a task stored without an owner is LOCAL_OWNER's)."""
+
+    @abc.abstractmethod
+    async def tallies(self, now: float | None = None) -> list[Tally]:
+        """Every stored task counted by (status, vendor, function, currency), in one
+        aggregate statement (what ``/metrics`` shows for the whole store, whichever process
+        is asked). ``live`` counts running tasks whose lease holds at ``now``."""
 
     @abc.abstractmethod
     async def active(self, owner: str) -> list[TaskRecord]:

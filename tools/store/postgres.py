@@ -19,12 +19,14 @@ import contextlib
 import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
 
+from tools import telemetry
 from tools.errors import NotFound, StorageFull
 from tools.media import InputImage
 from tools.models import LOCAL_OWNER, BudgetLimits, ImageFailure, ResultImage, TaskStatus
@@ -38,6 +40,7 @@ from tools.store.base import (
     OwnerUsage,
     PendingPuts,
     Store,
+    Tally,
     TaskFilter,
     TaskRecord,
     TaskSummary,
@@ -541,6 +544,17 @@ class PostgresStore(Store):
         )
         return [TaskSummary(**dict(r)) for r in rows]
 
+    async def tallies(self, now: float | None = None) -> list[Tally]:
+        rows = await self.pool.fetch(
+            """
+            SELECT status, vendor, function, currency, count(*), COALESCE(sum(billed_images), 0),
+                sum(cost), count(*) FILTER (WHERE status = 'running' AND lease_until >= $1)
+            FROM tasks GROUP BY status, vendor, function, currency
+            """,
+            time.time() if now is None else now,
+        )
+        return [Tally(*row) for row in rows]
+
     async def active(self, owner: str) -> list[TaskRecord]:
         """``owner``'s tasks still queued or running, newest first."""
         rows = await self.pool.fetch(
@@ -755,21 +769,22 @@ class PostgresStore(Store):
         )
         if unless_canceled:
             guard += " AND cancel_requested = 0"
-        count = await self.pool.fetchval(
+        ended = await self.pool.fetchrow(
             f"""
             WITH done AS (
                 UPDATE tasks SET status = $2, finished_at = {NOW}, updated_at = {NOW},
                     progress = NULL, lease_owner = NULL, lease_until = 0, results = $3::jsonb,
                     failures = $4::jsonb, error = $5::jsonb, notes = COALESCE($6::jsonb, notes),
                     billed_images = $7, cost = $8, currency = $9
-                WHERE id = $1 AND {guard} RETURNING id
+                WHERE id = $1 AND {guard}
+                RETURNING id, vendor, function, owner, finished_at - created_at AS took
             ), linked AS (
                 INSERT INTO task_blobs (task_id, role, idx, sha256)
                 SELECT done.id, 'result', r.idx, r.sha
                 FROM done, unnest($10::int[], $11::text[]) AS r (idx, sha)
                 ON CONFLICT DO NOTHING
             ), {_UNPEND.format(shas="$11")}
-            SELECT count(*) FROM done
+            SELECT vendor, function, owner, took FROM done
             """,
             task_id,
             status.value,
@@ -785,7 +800,11 @@ class PostgresStore(Store):
             *((worker,) if worker else ()),
         )
         self._linked(r.sha256 for r in results)
-        return bool(count)
+        if ended is None:
+            return False
+        vendor, function, owner, took = ended
+        telemetry.task_ended(task_id, status.value, vendor, function, owner, took)
+        return True
 
     async def reroute(self, task_id: str, worker: str, vendor: str, note: str) -> bool:
         """Queue a held task again for another vendor (a fallback), from the start."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiosqlite
 
+from tools import telemetry
 from tools.errors import NotFound, StorageFull
 from tools.media import InputImage
 from tools.models import LOCAL_OWNER, BudgetLimits, ImageFailure, ResultImage, TaskStatus
@@ -32,6 +33,7 @@ from tools.store.base import (
     OwnerUsage,
     PendingPuts,
     Store,
+    Tally,
     TaskFilter,
     TaskRecord,
     TaskSummary,
@@ -72,6 +74,8 @@ class SQLiteStore(Store):
         self._unlinked: dict[str, float] = {}  # sha256 → when put_blob stored it
         self._pending = PendingPuts()
         self.path = path
+        self._reader: aiosqlite.Connection | None = None  # for tallies (see there)
+        self._opening_reader = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path | str, blobs: BlobStore | Path | str) -> SQLiteStore:
@@ -92,6 +96,8 @@ class SQLiteStore(Store):
         return cls(db, blobs, path)
 
     async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
         await self.db.close()
         await self.blobs.close()
 
@@ -440,6 +446,32 @@ class SQLiteStore(Store):
         )
         return [_summary(r) for r in rows]
 
+    async def tallies(self, now: float | None = None) -> list[Tally]:
+        """Read on a connection of its own (read-only; WAL lets it read beside the writer):
+        the scan of every task takes a while on a large store, and on the shared connection
+        it would hold up every other statement of this process meanwhile."""
+        db = await self._read_connection()
+        rows = await db.execute_fetchall(
+            """
+            SELECT status, vendor, function, currency, count(*), COALESCE(sum(billed_images), 0),
+                sum(cost), COALESCE(sum(status = 'running' AND lease_until >= ?), 0)
+            FROM tasks GROUP BY status, vendor, function, currency
+            """,
+            (time.time() if now is None else now,),
+        )
+        return [Tally(*row) for row in rows]
+
+    async def _read_connection(self) -> aiosqlite.Connection:
+        if str(self.path) == ":memory:":
+            return self.db
+        async with self._opening_reader:
+            if self._reader is None:
+                uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"
+                reader = await aiosqlite.connect(uri, uri=True, timeout=30)
+                await reader.execute("PRAGMA busy_timeout=30000")
+                self._reader = reader
+        return self._reader
+
     async def claim(
         self, vendor: str, worker: str, *, capacity: int, lease_s: float
     ) -> list[TaskRecord]:
@@ -555,7 +587,7 @@ class SQLiteStore(Store):
             f"""UPDATE tasks SET status = ?, finished_at = ?, updated_at = ?, progress = NULL,
                     lease_owner = NULL, lease_until = 0, results = ?, failures = ?, error = ?,
                     notes = COALESCE(?, notes), billed_images = ?, cost = ?, currency = ?
-                WHERE id = ? AND {guard} RETURNING id""",
+                WHERE id = ? AND {guard} RETURNING vendor, function, owner, created_at""",
             (
                 status.value,
                 now,
@@ -572,6 +604,8 @@ class SQLiteStore(Store):
             ),
         )
         self._linked(r.sha256 for r in results)
+        for vendor, function, owner, created_at in rows:
+            telemetry.task_ended(task_id, status.value, vendor, function, owner, now - created_at)
         return bool(rows)
 
     async def reroute(self, task_id: str, worker: str, vendor: str, note: str) -> bool:

@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 
+from tools import logs, telemetry
 from tools.config import Settings, load_settings
 from tools.errors import ConfigError
 from tools.memory import tune_malloc
@@ -23,6 +24,8 @@ from tools.service import Editor
 from tools.store import check_usable
 
 log = logging.getLogger("retouch.worker")
+#: Text lines name the process: several workers often write to one journal.
+WORKER_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,13 +48,29 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with Editor(settings, run_worker=True) as editor:
         assert editor.worker is not None
-        print(
+        exporter = None
+        port = settings.worker.metrics_port
+        if port is not None:
+            exporter = telemetry.serve(
+                settings.metrics.host,
+                port,
+                view=editor.metrics_view,
+                token=settings.metrics.token.get_secret_value(),
+            )
+        banner = (
             f"retouch-worker {editor.worker.id}: {settings.store.where()}; "
-            f"vendors: {', '.join(editor.vendors)}",
-            file=sys.stderr,
-            flush=True,
+            f"vendors: {', '.join(editor.vendors)}"
+            + (f"; metrics on {settings.metrics.host}:{exporter.port}" if exporter else "")
         )
-        await stop.wait()
+        if settings.log.format == "json":
+            log.info(banner, extra={"event": "started"})
+        else:
+            print(banner, file=sys.stderr, flush=True)
+        try:
+            await stop.wait()
+        finally:
+            if exporter is not None:
+                exporter.close()
         log.info("stopping: handing %d tasks back", len(editor.worker.running))
 
 
@@ -61,15 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         check_usable(settings.store)
+        telemetry.check_exporter(settings, settings.worker.metrics_port, "worker.metrics_port")
     except ConfigError as exc:
         print(f"retouch-worker: {exc.message}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-    )
-    asyncio.run(run(settings))
+    logs.configure(settings, text_format=WORKER_FORMAT)
+    try:
+        asyncio.run(run(settings))
+    except ConfigError as exc:  # the metrics port is taken
+        print(f"retouch-worker: {exc.message}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import TypeVar
 import httpx
 from PIL import Image
 
+from tools import logs, telemetry
 from tools.config import Settings
 from tools.errors import (
     ContentRejected,
@@ -87,6 +88,7 @@ class Driver:
 
         ``inputs``: its images, where the caller holds them (else they are read from the
         store); ``decoded``: filled with the results' decoded images (``Intake.take``)."""
+        logs.set_task(record.id, record.owner, record.vendor)
         try:
             await self._drive(record, inputs, decoded)
         except asyncio.CancelledError:
@@ -234,10 +236,30 @@ class Driver:
                         await self._update(record, progress=f"working with {vendor.name}", **marker)
                     stage = "submit" if submitting else "poll"
                     self.timeline.mark(record.id, f"{stage} sent")
-                    answer = await fn()
+                    began = time.monotonic()
+                    try:
+                        answer = await fn()
+                    except Exception as exc:
+                        code = exc.code if isinstance(exc, RetouchError) else "internal"
+                        telemetry.vendor_call(vendor.name, stage, time.monotonic() - began, code)
+                        raise
+                    telemetry.vendor_call(vendor.name, stage, time.monotonic() - began)
                     self.timeline.mark(record.id, f"{stage} answered")
                     return answer
             except VendorError as exc:
+                log.info(
+                    "task %s: %s answered %s (attempt %d)",
+                    record.id,
+                    vendor.name,
+                    exc.code,
+                    attempt + 1,
+                    extra={
+                        "task_id": record.id,
+                        "owner": record.owner,
+                        "vendor": vendor.name,
+                        "event": "vendor_error",
+                    },
+                )
                 ambiguous = submitting and exc.details.get("maybe_submitted")
                 patient = not submitting and isinstance(exc, Throttled)
                 if patient and throttled_until is None:
