@@ -156,7 +156,8 @@ async def serves_the_old_history(old: Old, settings: Settings) -> None:
         assert canceled == ["queued", "cancel", "ended"]
         fresh = await editor.store.steps(new.id)
         assert [s.kind for s in fresh] == ["queued", "claimed", "downloaded", "ended"]
-        assert fresh[0].id > max(s.id for t in old.tasks for s in await editor.store.steps(t))
+        copied = [s.id for t in old.tasks for s in await editor.store.steps(t)]
+        assert fresh[0].id > max(copied)
     db = await storage.open_db(settings.store)
     try:
         row = await storage.get_task(db, old.tasks[0])

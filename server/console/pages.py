@@ -138,11 +138,11 @@ def logged(step: TaskStep) -> str:
         "claimed": f"claimed by {step.worker} ({detail})",
         "released": f"handed back by {step.worker}",
         "submitted": f"submitted to {step.vendor}; the vendor's task id: {detail}",
-        "poll": f"polled {step.vendor}: {detail}",
+        "poll": f"polled: {detail}",
         "retry": f"retry after {step.code}: {detail}",
         "rerouted": f"rerouted to {step.vendor}: {detail}",
         "cancel": "cancel asked for",
-        "downloaded": f"downloaded from {step.vendor}: {detail}",
+        "downloaded": f"downloaded {detail}",
         "ended": f"ended: {detail}" + (f" ({step.code})" if step.code else ""),
     }.get(step.kind, f"{step.kind}: {detail}")
     if step.count > 1:
