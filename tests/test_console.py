@@ -247,6 +247,11 @@ async def test_a_task_from_before_the_log_shows_the_record_timeline(
         page = (await client.get(f"/console/tasks/{task_id}")).text
         assert 'data-kind="record"' in page and "queued for nowhere" in page
         assert "note: a note" in page and 'data-kind="queued"' not in page
+        await editor.store.request_cancel(task_id)  # a step logged after the migration
+        page = (await client.get(f"/console/tasks/{task_id}")).text
+        timeline = page.split('id="timeline">', 1)[1].split("</ol>", 1)[0]
+        assert re.findall(r'data-kind="([a-z]+)"', timeline) == ["record", "cancel"]
+        assert "before the log was kept" in timeline and "a note" in page
 
 
 async def test_the_vendors_page_says_when_a_rate_limit_binds(

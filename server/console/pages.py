@@ -181,7 +181,14 @@ def timeline(task: TaskRecord) -> list[tuple[float | None, str]]:
 def steps_html(record: TaskRecord, steps: Sequence[TaskStep]) -> str:
     """The timeline's items: the store's log, else what the record shows."""
     if steps:
-        return "".join(
+        # a task queued before the log was kept, and still running after: its start
+        start = (
+            f'<li data-kind="record"><time>{h(when(record.created_at))}</time>'
+            f"{h(f'queued for {record.vendor} (before the log was kept)')}</li>"
+            if steps[0].kind != "queued"
+            else ""
+        )
+        return start + "".join(
             f'<li data-kind="{h(s.kind)}"><time>{h(when(s.at))}</time>{h(logged(s))}</li>'
             for s in steps
         )
