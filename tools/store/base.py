@@ -224,24 +224,10 @@ class TaskSummary:
     lease_until: float
 
 
-#: The kinds of a task's steps (``TaskStep.kind``), in the order a task usually meets them.
-STEP_KINDS = (
-    "queued",
-    "claimed",
-    "released",
-    "submitted",
-    "poll",
-    "retry",
-    "rerouted",
-    "cancel",
-    "downloaded",
-    "ended",
-)
-
-
 @dataclass(frozen=True)
 class TaskStep:
-    """One step of a task's story, as the store's log keeps it. Most steps are written by
+    """One step of a task's story, as the store's log keeps it (``kind``: queued, claimed,
+    released, submitted, poll, retry, rerouted, cancel, downloaded, ended). Most are written by
     the database itself, in the statement that makes the change (queued: the insert;
     claimed, released: the lease; submitted: the vendor's task id; poll: the poll count;
     rerouted: the vendor; cancel: the cancel asked for; downloaded and ended: the end);
