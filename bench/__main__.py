@@ -19,6 +19,7 @@ from bench._common import ROOT, machine
 
 ORDER = [
     "store",
+    "steps",
     "blobs",
     "gateway",
     "context",

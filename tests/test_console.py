@@ -1,10 +1,13 @@
 """The console without a browser: sign-in, sessions and CSRF, every route refused without a
-session, the bearer token and the console's cookie each kept to their side, bad inputs,
-what prompts, file names and vendor errors become in the HTML (text, never markup), and
-the statistics of the vendors and costs pages."""
+session, the bearer token and the console's cookie each kept to their side, a sign-out
+(and a token taken out of the config) holding in every process on the store, bad inputs,
+what prompts, file names and vendor errors become in the HTML (text, never markup), a
+task's logged steps with a retry and its error, and the statistics of the vendors and costs
+pages, rate limits included."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -12,17 +15,23 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from server.console import stats
 from server.console.routes import MAX_BODY
-from tests.conftest import MakeSettings, png
+from tests.conftest import MakeSettings, data_uri, png, sample
+from tests.fakes.dashscope import FakeDashScope, error_body
+from tests.fakes.http import Fault
+from tests.optional import needs
+from tests.pg import fresh_url
+from tests.test_e2e_vendors import KEY, dashscope_table
 from tests.test_users import ALICE, BASE, post_mcp, serve, users_toml
-from tools import media
+from tools import limits, media
 from tools.config import Settings
 from tools.errors import ConfigError
 from tools.models import EditRequest, TaskStatus
 from tools.service import Editor
-from tools.store.base import TaskSummary
+from tools.store.base import RateWaits, TaskSummary
 
 OPERATOR = "operator_tok_7Kp2SECRETconsole"
 ROUTES = [
@@ -141,6 +150,161 @@ async def test_sign_in_sets_a_strict_cookie_and_signing_out_ends_the_session(
         client.cookies.set("retouch_console", session, path="/console")  # replayed: refused
         assert (await client.get("/console/tasks")).status_code == 303
         assert (await client.get("/console/api/tasks")).status_code == 401
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=needs("postgres"))])
+async def test_a_sign_out_holds_in_every_process_on_the_store(
+    make_settings: MakeSettings, backend: str
+) -> None:
+    """Two server apps on one store (as two processes would be) share sign-ins: a session
+    opened on one opens the other, and signing out on either ends it on both. A third,
+    whose config no longer holds the operator's token, refuses that token's sessions."""
+    first = make_settings(console_toml())
+    second = make_settings(console_toml(), name="second.toml")
+    other = '[console]\ntokens = ["another_operator_token_42"]\n'
+    third = make_settings(users_toml("alice") + other, name="third.toml")
+    if backend == "postgres":
+        url = await fresh_url()
+        for settings in (first, second, third):
+            settings.store.url = SecretStr(url)
+    async with console(first) as (a, _, _), console(second) as (b, _, _):
+        async with console(third) as (c, _, _):
+            assert (await sign_in(a)).status_code == 303
+            session = a.cookies.get("retouch_console")
+            assert session
+            for client in (b, c):
+                client.cookies.set("retouch_console", session, path="/console")
+            page = await b.get("/console/tasks")
+            assert page.status_code == 200  # the other process knows the session
+            assert (await c.get("/console/tasks")).status_code == 303  # not its token
+            assert (await c.get("/console/api/tasks")).status_code == 401
+
+        out = await b.post("/console/logout", data={"csrf": csrf_of(page.text)})
+        assert out.status_code == 303
+        assert (await a.get("/console/tasks")).status_code == 303  # ended everywhere
+        assert (await a.get("/console/api/tasks")).status_code == 401
+        again = await sign_in(a)  # a new sign-in works on both again
+        assert again.status_code == 303
+        b.cookies.set("retouch_console", a.cookies.get("retouch_console") or "", path="/console")
+        assert (await b.get("/console/api/tasks")).status_code == 200
+
+
+async def test_a_retry_and_its_error_are_on_the_task_page_as_text(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fake DashScope answers the first submission 500 (a message with markup in it),
+    then accepts it: the task's page lists queued, claimed, the retry with its code and
+    message (escaped), submitted with the vendor's task id, the polls (alike ones in one
+    row; the last, which brought the result, is the download), the download and the end."""
+    monkeypatch.setattr(limits, "BACKOFF_BASE_S", 0.01)
+    with FakeDashScope(api_key=KEY) as fake:
+        settings = make_settings(console_toml() + dashscope_table("dashscope", fake))
+        fake.task_plan = ["PENDING"] + ["RUNNING"] * 5 + ["SUCCEEDED"]
+        fake.inject("create", Fault.status(500, error_body("InternalError", f"busy {XSS}")))
+        async with console(settings) as (client, editor, _):
+            await sign_in(client)
+            request = EditRequest(
+                images=[data_uri(sample("coffee.png"))],
+                function="colorization",
+                vendor="dashscope",
+                prompt="warm tones",
+            )
+            task = await editor.edit_image(request, owner="alice", wait_seconds=60)
+            assert task.status == TaskStatus.succeeded, task.error
+            record = await editor.store.get(task.id)
+            page = (await client.get(f"/console/tasks/{task.id}")).text
+    timeline = page.split('id="timeline">', 1)[1].split("</ol>", 1)[0]
+    kinds = re.findall(r'<li data-kind="([a-z]+)">', timeline)
+    assert kinds == [
+        "queued",
+        "claimed",
+        "retry",
+        "submitted",
+        "poll",
+        "poll",
+        "downloaded",
+        "ended",
+    ], timeline
+    retry = re.search(r'data-kind="retry">(.*?)</li>', timeline)
+    assert retry, timeline
+    assert "retry after vendor_fault: submit:" in retry[1] and "busy" in retry[1]
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in retry[1]
+    assert f"the vendor&#x27;s task id: {record.vendor_task_id}" in timeline  # operators see it
+    polls = re.findall(r'data-kind="poll">(.*?)</li>', timeline)
+    assert "×5" in polls[1] and "RUNNING" in polls[1]  # five alike polls: one row
+    assert "ended: succeeded" in timeline
+
+
+async def test_a_task_from_before_the_log_shows_the_record_timeline(
+    settings_console: Settings,
+) -> None:
+    async with console(settings_console) as (client, editor, _):
+        await sign_in(client)
+        task_id = await queued_task(editor, notes=["a note"])
+        db = editor.store.db  # type: ignore[attr-defined]
+        await db.execute("DELETE FROM task_steps WHERE task_id = ?", (task_id,))
+        page = (await client.get(f"/console/tasks/{task_id}")).text
+        assert 'data-kind="record"' in page and "queued for nowhere" in page
+        assert "note: a note" in page and 'data-kind="queued"' not in page
+        await editor.store.request_cancel(task_id)  # a step logged after the migration
+        page = (await client.get(f"/console/tasks/{task_id}")).text
+        timeline = page.split('id="timeline">', 1)[1].split("</ol>", 1)[0]
+        assert re.findall(r'data-kind="([a-z]+)"', timeline) == ["record", "cancel"]
+        assert "before the log was kept" in timeline and "a note" in page
+
+
+async def test_the_vendors_page_says_when_a_rate_limit_binds(
+    make_settings: MakeSettings,
+) -> None:
+    """Two submissions at once under a cap of one a second: the second waits for its turn,
+    and the vendors page says the submit limit binds now and bound in the last hour."""
+    with FakeDashScope(api_key=KEY) as fake:
+        table = dashscope_table("dashscope", fake) + "submit_rps = 1\nquery_rps = 20\n"
+        settings = make_settings(console_toml() + table)
+        async with console(settings) as (client, editor, _):
+            await sign_in(client)
+            before = (await client.get("/console/vendors")).text
+            assert 'data-vendor="dashscope" data-kind="submit"' in before
+            assert "binding now" not in before and "never bound" in before
+
+            def request(prompt: str) -> EditRequest:
+                image = data_uri(sample("coffee.png"))
+                return EditRequest(
+                    images=[image], function="colorization", vendor="dashscope", prompt=prompt
+                )
+
+            done = await asyncio.gather(
+                *(
+                    editor.edit_image(request(p), owner="alice", wait_seconds=60)
+                    for p in ("one", "two")
+                )
+            )
+            assert all(t.status == TaskStatus.succeeded for t in done)
+            page = (await client.get("/console/vendors")).text
+    row = re.search(r'<tr data-vendor="dashscope" data-kind="submit">(.*?)</tr>', page)
+    assert row, page
+    assert "1/s" in row[1] and "binding now" in row[1] and "bound: 1 call(s) waited" in row[1]
+    query = re.search(r'<tr data-vendor="dashscope" data-kind="query">(.*?)</tr>', page)
+    assert query and "20/s" in query[1] and "never bound" in query[1]
+
+
+def test_rate_limits_bind_when_calls_waited_or_every_turn_is_held() -> None:
+    now = 1_800_000_000.0
+    table = stats.vendor_stats([], ["a", "b"], now)
+    waits = [
+        RateWaits("a", "submit", 0, 3, 4.5, now - 600, 2, now + 1.5),
+        RateWaits("b", "query", 1, 1, 0.2, now - 5, 0, None),
+        RateWaits("gone", "submit", 1, 1, 0.2, now - 5, 0, None),
+    ]
+    stats.rate_limits(table, {"a": {"submit": 2.0, "query": None}}, waits, now)
+    a, b = table
+    assert [(x.kind, x.cap, x.binding, x.bound_hour) for x in a.limits] == [
+        ("submit", 2.0, True, True),  # both turns held
+        ("query", None, False, False),
+    ]
+    assert a.limits[0].next_free_in == 1.5
+    assert [(x.kind, x.cap, x.binding) for x in b.limits] == [("query", None, True)]
 
 
 async def test_the_login_form_needs_its_own_cookie(settings_console: Settings) -> None:

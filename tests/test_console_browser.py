@@ -134,6 +134,14 @@ async def test_the_console_in_a_browser(site: tuple[str, FakeDashScope], browser
     for step in ("queued for dashscope", "claimed", "submitted", "vendor's task id", "poll"):
         assert step in timeline, timeline
     assert "ended: succeeded" in timeline and "downloaded 1 result" in timeline
+    # the steps come from the store's log: one row each, the vendor's task id shown
+    vendor_task_id = next(iter(fake.tasks))
+    submitted = page.locator('#timeline li[data-kind="submitted"]')
+    assert await submitted.count() == 1
+    assert vendor_task_id in await submitted.inner_text()
+    ended = page.locator('#timeline li[data-kind="ended"]')
+    assert await ended.count() == 1 and "ended: succeeded" in await ended.inner_text()
+    assert await page.locator('#timeline li[data-kind="record"]').count() == 0
     assert await page.locator(".compare img.before").count() == 1
     await shot(page, "task")
 
@@ -148,6 +156,9 @@ async def test_the_console_in_a_browser(site: tuple[str, FakeDashScope], browser
     # vendors and costs: the chart is drawn, one per currency
     await page.goto(f"{base}/console/vendors")
     assert "dashscope" in await page.locator("#vendors").inner_text()
+    limits = await page.locator('#limits tr[data-vendor="dashscope"]').all_inner_texts()
+    assert any(row.startswith("dashscope\tsubmit") for row in limits), limits
+    assert any("query" in row for row in limits), limits
     await shot(page, "vendors")
     await page.goto(f"{base}/console/costs")
     bars = page.locator("svg.chart rect")

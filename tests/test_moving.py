@@ -148,6 +148,16 @@ async def serves_the_old_history(old: Old, settings: Settings) -> None:
             old.tasks[-1],
         ]
         assert new.status == TaskStatus.succeeded
+        # Each task's log came along as it was (no step made up for copied tasks), and new
+        # steps are numbered after the copied ones.
+        moved = [s.kind for s in await editor.store.steps(old.tasks[0])]
+        assert moved == ["queued", "claimed", "downloaded", "ended"]
+        canceled = [s.kind for s in await editor.store.steps(old.tasks[-1])]
+        assert canceled == ["queued", "cancel", "ended"]
+        fresh = await editor.store.steps(new.id)
+        assert [s.kind for s in fresh] == ["queued", "claimed", "downloaded", "ended"]
+        copied = [s.id for t in old.tasks for s in await editor.store.steps(t)]
+        assert fresh[0].id > max(copied)
     db = await storage.open_db(settings.store)
     try:
         row = await storage.get_task(db, old.tasks[0])
@@ -180,9 +190,11 @@ async def test_a_sqlite_store_moves_into_postgresql_and_a_second_run_changes_not
         "blobs": 7,  # 3 inputs, 3 results, 1 upload (the canceled task shares an input)
         "tasks": 4,
         "task_blobs": 7,
+        "task_steps": 15,  # queued, claimed, downloaded, ended ×3; queued, cancel, ended
         "uploads": 1,
         "users": 1,
         "budget_overrides": 1,
+        "console_sessions": 0,
         "tg_tasks": 1,
         "tg_messages": 1,
         "tg_users": 1,
@@ -372,8 +384,10 @@ def test_the_core_declares_its_tables_in_reference_order() -> None:
         "blobs",
         "tasks",
         "task_blobs",
+        "task_steps",
         "uploads",
         "users",
         "budget_overrides",
+        "console_sessions",
     ]
     assert [s.name for s in table_sets()] == ["core", "telegram"]  # the bot's entry point

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import math
 import random
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -34,20 +35,26 @@ async def turn(
     the call inside runs: at most ``rate`` calls a second across every process on ``store``
     (``Store.take_turn``), up to ``burst`` of them at once (1: evenly spaced). A process
     that dies mid-call holds its turn for ``TURN_HOLD_S`` + 1 s. No rate (None): no limit,
-    and no trip to the store."""
+    and no trip to the store. A call that had to wait is counted once it has ended
+    (``Store.note_wait``: the console shows whether a vendor's limits bind)."""
     if rate is None:
         yield
         return
+    started, waited = time.monotonic(), False
     while (
         taken := await store.take_turn(vendor, kind, rate, hold_s=TURN_HOLD_S, burst=burst)
     ).id is None:
+        waited = True
         await asyncio.sleep(taken.wait)
+    wait_s = time.monotonic() - started
     try:
         yield
     finally:
         # Not ended (the store is unreachable): the turn ends by itself after its hold.
         with contextlib.suppress(Exception):
             await store.end_turn(taken.id)
+            if waited:
+                await store.note_wait(vendor, kind, wait_s)
 
 
 def burst_of(rate: float | None) -> int:

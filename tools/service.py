@@ -36,7 +36,15 @@ from tools.models import (
 )
 from tools.notifier import Notifier
 from tools.store import Store, open_store
-from tools.store.base import Admission, OwnerUsage, TaskFilter, TaskRecord, TaskSummary
+from tools.store.base import (
+    Admission,
+    OwnerUsage,
+    RateWaits,
+    TaskFilter,
+    TaskRecord,
+    TaskStep,
+    TaskSummary,
+)
 from tools.timeline import Timeline
 from tools.users import Users
 from tools.vendors.base import Vendor
@@ -604,6 +612,22 @@ class Editor:
     async def task_record(self, task_id: str) -> TaskRecord:
         """A task as stored, with what only the store holds (attempts, polls, times)."""
         return await self.store.get(task_id)
+
+    async def task_steps(self, task_id: str) -> list[TaskStep]:
+        """The store's log of a task's steps, oldest first (empty for a task stored before
+        the log was kept). Operators only: it holds the vendor's task id."""
+        return await self.store.steps(task_id)
+
+    async def rate_waits(self) -> list[RateWaits]:
+        """Each vendor's rate-limit waits of the last hour and the turns it holds now."""
+        return await self.store.rate_waits()
+
+    def rate_caps(self, vendor: str) -> dict[str, float | None]:
+        """A vendor's calls a second by kind of call ("submit" — or its models' own kinds —
+        and "query"); None: no cap."""
+        known = self._vendor(vendor)
+        caps = dict(known.settings.submit_rate(f) for f in sorted(known.capabilities))
+        return {**caps, "query": known.settings.query_rps}
 
     async def task_summaries(self, since: float) -> list[TaskSummary]:
         """The tasks asked for since ``since`` and all unfinished ones, light."""

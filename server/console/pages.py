@@ -8,13 +8,14 @@ import base64
 import hashlib
 import html
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
 from server.console.stats import Costs, VendorStats
 from tools.models import Budget, User
-from tools.store.base import TaskRecord
+from tools.store.base import TaskRecord, TaskStep
 
 
 def _asset(name: str) -> str:
@@ -129,8 +130,29 @@ def tasks(query: str, filters: dict[str, str], vendors: list[str], csrf: str) ->
     return layout("Tasks", body, csrf=csrf, active="tasks")
 
 
+def logged(step: TaskStep) -> str:
+    """What one logged step says (plain text: escaped where it is shown)."""
+    detail = step.detail or ""
+    text = {
+        "queued": f"queued for {step.vendor}",
+        "claimed": f"claimed by {step.worker} ({detail})",
+        "released": f"handed back by {step.worker}",
+        "submitted": f"submitted to {step.vendor}; the vendor's task id: {detail}",
+        "poll": f"polled: {detail}",
+        "retry": f"retry after {step.code}: {detail}",
+        "rerouted": f"rerouted to {step.vendor}: {detail}",
+        "cancel": "cancel asked for",
+        "downloaded": f"downloaded {detail}",
+        "ended": f"ended: {detail}" + (f" ({step.code})" if step.code else ""),
+    }.get(step.kind, f"{step.kind}: {detail}")
+    if step.count > 1:
+        text += f" — ×{step.count}, the last at {when(step.last_at)}"
+    return text
+
+
 def timeline(task: TaskRecord) -> list[tuple[float | None, str]]:
-    """The steps the record shows, in order: (time if known, what happened)."""
+    """The steps the record shows, in order: (time if known, what happened); for a task
+    stored before the store kept a log of its steps."""
     steps: list[tuple[float | None, str]] = [(task.created_at, f"queued for {task.vendor}")]
     if task.started_at:
         steps.append((task.started_at, "claimed by a worker"))
@@ -156,7 +178,27 @@ def timeline(task: TaskRecord) -> list[tuple[float | None, str]]:
     return steps
 
 
-def task(record: TaskRecord, inputs: int, csrf: str) -> str:
+def steps_html(record: TaskRecord, steps: Sequence[TaskStep]) -> str:
+    """The timeline's items: the store's log, else what the record shows."""
+    if steps:
+        # a task queued before the log was kept, and still running after: its start
+        start = (
+            f'<li data-kind="record"><time>{h(when(record.created_at))}</time>'
+            f"{h(f'queued for {record.vendor} (before the log was kept)')}</li>"
+            if steps[0].kind != "queued"
+            else ""
+        )
+        return start + "".join(
+            f'<li data-kind="{h(s.kind)}"><time>{h(when(s.at))}</time>{h(logged(s))}</li>'
+            for s in steps
+        )
+    return "".join(
+        f'<li data-kind="record"><time>{h(when(t) if t else "")}</time>{h(text)}</li>'
+        for t, text in timeline(record)
+    )
+
+
+def task(record: TaskRecord, inputs: int, csrf: str, steps: Sequence[TaskStep] = ()) -> str:
     tid = h(record.id)
     duration = (record.finished_at - record.created_at) if record.finished_at else None
     facts = [
@@ -202,9 +244,8 @@ def task(record: TaskRecord, inputs: int, csrf: str) -> str:
             )
             + "</div></div>"
         )
-    steps = "".join(
-        f"<li><time>{h(when(t) if t else '')}</time>{h(text)}</li>" for t, text in timeline(record)
-    )
+    items = steps_html(record, steps)
+    notes = "".join(f"<li>{h(note)}</li>" for note in record.notes) if steps else ""
     failures = "".join(
         f"<li>image {h(f.get('index'))}: {h(f.get('code'))} {h(f.get('message'))}</li>"
         for f in record.failures
@@ -230,8 +271,9 @@ def task(record: TaskRecord, inputs: int, csrf: str) -> str:
         f'<div class="grid"><div><div class="card"><table>{rows}</table></div>'
         f'<div class="card"><h2>Prompt</h2><pre id="prompt">{h(record.prompt)}</pre>'
         f"<h2>Parameters</h2><pre>{h(json.dumps(record.request, indent=2))}</pre></div></div>"
-        f'<div><div class="card"><h2>Timeline</h2><ol class="timeline" id="timeline">{steps}'
+        f'<div><div class="card"><h2>Timeline</h2><ol class="timeline" id="timeline">{items}'
         "</ol></div>"
+        + (f'<div class="card"><h2>Notes</h2><ul id="notes">{notes}</ul></div>' if notes else "")
         + (f'<div class="card"><h2>Failures</h2><ul>{failures}</ul></div>' if failures else "")
         + f"{error}</div></div>{images}</div>"
     )
@@ -259,11 +301,34 @@ def vendors(stats: list[VendorStats], csrf: str) -> str:
                 )
                 + "</tr>"
             )
+    limits = ""
+    for s in stats:
+        for i, lim in enumerate(s.limits):
+            cap = "no cap" if lim.cap is None else f"{lim.cap:g}/s"
+            now = "binding now" if lim.binding else "free"
+            if lim.next_free_in is not None:
+                now += f" (next turn in {lim.next_free_in:.1f} s)"
+            hour = (
+                f"bound: {lim.waits_hour} call(s) waited, {seconds(lim.waited_s_hour)} in all"
+                if lim.bound_hour
+                else "never bound"
+            )
+            limits += (
+                f'<tr data-vendor="{h(s.name)}" data-kind="{h(lim.kind)}">'
+                f"<td>{h(s.name) if i == 0 else ''}</td><td>{h(lim.kind)}</td>"
+                f'<td class="num">{h(cap)}</td><td class="num">{lim.held_now}</td>'
+                f'<td class="{"binding" if lim.binding else "free"}">{h(now)}</td>'
+                f"<td>{h(hour)}</td></tr>"
+            )
     body = (
         '<h1>Vendors</h1><table id="vendors"><thead><tr><th>vendor</th><th>last</th>'
         '<th class="num">tasks</th><th class="num">success</th><th class="num">p50</th>'
         '<th class="num">p95</th><th>errors by code</th><th class="num">queued</th>'
         f'<th class="num">slots in use</th></tr></thead><tbody>{rows}</tbody></table>'
+        '<h2>Rate limits</h2><table id="limits"><thead><tr><th>vendor</th><th>calls</th>'
+        '<th class="num">cap</th><th class="num">turns held</th><th>now</th>'
+        f"<th>last hour</th></tr></thead><tbody>{limits or '<tr><td>—</td></tr>'}</tbody>"
+        "</table>"
     )
     return layout("Vendors", body, csrf=csrf, active="vendors")
 

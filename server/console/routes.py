@@ -164,7 +164,7 @@ class Console:
         """``handler`` behind a session (and, for an action, its CSRF token)."""
 
         async def guard(request: Request) -> Response:
-            sid = self.sessions.session(request)
+            sid = await self.sessions.session(request, self.editor(request).store)
             if sid is None:
                 return refused(request)
             request.state.console_sid = sid
@@ -212,19 +212,19 @@ class Console:
             form.get("csrf", "").encode(), expected.encode()
         ):
             return await self.login_page(request, "The form expired: sign in again.", 403)
-        if not self.sessions.operator(form.get("token", "")):
+        operator = self.sessions.operator(form.get("token", ""))
+        if operator is None:
             await asyncio.sleep(0.5)  # a guess costs time
             return await self.login_page(request, "That token is not an operator's.", 401)
+        cookie = await self.sessions.new(self.editor(request).store, operator)
         response = secured(RedirectResponse("/console/tasks", status_code=303))
         ttl = int(self.sessions.ttl_s)
-        response.headers.append(
-            "Set-Cookie", self.sessions.cookie(COOKIE, self.sessions.new(), ttl)
-        )
+        response.headers.append("Set-Cookie", self.sessions.cookie(COOKIE, cookie, ttl))
         response.headers.append("Set-Cookie", self.sessions.cookie(LOGIN_COOKIE, "", 0))
         return response
 
     async def logout(self, request: Request) -> Response:
-        self.sessions.end(request.state.console_sid)
+        await self.sessions.end(request.state.console_sid, self.editor(request).store)
         response = secured(RedirectResponse("/console/login", status_code=303))
         response.headers.append("Set-Cookie", self.sessions.cookie(COOKIE, "", 0))
         return response
@@ -275,7 +275,8 @@ class Console:
         editor = self.editor(request)
         record = await editor.task_record(self.task_id(request))
         inputs = len(await editor.store.task_blobs(record.id, "input"))
-        return secured(HTMLResponse(pages.task(record, inputs, self.csrf(request))))
+        steps = await editor.task_steps(record.id)
+        return secured(HTMLResponse(pages.task(record, inputs, self.csrf(request), steps)))
 
     async def task_api(self, request: Request) -> Response:
         record = await self.editor(request).task_record(self.task_id(request))
@@ -316,6 +317,9 @@ class Console:
         editor = self.editor(request)
         rows = await editor.task_summaries(editor.clock() - stats.DAY)
         table = stats.vendor_stats(rows, editor.routing_order(), editor.clock())
+        waits = await editor.rate_waits()
+        caps = {s.name: editor.rate_caps(s.name) for s in table if s.name in editor.vendors}
+        stats.rate_limits(table, caps, waits, editor.clock())
         return secured(HTMLResponse(pages.vendors(table, self.csrf(request))))
 
     async def costs_page(self, request: Request) -> Response:

@@ -1,10 +1,14 @@
 """The console's sign-in: operator tokens, signed session cookies and CSRF tokens.
 
 A session is a cookie ``<expiry>.<id>.<signature>`` signed with a key derived from the
-result links' secret (so replicas sharing it share sessions); the server checks the expiry
-and the sign-outs it has heard of. Each session has one CSRF token, the HMAC of its id,
-that every state-changing request sends back (form field ``csrf`` or header
-``X-CSRF-Token``). Everything secret is compared in constant time; nothing is logged.
+result links' secret (so replicas sharing it share sessions), and a row in the store
+(``Store.add_console_session``: the SHA-256 of its id, never the id, and a keyed digest of
+the operator token it was opened with). A request's session must be signed, unexpired,
+in the store and not signed out there, and opened with a token this process's config still
+holds: a sign-out, or a token taken out of the config, holds in every process sharing the
+store. Each session has one CSRF token, the HMAC of its id, that every state-changing
+request sends back (form field ``csrf`` or header ``X-CSRF-Token``). Everything secret is
+compared in constant time; nothing is logged.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import time
 from collections.abc import Callable
 
 from starlette.requests import Request
+
+from tools.store import Store
+from tools.store.base import ConsoleSession
 
 #: The session's cookie, and the one that guards the sign-in form (double submit).
 COOKIE = "retouch_console"
@@ -44,28 +51,45 @@ class Sessions:
         self.ttl_s = ttl_s
         self.secure = secure
         self.clock = clock
-        self.ended: dict[str, float] = {}  # session id → its expiry, once signed out
+        self.operator_ids = {self.operator_id(d) for d in operators}
 
     def _sign(self, *parts: str) -> str:
         message = "\n".join(parts).encode()
         return _b64(hmac.new(self.key, message, hashlib.sha256).digest())
 
-    def operator(self, token: str) -> bool:
-        """Whether ``token`` is an operator's: every digest compared, each in constant time."""
-        presented = hashlib.sha256(token.encode()).digest()
-        found = False
-        for digest in self.operators:
-            found |= hmac.compare_digest(presented, digest)
-        return found and bool(token)
+    def operator_id(self, digest: bytes) -> str:
+        """The name a session keeps of its operator token: a keyed digest of its SHA-256."""
+        return self._sign("operator", digest.hex())
 
-    def new(self) -> str:
-        """A new session's cookie value."""
-        expiry = str(int(self.clock() + self.ttl_s))
+    def operator(self, token: str) -> bytes | None:
+        """The SHA-256 of ``token`` if it is an operator's: every digest compared, each in
+        constant time."""
+        presented = hashlib.sha256(token.encode()).digest()
+        found = None
+        for digest in self.operators:
+            if hmac.compare_digest(presented, digest):
+                found = digest
+        return found if token else None
+
+    @staticmethod
+    def row_id(sid: str) -> str:
+        """The store's key of a session: the SHA-256 of its id (a database read shows no
+        cookie that would open the console)."""
+        return hashlib.sha256(sid.encode()).hexdigest()
+
+    async def new(self, store: Store, operator: bytes) -> str:
+        """A new session of ``operator`` (a token's SHA-256), recorded in the store; its
+        cookie value."""
+        now = self.clock()
+        expiry = str(int(now + self.ttl_s))
         sid = secrets.token_urlsafe(18)
+        row = ConsoleSession(self.row_id(sid), self.operator_id(operator), now, int(expiry))
+        await store.add_console_session(row)
         return f"{expiry}.{sid}.{self._sign('session', expiry, sid)}"
 
-    def session(self, request: Request) -> str | None:
-        """The id of the request's live session, if its cookie carries one."""
+    async def session(self, request: Request, store: Store) -> str | None:
+        """The id of the request's live session, if its cookie carries one: signed,
+        unexpired, in the store and not signed out, of a token this config still holds."""
         value = request.cookies.get(COOKIE, "")
         parts = value.split(".")
         if len(parts) != 3 or not parts[0].isdigit() or len(value) > 200:
@@ -73,15 +97,19 @@ class Sessions:
         expiry, sid, sig = parts
         if not hmac.compare_digest(sig.encode(), self._sign("session", expiry, sid).encode()):
             return None
-        if int(expiry) <= self.clock() or sid in self.ended:
+        now = self.clock()
+        if int(expiry) <= now:
+            return None
+        row = await store.console_session(self.row_id(sid))
+        if row is None or row.ended_at is not None or row.expires_at <= now:
+            return None
+        if row.operator not in self.operator_ids:  # its token was taken out of the config
             return None
         return sid
 
-    def end(self, sid: str) -> None:
-        """Sign a session out: refused from now on (by this process)."""
-        now = self.clock()
-        self.ended = {s: t for s, t in self.ended.items() if t > now}
-        self.ended[sid] = now + self.ttl_s
+    async def end(self, sid: str, store: Store) -> None:
+        """Sign a session out, for every process on the store."""
+        await store.end_console_session(self.row_id(sid), self.clock())
 
     def csrf(self, sid: str) -> str:
         return self._sign("csrf", sid)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from tools.store.base import TaskSummary
+from tools.store.base import RateWaits, TaskSummary
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -49,12 +49,37 @@ class Window:
 
 
 @dataclass
+class Limit:
+    """One of a vendor's rate limits ("submit", "query"…): its cap (calls a second, None:
+    none), the calls that waited for a turn in about the last minute and in the last hour
+    (and how long in all), and the turns held now; ``binding``: calls wait for it now."""
+
+    kind: str
+    cap: float | None
+    waits_minute: int = 0
+    waits_hour: int = 0
+    waited_s_hour: float = 0.0
+    held_now: int = 0
+    next_free_in: float | None = None  # seconds until a held turn frees, if all are held
+
+    @property
+    def binding(self) -> bool:
+        full = self.cap is not None and self.held_now >= max(1, math.floor(self.cap))
+        return self.waits_minute > 0 or full
+
+    @property
+    def bound_hour(self) -> bool:
+        return self.waits_hour > 0
+
+
+@dataclass
 class VendorStats:
     name: str
     hour: Window = field(default_factory=Window)
     day: Window = field(default_factory=Window)
     queued: int = 0
     running: int = 0  # slots in use: running with a lease still held
+    limits: list[Limit] = field(default_factory=list)
 
 
 def vendor_stats(
@@ -84,6 +109,34 @@ def vendor_stats(
             if row.finished_at is not None and row.status in ("succeeded", "partial"):
                 window.durations.append(row.finished_at - row.created_at)
     return list(out.values())
+
+
+def rate_limits(
+    table: list[VendorStats],
+    caps: dict[str, dict[str, float | None]],
+    waits: list[RateWaits],
+    now: float | None = None,
+) -> None:
+    """Fill each vendor's ``limits``: its caps by kind of call (``caps``: vendor → kind →
+    calls a second), with what the store saw of them (``Store.rate_waits``)."""
+    now = time.time() if now is None else now
+    seen = {(w.vendor, w.kind): w for w in waits}
+    for stats in table:
+        kinds = dict(caps.get(stats.name, {}))
+        for vendor, kind in seen:
+            if vendor == stats.name:
+                kinds.setdefault(kind, None)
+        stats.limits = []
+        for kind, cap in kinds.items():
+            limit = Limit(kind, cap)
+            w = seen.get((stats.name, kind))
+            if w is not None:
+                limit.waits_minute, limit.waits_hour = w.waits_minute, w.waits_hour
+                limit.waited_s_hour, limit.held_now = w.waited_s_hour, w.held_now
+                full = cap is not None and w.held_now >= max(1, math.floor(cap))
+                if w.next_free_at is not None and full:
+                    limit.next_free_in = max(0.0, w.next_free_at - now)
+            stats.limits.append(limit)
 
 
 @dataclass

@@ -240,6 +240,57 @@ class Tally:
     live: int
 
 
+@dataclass(frozen=True)
+class TaskStep:
+    """One step of a task's story, as the store's log keeps it (``kind``: queued, claimed,
+    released, submitted, poll, retry, rerouted, cancel, downloaded, ended). Most are written by
+    the database itself, in the statement that makes the change (queued: the insert;
+    claimed, released: the lease; submitted: the vendor's task id; poll: the poll count;
+    rerouted: the vendor; cancel: the cancel asked for; downloaded and ended: the end);
+    ``Store.add_step`` writes the rest (a retry). Runs of identical polls (and retries) are
+    one step with a ``count`` and the time of the last (``last_at``). ``detail`` may hold the
+    vendor's task id: operators only, never shown to clients."""
+
+    id: int
+    task_id: str
+    kind: str
+    at: float
+    last_at: float
+    count: int
+    vendor: str | None
+    worker: str | None
+    code: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class RateWaits:
+    """A vendor's rate limit for one kind of call ("submit", "query"), as the store saw it:
+    how many calls had to wait for their turn in the last minute and hour (and for how long
+    in all that hour), the last such wait, and the turns held now (``Store.take_turn``)."""
+
+    vendor: str
+    kind: str
+    waits_minute: int
+    waits_hour: int
+    waited_s_hour: float
+    last_wait_at: float | None
+    held_now: int
+    next_free_at: float | None
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    """An operator's sign-in to the console: ``id`` is the SHA-256 (hex) of the session's
+    secret id (the cookie's), ``operator`` a keyed digest naming the operator token used."""
+
+    id: str
+    operator: str
+    created_at: float
+    expires_at: float
+    ended_at: float | None = None
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -499,6 +550,28 @@ class Store(abc.ABC):
         """Mark an unfinished task for cancelling (the worker holding it ends it); return
         it. NotFound if there is none."""
 
+    # ---- a task's steps ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_step(
+        self,
+        task_id: str,
+        kind: str,
+        *,
+        vendor: str | None = None,
+        worker: str | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Log a step the task's row does not show (a retry, with its error's code and
+        message): one statement. A step equal to the task's last one (kind, code, detail)
+        counts that one again instead of adding a row. Nothing if the task is gone."""
+
+    @abc.abstractmethod
+    async def steps(self, task_id: str, *, limit: int = 500) -> list[TaskStep]:
+        """The task's logged steps, oldest first (the first ``limit``); empty for a task
+        stored before the log was kept, or none. Deleted with their task."""
+
     # ---- vendors' rate limits ----------------------------------------------------------
 
     @abc.abstractmethod
@@ -524,6 +597,28 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def end_turn(self, turn_id: int) -> None:
         """The call made on this turn has ended (answered or not)."""
+
+    @abc.abstractmethod
+    async def note_wait(self, vendor: str, kind: str, waited_s: float) -> None:
+        """A call of ``kind`` to ``vendor`` waited ``waited_s`` for its turn: counted, per
+        minute, for ``rate_waits`` (kept a day)."""
+
+    @abc.abstractmethod
+    async def rate_waits(self) -> list[RateWaits]:
+        """Each vendor and kind of call that waited in the last hour or holds turns now."""
+
+    # ---- the console's sessions --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_console_session(self, session: ConsoleSession) -> None: ...
+
+    @abc.abstractmethod
+    async def console_session(self, session_id: str) -> ConsoleSession | None:
+        """The session (ended or expired ones too, until clean-up), or None."""
+
+    @abc.abstractmethod
+    async def end_console_session(self, session_id: str, ended_at: float) -> bool:
+        """Sign the session out, for every process on the store; False if it was not live."""
 
     # ---- users and budget overrides ----------------------------------------------------
 
@@ -552,7 +647,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def cleanup(self, retention_days: float, max_bytes: int | None = None) -> int:
-        """Forget finished tasks past retention and uploads past their expiry, then the
+        """Forget finished tasks past retention (their steps with them), uploads past their
+        expiry, console sessions past theirs and rate-limit waits older than a day, then the
         oldest finished tasks while the stored blobs exceed ``max_bytes``; delete blobs no
         task or upload refers to, and what writes cut off by a crash left. Returns how many
         blobs and leftovers were deleted."""

@@ -253,3 +253,129 @@ async def m011_console_indexes(db: aiosqlite.Connection) -> None:
     await db.execute("CREATE INDEX tasks_status_seq ON tasks (status, seq)")
     await db.execute("CREATE INDEX tasks_vendor_seq ON tasks (vendor, seq)")
     await db.execute("CREATE INDEX tasks_created ON tasks (created_at)")
+
+
+#: The SQLite clock in Unix seconds, as the triggers below read it.
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+#: The task's last logged step (in a trigger on ``tasks``).
+_LAST = "(SELECT MAX(id) FROM task_steps WHERE task_id = NEW.id)"
+
+
+def _step(kind: str, *, worker: str = "NEW.lease_owner", code: str = "NULL", detail: str) -> str:
+    """A trigger statement logging one step of the task ``NEW``."""
+    return (
+        "INSERT INTO task_steps (task_id, kind, at, last_at, count, vendor, worker, code,"
+        f" detail) VALUES (NEW.id, '{kind}', {_NOW}, {_NOW}, 1, NEW.vendor, {worker}, {code},"
+        f" {detail});"
+    )
+
+
+@migration
+async def m012_task_events(db: aiosqlite.Connection) -> None:
+    """A log of each task's steps for the console (``task_steps``), written by triggers in
+    the very statements that change a task (no extra trip to the database: queued, claimed,
+    released, submitted with the vendor's task id, polls, rerouted, cancel asked, results
+    stored, ended) and by ``Store.add_step`` for what the row does not show (a retry and its
+    error). A run of polls with the same progress is one row with a count. Rows go with
+    their task (ON DELETE CASCADE). ``rate_waits``: the calls that waited for a vendor's
+    rate-limit turn, per minute."""
+    await db.execute(
+        """
+        CREATE TABLE task_steps (
+            id INTEGER PRIMARY KEY,
+            task_id TEXT NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+            kind TEXT NOT NULL,
+            at REAL NOT NULL,
+            last_at REAL NOT NULL,
+            count INTEGER NOT NULL DEFAULT 1,
+            vendor TEXT,
+            worker TEXT,
+            code TEXT,
+            detail TEXT
+        )
+        """
+    )
+    await db.execute("CREATE INDEX task_steps_task ON task_steps (task_id, id)")
+    triggers = {
+        "queued": ("AFTER INSERT ON tasks", _step("queued", detail="NULL")),
+        "claimed": (
+            "AFTER UPDATE OF attempts ON tasks WHEN NEW.attempts > OLD.attempts",
+            _step("claimed", detail="'attempt ' || NEW.attempts"),
+        ),
+        "released": (
+            "AFTER UPDATE OF lease_owner ON tasks WHEN OLD.lease_owner IS NOT NULL"
+            " AND NEW.lease_owner IS NULL AND NEW.status = 'running'",
+            _step("released", worker="OLD.lease_owner", detail="'handed back'"),
+        ),
+        "submitted": (
+            "AFTER UPDATE OF vendor_task_id ON tasks WHEN NEW.vendor_task_id IS NOT NULL"
+            " AND NEW.vendor_task_id IS NOT OLD.vendor_task_id",
+            _step("submitted", detail="NEW.vendor_task_id"),
+        ),
+        "poll": (
+            "AFTER UPDATE OF polls ON tasks WHEN NEW.polls > OLD.polls",
+            f"UPDATE task_steps SET count = count + NEW.polls - OLD.polls, last_at = {_NOW}"
+            f" WHERE id = {_LAST} AND kind = 'poll' AND detail IS NEW.progress;"
+            " INSERT INTO task_steps (task_id, kind, at, last_at, count, vendor, worker,"
+            f" detail) SELECT NEW.id, 'poll', {_NOW}, {_NOW}, NEW.polls - OLD.polls,"
+            " NEW.vendor, NEW.lease_owner, NEW.progress WHERE NOT EXISTS (SELECT 1 FROM"
+            f" task_steps WHERE id = {_LAST} AND kind = 'poll' AND detail IS NEW.progress);",
+        ),
+        "rerouted": (
+            "AFTER UPDATE OF vendor ON tasks WHEN NEW.vendor <> OLD.vendor",
+            _step("rerouted", worker="OLD.lease_owner", detail="json_extract(NEW.notes, '$[#-1]')"),
+        ),
+        "cancel": (
+            "AFTER UPDATE OF cancel_requested ON tasks"
+            " WHEN NEW.cancel_requested > OLD.cancel_requested AND NEW.finished_at IS NULL",
+            _step("cancel", detail="'cancel asked for'"),
+        ),
+        "ended": (
+            "AFTER UPDATE OF finished_at ON tasks"
+            " WHEN OLD.finished_at IS NULL AND NEW.finished_at IS NOT NULL",
+            "INSERT INTO task_steps (task_id, kind, at, last_at, count, vendor, worker, detail)"
+            f" SELECT NEW.id, 'downloaded', {_NOW}, {_NOW}, 1, NEW.vendor, OLD.lease_owner,"
+            " json_array_length(NEW.results) || ' result(s) stored'"
+            " WHERE json_array_length(NEW.results) > 0; "
+            + _step(
+                "ended",
+                worker="OLD.lease_owner",
+                code="json_extract(NEW.error, '$.code')",
+                detail="NEW.status || COALESCE(': ' || json_extract(NEW.error, '$.message'), '')",
+            ),
+        ),
+    }
+    for name, (when, body) in triggers.items():
+        await db.execute(f"CREATE TRIGGER task_steps_{name} {when} BEGIN {body} END")
+    await db.execute(
+        """
+        CREATE TABLE rate_waits (
+            vendor TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            minute INTEGER NOT NULL,
+            waits INTEGER NOT NULL,
+            waited_s REAL NOT NULL,
+            last_at REAL NOT NULL,
+            PRIMARY KEY (vendor, kind, minute)
+        )
+        """
+    )
+
+
+@migration
+async def m013_console_sessions(db: aiosqlite.Connection) -> None:
+    """The console's sign-ins, so that a sign-out (or an operator token taken out of the
+    config) holds for every process on the store: only the SHA-256 of a session's id is
+    kept, with a keyed digest naming its operator token."""
+    await db.execute(
+        """
+        CREATE TABLE console_sessions (
+            id TEXT PRIMARY KEY,
+            operator TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            ended_at REAL
+        )
+        """
+    )
+    await db.execute("CREATE INDEX console_sessions_expiry ON console_sessions (expires_at)")

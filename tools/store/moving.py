@@ -60,6 +60,7 @@ class Table:
     order: tuple[str, ...] = ()
     fill: Mapping[str, str] = field(default_factory=dict)
     blobs: bool = False
+    serial: str | None = None  # a column numbered by the database: its sequence moves on
 
     @property
     def read_order(self) -> tuple[str, ...]:
@@ -79,17 +80,20 @@ class TableSet:
 #: A blob row arrives before the tasks that link it: marked pending for ORPHAN_GRACE_S, so
 #: that a Retouch already running on the target does not clean it up meanwhile.
 _PENDING = {"pending": "1", "grace_until": f"{NOW} + {ORPHAN_GRACE_S}"}
-#: The core's tables (not ``rate_turns``: a vendor's turns last seconds).
+#: The core's tables (not ``rate_turns`` nor ``rate_waits``: a vendor's turns last seconds,
+#: and its waits are about the vendor's account as the old store used it).
 CORE = TableSet(
     "core",
     pg_migrations.CORE,
     (
         Table("blobs", ("sha256",), fill=_PENDING, blobs=True),
-        Table("tasks", ("id",), order=("seq",)),
+        Table("tasks", ("id",), order=("seq",), serial="seq"),
         Table("task_blobs", ("task_id", "role", "idx")),
+        Table("task_steps", ("id",), serial="id"),
         Table("uploads", ("id",)),
         Table("users", ("name",)),
         Table("budget_overrides", ("owner",)),
+        Table("console_sessions", ("id",)),
     ),
 )
 
@@ -285,6 +289,9 @@ async def move(
         try:
             for tables in sets:
                 await pg_migrations.migrate(db, tables.migrations)
+            # The tasks' steps are copied from the source: the trigger that logs them as
+            # tasks change must not log copied tasks as new ones (m012_task_events).
+            await db.execute("SET retouch.moving = 'on'")
             mover = _Mover(src, db, source_blobs, target_blobs, batch, progress)
             for tables in sets:
                 for table in tables.tables:
@@ -339,10 +346,10 @@ class _Mover:
             await self._insert(table, columns, types, fill, fresh)
             done.new += len(fresh)
             self.progress.advance(len(rows), copied)
-        if table.name == "tasks":
+        if table.serial:
             await self.db.execute(
-                "SELECT setval(pg_get_serial_sequence('tasks', 'seq'), max(seq))"
-                " FROM tasks HAVING max(seq) IS NOT NULL"
+                f"SELECT setval(pg_get_serial_sequence('{table.name}', '{table.serial}'),"
+                f" max({table.serial})) FROM {table.name} HAVING max({table.serial}) IS NOT NULL"
             )
         self.progress.finish()
         done.seconds = time.monotonic() - started

@@ -37,12 +37,15 @@ from tools.store.base import (
     WRITABLE,
     ActiveTask,
     Admission,
+    ConsoleSession,
     OwnerUsage,
     PendingPuts,
+    RateWaits,
     Store,
     Tally,
     TaskFilter,
     TaskRecord,
+    TaskStep,
     TaskSummary,
     Turn,
     UploadRecord,
@@ -828,6 +831,51 @@ class PostgresStore(Store):
         )
         return TaskRecord.from_row(row) if row else await self.get(task_id)
 
+    # ---- a task's steps ----------------------------------------------------------------
+
+    async def add_step(
+        self,
+        task_id: str,
+        kind: str,
+        *,
+        vendor: str | None = None,
+        worker: str | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """One statement: the task's last step counted again if it is the same, else a row."""
+        await self.pool.execute(
+            f"""
+            WITH last AS (
+                SELECT id, kind, code, detail FROM task_steps WHERE task_id = $1
+                ORDER BY id DESC LIMIT 1
+            ), again AS (
+                UPDATE task_steps SET count = count + 1, last_at = {NOW} FROM last
+                WHERE task_steps.id = last.id AND last.kind = $2
+                  AND last.code IS NOT DISTINCT FROM $5 AND last.detail IS NOT DISTINCT FROM $6
+                RETURNING task_steps.id
+            )
+            INSERT INTO task_steps (task_id, kind, at, last_at, vendor, worker, code, detail)
+            SELECT id, $2, {NOW}, {NOW}, COALESCE($3, vendor), $4, $5, $6 FROM tasks
+            WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM again)
+            """,
+            task_id,
+            kind,
+            vendor,
+            worker,
+            code,
+            detail,
+        )
+
+    async def steps(self, task_id: str, *, limit: int = 500) -> list[TaskStep]:
+        rows = await self.pool.fetch(
+            "SELECT id, task_id, kind, at, last_at, count, vendor, worker, code, detail"
+            " FROM task_steps WHERE task_id = $1 ORDER BY id LIMIT $2",
+            task_id,
+            limit,
+        )
+        return [TaskStep(*row) for row in rows]
+
     # ---- vendors' rate limits ----------------------------------------------------------
 
     async def take_turn(
@@ -891,9 +939,73 @@ class PostgresStore(Store):
             f"UPDATE rate_turns SET free_at = least(free_at, {NOW} + 1.0) WHERE id = $1", turn_id
         )
 
+    async def note_wait(self, vendor: str, kind: str, waited_s: float) -> None:
+        await self.pool.execute(
+            f"""INSERT INTO rate_waits (vendor, kind, minute, waits, waited_s, last_at)
+                VALUES ($1, $2, floor({NOW} / 60)::bigint, 1, $3, {NOW})
+                ON CONFLICT (vendor, kind, minute) DO UPDATE SET
+                    waits = rate_waits.waits + 1,
+                    waited_s = rate_waits.waited_s + EXCLUDED.waited_s,
+                    last_at = EXCLUDED.last_at""",
+            vendor,
+            kind,
+            waited_s,
+        )
+
+    async def rate_waits(self) -> list[RateWaits]:
+        rows = await self.pool.fetch(
+            f"""WITH c AS (SELECT {NOW} AS now),
+                w AS (SELECT vendor, kind,
+                        sum(waits) FILTER (WHERE last_at > c.now - 60) AS minute,
+                        sum(waits) AS hour, sum(waited_s) AS waited, max(last_at) AS last
+                      FROM rate_waits, c WHERE minute >= floor((c.now - 3600) / 60)
+                      GROUP BY vendor, kind),
+                t AS (SELECT vendor, kind, count(*) AS held, min(free_at) AS free
+                      FROM rate_turns, c WHERE free_at > c.now GROUP BY vendor, kind),
+                k AS (SELECT vendor, kind FROM w UNION SELECT vendor, kind FROM t)
+                SELECT k.vendor, k.kind, COALESCE(w.minute, 0)::int, COALESCE(w.hour, 0)::int,
+                       COALESCE(w.waited, 0.0)::float8, w.last, COALESCE(t.held, 0)::int, t.free
+                FROM k LEFT JOIN w USING (vendor, kind) LEFT JOIN t USING (vendor, kind)
+                ORDER BY k.vendor, k.kind"""
+        )
+        return [RateWaits(*row) for row in rows]
+
+    # ---- the console's sessions --------------------------------------------------------
+
+    async def add_console_session(self, session: ConsoleSession) -> None:
+        await self.pool.execute(
+            "INSERT INTO console_sessions (id, operator, created_at, expires_at)"
+            " VALUES ($1, $2, $3, $4)",
+            session.id,
+            session.operator,
+            session.created_at,
+            session.expires_at,
+        )
+
+    async def console_session(self, session_id: str) -> ConsoleSession | None:
+        row = await self.pool.fetchrow(
+            "SELECT id, operator, created_at, expires_at, ended_at FROM console_sessions"
+            " WHERE id = $1",
+            session_id,
+        )
+        return ConsoleSession(*row) if row else None
+
+    async def end_console_session(self, session_id: str, ended_at: float) -> bool:
+        row = await self.pool.fetchval(
+            "UPDATE console_sessions SET ended_at = $2 WHERE id = $1 AND ended_at IS NULL"
+            " RETURNING id",
+            session_id,
+            ended_at,
+        )
+        return row is not None
+
     # ---- clean-up ----------------------------------------------------------------------
 
     async def cleanup(self, retention_days: float, max_bytes: int | None = None) -> int:
+        await self.pool.execute(f"DELETE FROM console_sessions WHERE expires_at < {NOW}")
+        await self.pool.execute(
+            f"DELETE FROM rate_waits WHERE minute < floor(({NOW} - 86400) / 60)"
+        )
         await self.pool.execute(  # their links go with them (ON DELETE CASCADE)
             f"DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < {NOW} - $1",
             retention_days * 86400,

@@ -30,12 +30,15 @@ from tools.store.base import (
     WRITABLE,
     ActiveTask,
     Admission,
+    ConsoleSession,
     OwnerUsage,
     PendingPuts,
+    RateWaits,
     Store,
     Tally,
     TaskFilter,
     TaskRecord,
+    TaskStep,
     TaskSummary,
     Turn,
     UploadRecord,
@@ -651,6 +654,48 @@ class SQLiteStore(Store):
                 return data, result["mime_type"]
         raise NotFound(f"task {task_id} has no result {index}")
 
+    # ---- a task's steps ----------------------------------------------------------------
+
+    async def add_step(
+        self,
+        task_id: str,
+        kind: str,
+        *,
+        vendor: str | None = None,
+        worker: str | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """One statement: a new row, or (an upsert on the id of the task's last step, when
+        that one is the same) that row counted again."""
+        await self.execute(
+            f"""INSERT INTO task_steps (id, task_id, kind, at, last_at, count, vendor, worker,
+                    code, detail)
+                SELECT (SELECT id FROM task_steps WHERE id = (SELECT MAX(id) FROM task_steps
+                        WHERE task_id = :task) AND kind = :kind AND code IS :code
+                        AND detail IS :detail),
+                    id, :kind, {NOW}, {NOW}, 1, COALESCE(:vendor, vendor), :worker, :code,
+                    :detail
+                FROM tasks WHERE id = :task
+                ON CONFLICT (id) DO UPDATE SET count = count + 1, last_at = excluded.at""",
+            {
+                "task": task_id,
+                "kind": kind,
+                "vendor": vendor,
+                "worker": worker,
+                "code": code,
+                "detail": detail,
+            },
+        )
+
+    async def steps(self, task_id: str, *, limit: int = 500) -> list[TaskStep]:
+        rows = await self.db.execute_fetchall(
+            "SELECT id, task_id, kind, at, last_at, count, vendor, worker, code, detail"
+            " FROM task_steps WHERE task_id = ? ORDER BY id LIMIT ?",
+            (task_id, limit),
+        )
+        return [TaskStep(*row) for row in rows]
+
     # ---- vendors' rate limits ----------------------------------------------------------
 
     async def take_turn(
@@ -695,10 +740,66 @@ class SQLiteStore(Store):
             f"UPDATE rate_turns SET free_at = min(free_at, {NOW} + 1.0) WHERE id = ?", (turn_id,)
         )
 
+    async def note_wait(self, vendor: str, kind: str, waited_s: float) -> None:
+        await self.execute(
+            f"""INSERT INTO rate_waits (vendor, kind, minute, waits, waited_s, last_at)
+                VALUES (?, ?, CAST({NOW} / 60 AS INTEGER), 1, ?, {NOW})
+                ON CONFLICT (vendor, kind, minute) DO UPDATE SET waits = waits + 1,
+                    waited_s = waited_s + excluded.waited_s, last_at = excluded.last_at""",
+            (vendor, kind, waited_s),
+        )
+
+    async def rate_waits(self) -> list[RateWaits]:
+        rows = await self.db.execute_fetchall(
+            f"""WITH c AS (SELECT {NOW} AS now),
+                w AS (SELECT vendor, kind,
+                        SUM(CASE WHEN last_at > c.now - 60 THEN waits ELSE 0 END) AS minute,
+                        SUM(waits) AS hour, SUM(waited_s) AS waited, MAX(last_at) AS last
+                      FROM rate_waits, c WHERE minute >= CAST((c.now - 3600) / 60 AS INTEGER)
+                      GROUP BY vendor, kind),
+                t AS (SELECT vendor, kind, COUNT(*) AS held, MIN(free_at) AS free
+                      FROM rate_turns, c WHERE free_at > c.now GROUP BY vendor, kind),
+                k AS (SELECT vendor, kind FROM w UNION SELECT vendor, kind FROM t)
+                SELECT k.vendor, k.kind, COALESCE(w.minute, 0), COALESCE(w.hour, 0),
+                       COALESCE(w.waited, 0.0), w.last, COALESCE(t.held, 0), t.free
+                FROM k LEFT JOIN w USING (vendor, kind) LEFT JOIN t USING (vendor, kind)
+                ORDER BY k.vendor, k.kind"""
+        )
+        return [RateWaits(*row) for row in rows]
+
+    # ---- the console's sessions --------------------------------------------------------
+
+    async def add_console_session(self, session: ConsoleSession) -> None:
+        await self.execute(
+            "INSERT INTO console_sessions (id, operator, created_at, expires_at, ended_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (session.id, session.operator, session.created_at, session.expires_at, None),
+        )
+
+    async def console_session(self, session_id: str) -> ConsoleSession | None:
+        rows = await self.db.execute_fetchall(
+            "SELECT id, operator, created_at, expires_at, ended_at FROM console_sessions"
+            " WHERE id = ?",
+            (session_id,),
+        )
+        return ConsoleSession(*rows[0]) if rows else None
+
+    async def end_console_session(self, session_id: str, ended_at: float) -> bool:
+        rows = await self.execute(
+            "UPDATE console_sessions SET ended_at = ? WHERE id = ? AND ended_at IS NULL"
+            " RETURNING id",
+            (ended_at, session_id),
+        )
+        return bool(rows)
+
     # ---- clean-up ----------------------------------------------------------------------
 
     async def cleanup(self, retention_days: float, max_bytes: int | None = None) -> int:
         cutoff = time.time() - retention_days * 86400
+        await self.execute("DELETE FROM console_sessions WHERE expires_at < ?", (time.time(),))
+        await self.execute(
+            f"DELETE FROM rate_waits WHERE minute < CAST(({NOW} - 86400) / 60 AS INTEGER)"
+        )
         await self.execute(
             "DELETE FROM task_blobs WHERE task_id IN (SELECT id FROM tasks"
             " WHERE finished_at IS NOT NULL AND finished_at < ?)",

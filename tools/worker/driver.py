@@ -280,6 +280,15 @@ class Driver:
                 await self._update(
                     record, progress=f"{vendor.name}: {exc.code}, retry {attempt} in {wait:.0f} s"
                 )
+                # the console's log: what went wrong (the row shows only the retry's count)
+                await self.store.add_step(
+                    record.id,
+                    "retry",
+                    vendor=vendor.name,
+                    worker=self.worker_id,
+                    code=exc.code,
+                    detail=f"{'submit' if submitting else 'poll'}: {exc.message}"[:1000],
+                )
                 await asyncio.sleep(wait)
 
     async def _wait(
