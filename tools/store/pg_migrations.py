@@ -272,3 +272,14 @@ async def m011_console_indexes(db: asyncpg.Connection) -> None:
     await db.execute("CREATE INDEX tasks_status_seq ON tasks (status, seq)")
     await db.execute("CREATE INDEX tasks_vendor_seq ON tasks (vendor, seq)")
     await db.execute("CREATE INDEX tasks_created ON tasks (created_at)")
+
+
+@migration
+async def m014_idempotency_requests(db: asyncpg.Connection) -> None:
+    """Each keyed task keeps its request's fingerprint, so that a key sent again with another
+    request is refused rather than answered with this task; keys expire, so tasks still
+    holding one are found by age."""
+    await db.execute("ALTER TABLE tasks ADD COLUMN request_fingerprint TEXT")
+    await db.execute(
+        "CREATE INDEX tasks_keyed_created ON tasks (created_at) WHERE idempotency_key IS NOT NULL"
+    )

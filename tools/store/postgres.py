@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from tools import idempotency
 from tools.errors import NotFound, StorageFull
 from tools.media import InputImage
 from tools.models import LOCAL_OWNER, BudgetLimits, ImageFailure, ResultImage, TaskStatus
@@ -426,11 +427,15 @@ class PostgresStore(Store):
         key: str | None = None,
         created_at: float | None = None,
         admission: Admission | None = None,
+        fingerprint: str | None = None,
+        keys_since: float | None = None,
     ) -> TaskRecord:
         """A new queued task and its links, in one statement; with ``key``, the task already
-        made with that key if any. With an ``admission``, the owner's use is counted and
-        the task stored in one transaction holding the owner's advisory lock: the owner's
-        other requests wait for it, then count this task."""
+        made with that key if any (or IdempotencyConflict). With an ``admission``, the
+        owner's use is counted and the task stored in one transaction holding the owner's
+        advisory lock: the owner's other requests wait for it, then count this task. With a
+        ``key``, the transaction holds the key's advisory lock too (after the owner's): the
+        key's other requests wait, then find this task."""
         links = [("input", i, sha) for i, sha in enumerate(inputs)]
         if mask:
             links.append(("mask", 0, mask))
@@ -449,32 +454,55 @@ class PostgresStore(Store):
             idxs,
             shas,
             created_at,
+            fingerprint if key is not None else None,
         )
-        if admission is None or owner is None:
+        admitting = admission is not None and owner is not None
+        if key is None and not admitting:
             row = await self.pool.fetchrow(_CREATE, *values)
         else:
             async with self.pool.acquire() as db, db.transaction():
-                await db.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"owner:{owner}"
-                )
-                if key is not None and (made := await self._by_key(db, key)) is not None:
-                    return made
-                admission.check(await self._usage(db, owner, admission.windows))
+                if admitting:
+                    await db.execute(_LOCK, f"owner:{owner}")
+                if key is not None:
+                    await db.execute(_LOCK, f"key:{key}")
+                    if (made := await self._by_key(db, key)) is not None:
+                        if keys_since is None or made.created_at >= keys_since:
+                            return idempotency.answer(made, fingerprint)
+                        await db.execute(  # expired: the key is free for this request
+                            "UPDATE tasks SET idempotency_key = NULL WHERE id = $1", made.id
+                        )
+                if admission is not None and owner is not None:
+                    admission.check(await self._usage(db, owner, admission.windows))
                 row = await db.fetchrow(_CREATE, *values)
         self._linked(shas)
-        if row is None:  # made before with this key
+        if row is None:  # made with this key by a process that took no lock (an older one)
             made = await self.find_by_key(key or "")
             if made is None:
                 raise NotFound(f"no task with key {key!r}")  # deleted between the two reads
-            return made
+            return idempotency.answer(made, fingerprint)
         return TaskRecord.from_row(row)
 
-    async def _by_key(self, db: asyncpg.Pool | asyncpg.Connection, key: str) -> TaskRecord | None:
-        row = await db.fetchrow("SELECT * FROM tasks WHERE idempotency_key = $1", key)
+    async def _by_key(
+        self, db: asyncpg.Pool | asyncpg.Connection, key: str, since: float | None = None
+    ) -> TaskRecord | None:
+        row = await db.fetchrow(
+            "SELECT * FROM tasks WHERE idempotency_key = $1"
+            " AND created_at >= COALESCE($2::float8, 0)",
+            key,
+            since,
+        )
         return TaskRecord.from_row(row) if row else None
 
-    async def find_by_key(self, key: str) -> TaskRecord | None:
-        return await self._by_key(self.pool, key)
+    async def find_by_key(self, key: str, *, since: float | None = None) -> TaskRecord | None:
+        return await self._by_key(self.pool, key, since)
+
+    async def expire_keys(self, before: float) -> int:
+        rows = await self.pool.fetch(
+            "UPDATE tasks SET idempotency_key = NULL"
+            " WHERE idempotency_key IS NOT NULL AND created_at < $1 RETURNING 1",
+            before,
+        )
+        return len(rows)
 
     async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:
         if owner is None:
@@ -994,14 +1022,17 @@ _UNPEND = """unpended AS (
             )"""
 
 
+#: A transaction's advisory lock on a name ("owner:…", "key:…"), held until it ends.
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+
 #: A new queued task and its links: one statement (parameters as ``create_task`` passes
 #: them; a NULL created_at is the database's clock).
 _CREATE = f"""
     WITH new AS (
         INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,
-            created_at, updated_at, notes, idempotency_key)
+            created_at, updated_at, notes, idempotency_key, request_fingerprint)
         VALUES ($1, 'queued', $2, $3, $4, $5, $6::jsonb, $7, COALESCE($13::float8, {NOW}),
-            {NOW}, $8::jsonb, $9)
+            {NOW}, $8::jsonb, $9, $14)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING *
     ), linked AS (

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiosqlite
 
+from tools import idempotency
 from tools.errors import NotFound, StorageFull
 from tools.media import InputImage
 from tools.models import LOCAL_OWNER, BudgetLimits, ImageFailure, ResultImage, TaskStatus
@@ -346,21 +347,27 @@ class SQLiteStore(Store):
         key: str | None = None,
         created_at: float | None = None,
         admission: Admission | None = None,
+        fingerprint: str | None = None,
+        keys_since: float | None = None,
     ) -> TaskRecord:
-        """A new queued task; with ``key``, the task already made with that key if any.
-        The transaction is immediate: it holds the database's write lock from the start, so
-        an admission's count and the insert are one step for every process."""
+        """A new queued task; with ``key``, the task already made with that key if any (or
+        IdempotencyConflict). The transaction is immediate: it holds the database's write
+        lock from the start, so reading the key, an admission's count and the insert are
+        one step for every process."""
         task_id, now = new_task_id(), time.time()
         async with self.transaction() as db:
+            if key is not None and (made := await self._by_key(db, key)) is not None:
+                if keys_since is None or made.created_at >= keys_since:
+                    return idempotency.answer(made, fingerprint)
+                await db.execute(  # expired: the key is free for this request
+                    "UPDATE tasks SET idempotency_key = NULL WHERE id = ?", (made.id,)
+                )
             if admission is not None and owner is not None:
-                if key is not None and (made := await self._by_key(db, key)) is not None:
-                    return made
                 admission.check(await self._usage(db, owner, admission.windows))
             rows = await db.execute_fetchall(
                 "INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,"
-                " created_at, updated_at, notes, idempotency_key)"
-                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+                " created_at, updated_at, notes, idempotency_key, request_fingerprint)"
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 f" RETURNING {', '.join(COLUMNS)}",
                 (
                     task_id,
@@ -374,12 +381,9 @@ class SQLiteStore(Store):
                     now,
                     json.dumps(notes or []),
                     key,
+                    fingerprint if key is not None else None,
                 ),
             )
-            if not rows:  # made before with this key
-                made = await self._by_key(db, key or "")
-                assert made is not None  # the conflict was with it, in this transaction
-                return made
             links = [(task_id, "input", i, sha) for i, sha in enumerate(inputs)]
             if mask:
                 links.append((task_id, "mask", 0, mask))
@@ -389,12 +393,25 @@ class SQLiteStore(Store):
         self._linked([*inputs, mask])
         return TaskRecord.from_row(next(iter(rows)))
 
-    async def _by_key(self, db: aiosqlite.Connection, key: str) -> TaskRecord | None:
-        rows = await db.execute_fetchall("SELECT * FROM tasks WHERE idempotency_key = ?", (key,))
+    async def _by_key(
+        self, db: aiosqlite.Connection, key: str, since: float | None = None
+    ) -> TaskRecord | None:
+        rows = await db.execute_fetchall(
+            "SELECT * FROM tasks WHERE idempotency_key = ? AND created_at >= COALESCE(?, 0)",
+            (key, since),
+        )
         return TaskRecord.from_row(rows[0]) if rows else None
 
-    async def find_by_key(self, key: str) -> TaskRecord | None:
-        return await self._by_key(self.db, key)
+    async def find_by_key(self, key: str, *, since: float | None = None) -> TaskRecord | None:
+        return await self._by_key(self.db, key, since)
+
+    async def expire_keys(self, before: float) -> int:
+        rows = await self.execute(
+            "UPDATE tasks SET idempotency_key = NULL"
+            " WHERE idempotency_key IS NOT NULL AND created_at < ? RETURNING 1",
+            (before,),
+        )
+        return len(rows)
 
     async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:
         rows = await self.db.execute_fetchall(

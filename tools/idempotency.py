@@ -1,0 +1,83 @@
+"""What makes two requests "the same" for an idempotency key: the request's fingerprint.
+
+A key sent again returns the task it started only if the request is the same one; another
+request under a used key is an ``IdempotencyConflict``. "The same" is everything that
+changes what is done: the function, prompt, parameters, options, ``n``, the vendor asked
+for, and each image — a ``data:`` URI by the SHA-256 of its bytes (so the same image
+encoded again is the same), any other source (URL, upload, earlier result, path) by what
+it says. Not what only changes how the caller waits (``wait_seconds``, progress, timings):
+those are not part of an ``EditRequest``.
+
+A fingerprint is ``v1:<sha256 hex>`` of the canonical JSON (keys sorted, every field with
+its default spelled out). A future definition gets another version: fingerprints of
+different versions are not compared (a key then returns its task as before fingerprints).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Protocol, TypeVar
+from urllib.parse import unquote_to_bytes
+
+from tools.errors import IdempotencyConflict
+from tools.models import EditRequest
+
+VERSION = "v1"
+
+
+def fingerprint(request: EditRequest) -> str:
+    """The request's fingerprint (see the module's docstring)."""
+    data = request.model_dump(mode="json")
+    data["images"] = [_source(s) for s in request.images]
+    if request.mask is not None:
+        data["mask"] = _source(request.mask)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"{VERSION}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+
+class Keyed(Protocol):
+    """A task as a key found it (the store's TaskRecord)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def request_fingerprint(self) -> str | None: ...
+
+
+K = TypeVar("K", bound=Keyed)
+
+
+def answer(made: K, fingerprint: str | None) -> K:
+    """What a key that started ``made`` answers to a request of ``fingerprint``: that task
+    if the requests are the same (or cannot be compared), else IdempotencyConflict."""
+    first = made.request_fingerprint
+    if comparable(first, fingerprint) and first != fingerprint:
+        raise IdempotencyConflict(made.id)
+    return made
+
+
+def comparable(first: str | None, second: str | None) -> bool:
+    """Whether two fingerprints can tell requests apart: both known, of one version (a
+    task stored before fingerprints, or a caller that gives none, is not compared)."""
+    if first is None or second is None:
+        return False
+    return first.partition(":")[0] == second.partition(":")[0]
+
+
+def _source(source: str) -> str:
+    """An image source as the fingerprint holds it: a data: URI by its bytes' hash."""
+    source = source.strip()  # as media.load reads it
+    if source[:5].lower() != "data:":
+        return source
+    header, _, payload = source.partition(",")
+    try:
+        if header.lower().endswith(";base64"):
+            data = base64.b64decode(payload, validate=True)
+        else:
+            data = unquote_to_bytes(payload)
+    except (binascii.Error, ValueError):
+        data = source.encode()  # refused later as malformed; still one fingerprint
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
