@@ -124,6 +124,7 @@ class IdempotencyConflict(RetouchError):
             "for a new request",
             task_id=task_id,
         )
+        self.task_id = task_id
 
 
 class StorageError(RetouchError):
