@@ -184,6 +184,7 @@ async def test_a_sqlite_store_moves_into_postgresql_and_a_second_run_changes_not
     assert first == {
         "blobs": 7,  # 3 inputs, 3 results, 1 upload (the canceled task shares an input)
         "tasks": 4,
+        "idempotency_requests": 3,  # the three keyed tasks' fingerprints
         "task_blobs": 7,
         "uploads": 1,
         "users": 1,
@@ -376,6 +377,7 @@ def test_the_core_declares_its_tables_in_reference_order() -> None:
     assert [t.name for t in CORE.tables] == [
         "blobs",
         "tasks",
+        "idempotency_requests",
         "task_blobs",
         "uploads",
         "users",

@@ -19,7 +19,6 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Protocol, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from tools.errors import IdempotencyConflict
@@ -38,25 +37,12 @@ def fingerprint(request: EditRequest) -> str:
     return f"{VERSION}:{hashlib.sha256(canonical.encode()).hexdigest()}"
 
 
-class Keyed(Protocol):
-    """A task as a key found it (the store's TaskRecord)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def request_fingerprint(self) -> str | None: ...
-
-
-K = TypeVar("K", bound=Keyed)
-
-
-def answer(made: K, fingerprint: str | None) -> K:
-    """What a key that started ``made`` answers to a request of ``fingerprint``: that task
-    if the requests are the same (or cannot be compared), else IdempotencyConflict."""
-    first = made.request_fingerprint
-    if comparable(first, fingerprint) and first != fingerprint:
-        raise IdempotencyConflict(made.id)
-    return made
+def check(task_id: str, first: str | None, again: str | None) -> None:
+    """A key that started task ``task_id`` for a request of fingerprint ``first``, sent
+    again with a request of fingerprint ``again``: IdempotencyConflict unless they are the
+    same (or cannot be compared)."""
+    if comparable(first, again) and first != again:
+        raise IdempotencyConflict(task_id)
 
 
 def comparable(first: str | None, second: str | None) -> bool:

@@ -225,8 +225,8 @@ class Editor:
             key = key if owner is None else _owners_key(owner, key)
             fingerprint = idempotency.fingerprint(request)
             keys_since = self.keys_since()
-            if (known := await self.store.find_by_key(key, since=keys_since)) is not None:
-                idempotency.answer(known, fingerprint)
+            known = await self.store.find_by_key(key, since=keys_since, fingerprint=fingerprint)
+            if known is not None:  # the same request: its task, nothing new started
                 if wait_seconds > 0:
                     return await self.check_task(known.id, wait_seconds, on_progress)
                 return known.public()

@@ -13,6 +13,8 @@ from tools import media
 from tools.errors import IdempotencyConflict
 from tools.store import Store
 from tools.store.base import Admission, OwnerUsage, TaskRecord, Windows
+from tools.store.postgres import PostgresStore
+from tools.store.sqlite import SQLiteStore
 
 A, B = "v1:" + "a" * 64, "v1:" + "b" * 64  # two requests' fingerprints
 T0 = 1_000_000.0  # an injected clock: tasks are made at T0 + whatever the test says
@@ -34,6 +36,15 @@ async def keyed(store: Store, key: str, fingerprint: str | None = A, **extra: An
     )
 
 
+async def fingerprints(store: Store) -> int:
+    """How many requests' fingerprints the store keeps (in its own table: read as SQL)."""
+    sql = "SELECT count(*) FROM idempotency_requests"
+    if isinstance(store, SQLiteStore):
+        return int((await store.db.execute_fetchall(sql))[0][0])
+    assert isinstance(store, PostgresStore)
+    return int(await store.pool.fetchval(sql))
+
+
 def roomy() -> Admission:
     """An admission that lets everything in (the owner's use is still counted, under the
     owner's lock where the backend takes one)."""
@@ -48,7 +59,11 @@ async def test_the_same_request_gets_the_first_task_and_another_a_conflict_namin
     store: Store,
 ) -> None:
     first = await keyed(store, "k1", created_at=T0)
-    assert first.request_fingerprint == A and first.idempotency_key == "k1"
+    assert first.idempotency_key == "k1"
+    found = await store.find_by_key("k1", fingerprint=A)
+    assert found is not None and found.id == first.id
+    with pytest.raises(IdempotencyConflict, match=first.id):
+        await store.find_by_key("k1", fingerprint=B)
     assert (await keyed(store, "k1", created_at=T0 + 5)).id == first.id
     with pytest.raises(IdempotencyConflict, match=f"different request.*task {first.id}") as exc:
         await keyed(store, "k1", B, created_at=T0 + 5)
@@ -57,8 +72,8 @@ async def test_the_same_request_gets_the_first_task_and_another_a_conflict_namin
     # a caller with no fingerprint, or a task stored before fingerprints, is not compared
     assert (await keyed(store, "k1", None)).id == first.id
     legacy = await keyed(store, "k2", None)
-    assert legacy.request_fingerprint is None
     assert (await keyed(store, "k2", B)).id == legacy.id
+    assert await fingerprints(store) == 1  # none stored without one
     # another version of the fingerprint cannot tell requests apart either
     assert (await keyed(store, "k1", "v2:" + "c" * 64)).id == first.id
     assert len(await store.list()) == 2
@@ -72,7 +87,7 @@ async def test_a_key_expires_and_then_starts_a_new_task(store: Store) -> None:
     # a day later the key is free: even another request under it starts a task
     assert await store.find_by_key("k", since=T0 + 1) is None
     second = await keyed(store, "k", B, created_at=T0 + day + 1, keys_since=T0 + 1)
-    assert second.id != first.id and second.request_fingerprint == B
+    assert second.id != first.id
     assert (await store.get(first.id)).idempotency_key is None  # taken from the old task
     found = await store.find_by_key("k", since=T0 + 1)
     assert found is not None and found.id == second.id
@@ -86,8 +101,10 @@ async def test_expired_keys_are_pruned(store: Store) -> None:
     unkeyed = await store.create_task(
         function="adjust", vendor="local", prompt="", n=1, request={}, inputs=[], mask=None
     )
+    assert await fingerprints(store) == 4
     assert await store.expire_keys(T0 + 50) == 3
     assert await store.expire_keys(T0 + 50) == 0
+    assert await fingerprints(store) == 1  # the fingerprints went with the keys
     for task_id in old:
         record = await store.get(task_id)
         assert record.idempotency_key is None and record.status == "queued"  # task kept
@@ -124,7 +141,9 @@ async def test_twenty_different_requests_at_once_under_one_key_one_task_and_conf
     conflicts = [o for o in outcomes if isinstance(o, IdempotencyConflict)]
     assert len(made) == 1 and len(conflicts) == 19, outcomes
     assert all(c.details["task_id"] == made[0].id for c in conflicts)
-    assert made[0].request_fingerprint == prints[outcomes.index(made[0])]
+    winner = prints[outcomes.index(made[0])]
+    found = await twin.find_by_key("once", fingerprint=winner)
+    assert found is not None and found.id == made[0].id
     assert [r.id for r in await store.list()] == [made[0].id]
 
 

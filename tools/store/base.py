@@ -80,7 +80,6 @@ class TaskRecord:
     currency: str | None
     cancel_requested: int
     idempotency_key: str | None = None
-    request_fingerprint: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> TaskRecord:
@@ -377,14 +376,16 @@ class Store(abc.ABC):
         once, from any number of processes, make one task."""
 
     @abc.abstractmethod
-    async def find_by_key(self, key: str, *, since: float | None = None) -> TaskRecord | None:
+    async def find_by_key(
+        self, key: str, *, since: float | None = None, fingerprint: str | None = None
+    ) -> TaskRecord | None:
         """The task made with ``key`` (at or after ``since``: an older one's key has
-        expired), or None."""
+        expired), or None; IdempotencyConflict if its request had another ``fingerprint``."""
 
     @abc.abstractmethod
     async def expire_keys(self, before: float) -> int:
-        """Take their idempotency keys from tasks made before ``before`` (the keys have
-        expired: each may start a new task); how many."""
+        """Take their idempotency keys (and their requests' fingerprints) from tasks made
+        before ``before``: the keys have expired, each may start a new task. How many."""
 
     @abc.abstractmethod
     async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:

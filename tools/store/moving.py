@@ -86,6 +86,7 @@ CORE = TableSet(
     (
         Table("blobs", ("sha256",), fill=_PENDING, blobs=True),
         Table("tasks", ("id",), order=("seq",)),
+        Table("idempotency_requests", ("task_id",)),
         Table("task_blobs", ("task_id", "role", "idx")),
         Table("uploads", ("id",)),
         Table("users", ("name",)),

@@ -276,10 +276,17 @@ async def m011_console_indexes(db: asyncpg.Connection) -> None:
 
 @migration
 async def m014_idempotency_requests(db: asyncpg.Connection) -> None:
-    """Each keyed task keeps its request's fingerprint, so that a key sent again with another
-    request is refused rather than answered with this task; keys expire, so tasks still
-    holding one are found by age."""
-    await db.execute("ALTER TABLE tasks ADD COLUMN request_fingerprint TEXT")
+    """The fingerprint of each keyed task's request (``tools.idempotency``), so that its key
+    sent again with another request is refused, not answered with this task; and the keyed
+    tasks by age, for the keys that expire. A row lives while its task holds the key."""
+    await db.execute(
+        """
+        CREATE TABLE idempotency_requests (
+            task_id TEXT PRIMARY KEY REFERENCES tasks (id) ON DELETE CASCADE,
+            fingerprint TEXT NOT NULL
+        )
+        """
+    )
     await db.execute(
         "CREATE INDEX tasks_keyed_created ON tasks (created_at) WHERE idempotency_key IS NOT NULL"
     )

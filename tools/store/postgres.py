@@ -465,44 +465,68 @@ class PostgresStore(Store):
                     await db.execute(_LOCK, f"owner:{owner}")
                 if key is not None:
                     await db.execute(_LOCK, f"key:{key}")
-                    if (made := await self._by_key(db, key)) is not None:
+                    if (found := await self._by_key(db, key)) is not None:
+                        made, first = found
                         if keys_since is None or made.created_at >= keys_since:
-                            return idempotency.answer(made, fingerprint)
-                        await db.execute(  # expired: the key is free for this request
-                            "UPDATE tasks SET idempotency_key = NULL WHERE id = $1", made.id
-                        )
+                            idempotency.check(made.id, first, fingerprint)
+                            return made
+                        await db.execute(_FREE_KEYS, [made.id])  # expired: free for this one
                 if admission is not None and owner is not None:
                     admission.check(await self._usage(db, owner, admission.windows))
                 row = await db.fetchrow(_CREATE, *values)
         self._linked(shas)
         if row is None:  # made with this key by a process that took no lock (an older one)
-            made = await self.find_by_key(key or "")
+            made = await self.find_by_key(key or "", fingerprint=fingerprint)
             if made is None:
                 raise NotFound(f"no task with key {key!r}")  # deleted between the two reads
-            return idempotency.answer(made, fingerprint)
+            return made
         return TaskRecord.from_row(row)
 
     async def _by_key(
         self, db: asyncpg.Pool | asyncpg.Connection, key: str, since: float | None = None
-    ) -> TaskRecord | None:
+    ) -> tuple[TaskRecord, str | None] | None:
+        """The task holding ``key`` (made at or after ``since``) and its request's
+        fingerprint."""
         row = await db.fetchrow(
-            "SELECT * FROM tasks WHERE idempotency_key = $1"
-            " AND created_at >= COALESCE($2::float8, 0)",
+            "SELECT tasks.*, r.fingerprint AS _fingerprint FROM tasks"
+            " LEFT JOIN idempotency_requests r ON r.task_id = tasks.id"
+            " WHERE idempotency_key = $1 AND created_at >= COALESCE($2::float8, 0)",
             key,
             since,
         )
-        return TaskRecord.from_row(row) if row else None
+        if row is None:
+            return None
+        data = dict(row)
+        first = data.pop("_fingerprint")
+        return TaskRecord.from_row(data), first
 
-    async def find_by_key(self, key: str, *, since: float | None = None) -> TaskRecord | None:
-        return await self._by_key(self.pool, key, since)
+    async def find_by_key(
+        self, key: str, *, since: float | None = None, fingerprint: str | None = None
+    ) -> TaskRecord | None:
+        found = await self._by_key(self.pool, key, since)
+        if found is None:
+            return None
+        idempotency.check(found[0].id, found[1], fingerprint)
+        return found[0]
 
     async def expire_keys(self, before: float) -> int:
-        rows = await self.pool.fetch(
-            "UPDATE tasks SET idempotency_key = NULL"
-            " WHERE idempotency_key IS NOT NULL AND created_at < $1 RETURNING 1",
-            before,
+        return int(
+            await self.pool.fetchval(
+                """
+                WITH old AS (
+                    SELECT id FROM tasks
+                    WHERE idempotency_key IS NOT NULL AND created_at < $1 FOR UPDATE
+                ), gone AS (
+                    DELETE FROM idempotency_requests r USING old WHERE r.task_id = old.id
+                ), freed AS (
+                    UPDATE tasks t SET idempotency_key = NULL FROM old WHERE t.id = old.id
+                    RETURNING 1
+                )
+                SELECT count(*) FROM freed
+                """,
+                before,
+            )
         )
-        return len(rows)
 
     async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:
         if owner is None:
@@ -1025,16 +1049,25 @@ _UNPEND = """unpended AS (
 #: A transaction's advisory lock on a name ("owner:…", "key:…"), held until it ends.
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 
+#: Expired keys taken from their tasks ($1: the tasks' ids), their fingerprints with them.
+_FREE_KEYS = """
+    WITH gone AS (DELETE FROM idempotency_requests WHERE task_id = ANY($1::text[]))
+    UPDATE tasks SET idempotency_key = NULL WHERE id = ANY($1::text[])"""
+
 #: A new queued task and its links: one statement (parameters as ``create_task`` passes
 #: them; a NULL created_at is the database's clock).
 _CREATE = f"""
     WITH new AS (
         INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,
-            created_at, updated_at, notes, idempotency_key, request_fingerprint)
+            created_at, updated_at, notes, idempotency_key)
         VALUES ($1, 'queued', $2, $3, $4, $5, $6::jsonb, $7, COALESCE($13::float8, {NOW}),
-            {NOW}, $8::jsonb, $9, $14)
+            {NOW}, $8::jsonb, $9)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING *
+    ), fingerprinted AS (
+        INSERT INTO idempotency_requests (task_id, fingerprint)
+        SELECT new.id, $14::text FROM new
+        WHERE new.idempotency_key IS NOT NULL AND $14::text IS NOT NULL
     ), linked AS (
         INSERT INTO task_blobs (task_id, role, idx, sha256)
         SELECT new.id, l.role, l.idx, l.sha

@@ -356,18 +356,18 @@ class SQLiteStore(Store):
         one step for every process."""
         task_id, now = new_task_id(), time.time()
         async with self.transaction() as db:
-            if key is not None and (made := await self._by_key(db, key)) is not None:
+            if key is not None and (found := await self._by_key(db, key)) is not None:
+                made, first = found
                 if keys_since is None or made.created_at >= keys_since:
-                    return idempotency.answer(made, fingerprint)
-                await db.execute(  # expired: the key is free for this request
-                    "UPDATE tasks SET idempotency_key = NULL WHERE id = ?", (made.id,)
-                )
+                    idempotency.check(made.id, first, fingerprint)
+                    return made
+                await self._free_keys(db, [made.id])  # expired: free for this request
             if admission is not None and owner is not None:
                 admission.check(await self._usage(db, owner, admission.windows))
             rows = await db.execute_fetchall(
                 "INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,"
-                " created_at, updated_at, notes, idempotency_key, request_fingerprint)"
-                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " created_at, updated_at, notes, idempotency_key)"
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 f" RETURNING {', '.join(COLUMNS)}",
                 (
                     task_id,
@@ -381,9 +381,13 @@ class SQLiteStore(Store):
                     now,
                     json.dumps(notes or []),
                     key,
-                    fingerprint if key is not None else None,
                 ),
             )
+            if key is not None and fingerprint is not None:
+                await db.execute(
+                    "INSERT INTO idempotency_requests (task_id, fingerprint) VALUES (?, ?)",
+                    (task_id, fingerprint),
+                )
             links = [(task_id, "input", i, sha) for i, sha in enumerate(inputs)]
             if mask:
                 links.append((task_id, "mask", 0, mask))
@@ -395,23 +399,45 @@ class SQLiteStore(Store):
 
     async def _by_key(
         self, db: aiosqlite.Connection, key: str, since: float | None = None
-    ) -> TaskRecord | None:
+    ) -> tuple[TaskRecord, str | None] | None:
+        """The task holding ``key`` (made at or after ``since``) and its request's
+        fingerprint."""
         rows = await db.execute_fetchall(
-            "SELECT * FROM tasks WHERE idempotency_key = ? AND created_at >= COALESCE(?, 0)",
+            "SELECT tasks.*, r.fingerprint AS _fingerprint FROM tasks"
+            " LEFT JOIN idempotency_requests r ON r.task_id = tasks.id"
+            " WHERE idempotency_key = ? AND created_at >= COALESCE(?, 0)",
             (key, since),
         )
-        return TaskRecord.from_row(rows[0]) if rows else None
+        if not rows:
+            return None
+        data = dict(rows[0])
+        first = data.pop("_fingerprint")
+        return TaskRecord.from_row(data), first
 
-    async def find_by_key(self, key: str, *, since: float | None = None) -> TaskRecord | None:
-        return await self._by_key(self.db, key, since)
+    async def find_by_key(
+        self, key: str, *, since: float | None = None, fingerprint: str | None = None
+    ) -> TaskRecord | None:
+        found = await self._by_key(self.db, key, since)
+        if found is None:
+            return None
+        idempotency.check(found[0].id, found[1], fingerprint)
+        return found[0]
+
+    async def _free_keys(self, db: aiosqlite.Connection, task_ids: list[str]) -> None:
+        marks = ", ".join("?" * len(task_ids))
+        await db.execute(f"UPDATE tasks SET idempotency_key = NULL WHERE id IN ({marks})", task_ids)
+        await db.execute(f"DELETE FROM idempotency_requests WHERE task_id IN ({marks})", task_ids)
 
     async def expire_keys(self, before: float) -> int:
-        rows = await self.execute(
-            "UPDATE tasks SET idempotency_key = NULL"
-            " WHERE idempotency_key IS NOT NULL AND created_at < ? RETURNING 1",
-            (before,),
-        )
-        return len(rows)
+        async with self.transaction() as db:
+            rows = await db.execute_fetchall(
+                "SELECT id FROM tasks WHERE idempotency_key IS NOT NULL AND created_at < ?",
+                (before,),
+            )
+            ids = [r[0] for r in rows]
+            for start in range(0, len(ids), 500):
+                await self._free_keys(db, ids[start : start + 500])
+        return len(ids)
 
     async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:
         rows = await self.db.execute_fetchall(
