@@ -104,8 +104,9 @@ async def test_two_processes_starting_at_once_migrate_once(tmp_path: Path) -> No
         await db.close()
     assert sorted(r[0] for r in rows) == sorted(step.__name__ for step in CORE)
     assert {r[1] for r in rows} == {1}
-    # _migrations, tasks, blobs, task_blobs, uploads, rate_turns, users, budget_overrides
-    assert tables == 8
+    # _migrations, tasks, blobs, task_blobs, uploads, rate_turns, users, budget_overrides,
+    # idempotency_requests
+    assert tables == 9
 
 
 # ---- claims --------------------------------------------------------------------------------

@@ -114,6 +114,26 @@ async def test_expired_keys_are_pruned(store: Store) -> None:
     assert (await keyed(store, "old0", B)).id not in old  # free again
 
 
+async def test_a_key_being_stored_is_never_found_without_its_fingerprint(store: Store) -> None:
+    """Looked for while its task is being stored (in this process, on the same connection):
+    not there yet, or there with the fingerprint that makes another request a conflict."""
+
+    async def watch() -> list[TaskRecord | None]:
+        seen: list[TaskRecord | None] = []
+        while True:
+            try:
+                seen.append(await store.find_by_key("k", fingerprint=B))
+            except IdempotencyConflict:
+                return seen
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    await keyed(store, "k", A)
+    seen = await asyncio.wait_for(watcher, 30)
+    assert seen and all(found is None for found in seen)
+
+
 @pytest.mark.parametrize("admitted", [False, True], ids=["plain", "admitted"])
 async def test_twenty_calls_at_once_with_one_key_and_request_make_one_task(
     store: Store, twin: Store, admitted: bool
@@ -131,11 +151,16 @@ async def test_twenty_calls_at_once_with_one_key_and_request_make_one_task(
 async def test_twenty_different_requests_at_once_under_one_key_one_task_and_conflicts(
     store: Store, twin: Store, admitted: bool
 ) -> None:
+    """Each call looks for the key first, as the Editor does, then creates."""
     extra: dict[str, Any] = {"owner": "alice", "admission": roomy()} if admitted else {}
     prints = [f"v1:{i:064x}" for i in range(20)]
+
+    async def ask(store: Store, fingerprint: str) -> TaskRecord:
+        found = await store.find_by_key("once", fingerprint=fingerprint)
+        return found if found is not None else await keyed(store, "once", fingerprint, **extra)
+
     outcomes = await asyncio.gather(
-        *(keyed([store, twin][i % 2], "once", p, **extra) for i, p in enumerate(prints)),
-        return_exceptions=True,
+        *(ask([store, twin][i % 2], p) for i, p in enumerate(prints)), return_exceptions=True
     )
     made = [o for o in outcomes if isinstance(o, TaskRecord)]
     conflicts = [o for o in outcomes if isinstance(o, IdempotencyConflict)]

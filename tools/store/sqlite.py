@@ -417,7 +417,10 @@ class SQLiteStore(Store):
     async def find_by_key(
         self, key: str, *, since: float | None = None, fingerprint: str | None = None
     ) -> TaskRecord | None:
-        found = await self._by_key(self.db, key, since)
+        # Between writers: on the one connection, a transaction under way would show its
+        # task before the fingerprint that goes with it.
+        async with self._write:
+            found = await self._by_key(self.db, key, since)
         if found is None:
             return None
         idempotency.check(found[0].id, found[1], fingerprint)
