@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import MakeSettings, data_uri, png
+from tests.pg import empty_url
+from tests.test_postgres import pg_settings
 from tests.test_users import ALICE, BOB, serve, text, users_toml
 from tools.config import Settings
 from tools.errors import ConfigError, IdempotencyConflict
@@ -127,16 +129,25 @@ async def test_expired_keys_are_taken_from_their_tasks_as_the_editor_cleans_up(
     assert record.idempotency_key is None and record.id == made.id  # the task itself stays
 
 
-async def test_twenty_edits_at_once_under_one_key(settings: Settings) -> None:
-    async with Editor(settings, run_worker=False) as editor:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, make_settings: MakeSettings) -> Settings:
+    if request.param == "sqlite":
+        return make_settings()
+    return pg_settings(make_settings, await empty_url())
+
+
+async def test_twenty_edits_at_once_under_one_key_from_two_processes(backend: Settings) -> None:
+    """Two Editors on one store (as two processes), ten calls each, on either backend."""
+    async with Editor(backend, run_worker=False) as one, Editor(backend, run_worker=False) as two:
+        editors = [one, two] * 10
         same = await asyncio.gather(
-            *(editor.edit_image(req(), owner="alice", key="same") for _ in range(20))
+            *(e.edit_image(req(), owner="alice", key="same") for e in editors)
         )
         assert len({t.id for t in same}) == 1
         outcomes = await asyncio.gather(
             *(
-                editor.edit_image(req(watermark=f"m{i}"), owner="alice", key="mixed")
-                for i in range(20)
+                e.edit_image(req(watermark=f"m{i}"), owner="alice", key="mixed")
+                for i, e in enumerate(editors)
             ),
             return_exceptions=True,
         )
@@ -144,7 +155,7 @@ async def test_twenty_edits_at_once_under_one_key(settings: Settings) -> None:
         conflicts = [o for o in outcomes if isinstance(o, IdempotencyConflict)]
         assert len(made) == 1 and len(conflicts) == 19, outcomes
         assert {c.details["task_id"] for c in conflicts} == {made[0].id}
-        assert len(await editor.list_tasks(owner="alice")) == 2
+        assert len(await two.list_tasks(owner="alice")) == 2
 
 
 # ---- through the MCP SDK's client ----------------------------------------------------------------
