@@ -60,9 +60,7 @@ def test_the_fingerprint_ignores_spelling_and_sees_everything_that_changes_the_w
     ]
     prints = [fingerprint(r) for r in different]
     assert len(set(prints)) == len(prints) and base not in prints
-    # a data: URI is known by its bytes, whatever its encoding; a malformed one by its text
-    quoted = "data:image/png," + "".join(f"%{b:02x}" for b in png())
-    assert fingerprint(req(images=[quoted])) == fingerprint(req())
+    # a data: URI is known by its payload: a malformed one too (it is refused later)
     broken = req(images=["data:image/png;base64,%%%"])
     assert fingerprint(broken) == fingerprint(broken) != fingerprint(req())
 

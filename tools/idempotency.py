@@ -3,10 +3,10 @@
 A key sent again returns the task it started only if the request is the same one; another
 request under a used key is an ``IdempotencyConflict``. "The same" is everything that
 changes what is done: the function, prompt, parameters, options, ``n``, the vendor asked
-for, and each image — a ``data:`` URI by the SHA-256 of its bytes (so the same image
-encoded again is the same), any other source (URL, upload, earlier result, path) by what
-it says. Not what only changes how the caller waits (``wait_seconds``, progress, timings):
-those are not part of an ``EditRequest``.
+for, and each image — a ``data:`` URI by the SHA-256 of its payload (its MIME label aside),
+any other source (URL, upload, earlier result, path) by what it says. Not what only
+changes how the caller waits (``wait_seconds``, progress, timings): those are not part of
+an ``EditRequest``.
 
 A fingerprint is ``v1:<sha256 hex>`` of the canonical JSON (keys sorted, every field with
 its default spelled out). A future definition gets another version: fingerprints of
@@ -15,11 +15,8 @@ different versions are not compared (a key then returns its task as before finge
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
-from urllib.parse import unquote_to_bytes
 
 from tools.errors import IdempotencyConflict
 from tools.models import EditRequest
@@ -54,16 +51,11 @@ def comparable(first: str | None, second: str | None) -> bool:
 
 
 def _source(source: str) -> str:
-    """An image source as the fingerprint holds it: a data: URI by its bytes' hash."""
+    """An image source as the fingerprint holds it: a data: URI by its payload's hash."""
     source = source.strip()  # as media.load reads it
     if source[:5].lower() != "data:":
         return source
-    header, _, payload = source.partition(",")
-    try:
-        if header.lower().endswith(";base64"):
-            data = base64.b64decode(payload, validate=True)
-        else:
-            data = unquote_to_bytes(payload)
-    except (binascii.Error, ValueError):
-        data = source.encode()  # refused later as malformed; still one fingerprint
-    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+    # The payload's text, not its decoded bytes: hashing 13 MB of base64 takes a quarter of
+    # the time decoding it would, and a retry sends the same text.
+    payload = source.partition(",")[2]
+    return f"sha256:{hashlib.sha256(payload.encode()).hexdigest()}"

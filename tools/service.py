@@ -223,7 +223,8 @@ class Editor:
         fingerprint = keys_since = None
         if key is not None:
             key = key if owner is None else _owners_key(owner, key)
-            fingerprint = idempotency.fingerprint(request)
+            # Hashing megabytes of data: URIs, off the event loop.
+            fingerprint = await asyncio.to_thread(idempotency.fingerprint, request)
             keys_since = self.keys_since()
             known = await self.store.find_by_key(key, since=keys_since, fingerprint=fingerprint)
             if known is not None:  # the same request: its task, nothing new started
