@@ -21,7 +21,7 @@ from bots.rendering import ECHO
 from bots.replies import UserError, edit_text, say
 from bots.retry import retrying
 from bots.state import Runtime, runtime
-from tools.errors import RetouchError
+from tools.errors import IdempotencyConflict, RetouchError
 from tools.models import EditRequest, FunctionInfo, Task
 from tools.service import Editor
 
@@ -149,9 +149,7 @@ async def start_edit(
             request, notes = build_request(rt.editor, plan, uris, settings, info)
             # Keyed by the message: handled again after a crash, it starts no second task.
             key = f"telegram:{message.chat_id}:{message.message_id}"
-            task = await slot.start(
-                lambda: rt.editor.edit_image(request, owner=owner(user.id), key=key)
-            )
+            task = await slot.start(lambda: _started(rt.editor, request, owner(user.id), key))
         except (UserError, RetouchError) as exc:
             await edit_text(ack, f"❌ {exc.message}")
             return None
@@ -181,6 +179,17 @@ async def start_edit(
     log.info("user %s started task %s (%s, %d image(s))", user.id, task.id, task.function, count)
     rt.tracker.watch(task.id)
     return task
+
+
+async def _started(editor: Editor, request: EditRequest, who: str, key: str) -> Task:
+    """The task a message starts; or the one it started before a crash, if the chat's
+    settings changed since (the core then finds the request different): one message makes
+    one task."""
+    try:
+        return await editor.edit_image(request, owner=who, key=key)
+    except IdempotencyConflict as exc:
+        log.warning("message key %s started task %s before: following it", key, exc.task_id)
+        return await editor.check_task(exc.task_id, owner=who)
 
 
 def _count_problem(info: FunctionInfo, command: str, count: int) -> str:

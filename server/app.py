@@ -269,8 +269,10 @@ def build_server(
             str | None,
             Field(
                 max_length=200,
-                description="Any string of yours: calling again with the same key returns "
-                "the first call's task instead of starting (and paying for) another",
+                description="Any string of yours: calling again with the same key and the "
+                "same arguments returns the first call's task instead of starting (and paying "
+                "for) another; the same key with other arguments is an error naming that "
+                "task. Keys are yours alone and expire after a day (store.idempotency_ttl_h)",
             ),
         ] = None,
     ) -> Annotated[CallToolResult, Task]:

@@ -18,10 +18,11 @@ from bots import captions
 from bots import storage as chats
 from bots.state import Runtime, runtime
 from bots.telegram import build_application, running
-from tests.conftest import MakeSettings, decode, png, sample
+from tests.conftest import MakeSettings, data_uri, decode, png, sample
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.telegram import Call, FakeBotAPI
 from tools.config import Settings
+from tools.models import EditRequest
 from tools.service import Editor
 
 USER = 1001
@@ -361,6 +362,33 @@ async def test_an_update_telegram_forgot_before_the_bot_handled_it_is_handled_at
     async with bot(settings) as app:
         await wait_delivered(app)
     assert len(fake.calls_to("sendPhoto")) == 1
+
+
+async def test_a_message_whose_task_was_made_before_a_crash_follows_that_task(
+    fake: FakeBotAPI, bot_settings: BotSettings
+) -> None:
+    """A process stored the core's task for a message, then died before the bot's own row;
+    handled again, the message's request differs (as if the chat's settings changed): the
+    core calls it a conflict, and the bot follows the task its message made."""
+    settings = bot_settings()
+    sent = fake.user_sends_photo(USER, USER, png((50, 40)), "/adjust grayscale")
+    await received_then_died(fake, settings)
+    async with Editor(settings, run_worker=False) as editor:
+        request = EditRequest(
+            images=[data_uri(png((50, 40)))], function="adjust", prompt="rotate 90"
+        )
+        first = await editor.edit_image(
+            request, owner=f"tg:{USER}", key=f"telegram:{USER}:{sent['message_id']}"
+        )
+
+    async with bot(settings) as app:
+        (photo,) = await fake.wait_for("sendPhoto")
+        await fake.wait_for("editMessageText", predicate=says("✅ Done"))
+        await wait_delivered(app)
+        assert [t.id for t in await rt_of(app).editor.list_tasks()] == [first.id]
+        assert await chats.task_for_message(rt_of(app).db, USER, sent["message_id"])
+    assert decode(photo.file().data).size == (40, 50)  # the first task's result: rotated
+    assert not any(says("went wrong")(c) for c in fake.calls_to("editMessageText"))
 
 
 async def test_an_album_in_flight_at_a_crash_is_gathered_again_from_the_inbox(

@@ -32,6 +32,7 @@ from tests.s3server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, S3Server
 from tests.test_mcp import ROOT
 from tools.cli import main
 from tools.config import Settings
+from tools.errors import IdempotencyConflict
 from tools.models import BudgetLimits, EditRequest, TaskStatus
 from tools.service import Editor
 from tools.store import blob_key
@@ -136,9 +137,13 @@ async def serves_the_old_history(old: Old, settings: Settings) -> None:
             assert task.status == TaskStatus.succeeded
             assert await editor.result(task_id, 0) == (data, "image/png")
         assert (await editor.check_task(old.tasks[-1])).status == TaskStatus.canceled
-        # The idempotency keys came along: the same request starts no new task.
+        # The idempotency keys came along with their requests' fingerprints: the same
+        # request starts no new task, another under that key is a conflict naming the task.
+        same = EditRequest(images=[data_uri(png((41, 30)))], function="adjust", prompt="rotate 90")
+        assert (await editor.edit_image(same, owner="tg:1", key="k90")).id == old.tasks[0]
         again = EditRequest(images=[data_uri(png())], function="adjust", prompt="rotate 90")
-        assert (await editor.edit_image(again, owner="tg:1", key="k90")).id == old.tasks[0]
+        with pytest.raises(IdempotencyConflict, match=old.tasks[0]):
+            await editor.edit_image(again, owner="tg:1", key="k90")
         assert (await editor.upload(old.upload.rsplit("/", 1)[1], "tg:1")).width == 20
         assert [u.name for u in await editor.users.list() if u.active] == ["bob"]
         assert (await editor.limits("tg:1")).edits_per_hour == 50
@@ -189,6 +194,7 @@ async def test_a_sqlite_store_moves_into_postgresql_and_a_second_run_changes_not
     assert first == {
         "blobs": 7,  # 3 inputs, 3 results, 1 upload (the canceled task shares an input)
         "tasks": 4,
+        "idempotency_requests": 3,  # the three keyed tasks' fingerprints
         "task_blobs": 7,
         "task_steps": 15,  # queued, claimed, downloaded, ended ×3; queued, cancel, ended
         "uploads": 1,
@@ -383,6 +389,7 @@ def test_the_core_declares_its_tables_in_reference_order() -> None:
     assert [t.name for t in CORE.tables] == [
         "blobs",
         "tasks",
+        "idempotency_requests",
         "task_blobs",
         "task_steps",
         "uploads",

@@ -93,6 +93,13 @@ class StoreSettings(Section):
     owner_share: float = Field(
         1.0, gt=0, le=1, description="the part of max_results_mb one owner's tasks may use"
     )
+    idempotency_ttl_h: float = Field(
+        24,
+        gt=0,
+        le=24 * 366,
+        description="hours an idempotency key returns the task it started; after them the "
+        "same key starts a new task",
+    )
     url: SecretStr = Field(
         SecretStr(""),
         description="postgresql://user:password@host:port/db: tasks in PostgreSQL instead of "

@@ -13,6 +13,8 @@
     ├── BudgetExceeded             the owner's budget would be crossed (names the limit
     │                              and when it resets); nothing was sent
     ├── Busy                       too many large images at once; retried later, it passes
+    ├── IdempotencyConflict        the idempotency key was used for another request (names
+    │                              the task it started); nothing was done
     ├── StorageError               the store cannot be written (a folder that is a file...)
     │   └── StorageFull            the disk, or the store's size cap, has no room left
     ├── ConfigError                config.toml or the environment is wrong
@@ -106,6 +108,23 @@ class BudgetExceeded(RetouchError):
 class Busy(RetouchError):
     code = "busy"
     retryable = True
+
+
+class IdempotencyConflict(RetouchError):
+    """An idempotency key sent again with a different request: the key still answers for
+    the task it started (``task_id``), so nothing new was done. Sent with the same request,
+    the key returns that task; a new request needs a new key."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(
+            f"this idempotency key was already used for a different request, which started "
+            f"task {task_id}; send that same request to get its task back, or use a new key "
+            "for a new request",
+            task_id=task_id,
+        )
+        self.task_id = task_id
 
 
 class StorageError(RetouchError):

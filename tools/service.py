@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tools import budgets, catalog, media, pixel_budget, telemetry
+from tools import budgets, catalog, idempotency, media, pixel_budget, telemetry
 from tools.callbacks import callback_secrets, same_secret
 from tools.config import OWNER_NAME, Settings, unbilled
 from tools.errors import InvalidParameter, NotFound, RetouchError, Unsupported
@@ -172,7 +172,13 @@ class Editor:
         while True:
             with contextlib.suppress(Exception):
                 await self.store.cleanup(cfg.retention_days, limit)
+            with contextlib.suppress(Exception):
+                await self.store.expire_keys(self.keys_since())
             await asyncio.sleep(3600)
+
+    def keys_since(self) -> float:
+        """Idempotency keys used before this time have expired (``store.idempotency_ttl_h``)."""
+        return self.clock() - self.settings.store.idempotency_ttl_h * 3600
 
     # ---- the four operations -------------------------------------------------------------
 
@@ -217,18 +223,25 @@ class Editor:
 
         The task is ``owner``'s, and the earlier results and uploads it takes as inputs must
         be too (None, for trusted callers only: stored without an owner, which makes it the
-        local owner's; earlier results unscoped, no uploads). With ``key``, a request made
-        again by the same owner with the same key returns the first one's task; another
-        owner's key is another. The owner's budget is checked before anything is loaded,
-        and again, atomically, as the task is stored (BudgetExceeded).
+        local owner's; earlier results unscoped, no uploads). With ``key``, the same
+        request made again by the same owner with the same key returns the first one's
+        task, and another request with that key is IdempotencyConflict (naming the task);
+        another owner's key is another, and a key expires ``store.idempotency_ttl_h`` after
+        its task was made. The owner's budget is checked before anything is loaded, and
+        again, atomically, as the task is stored (BudgetExceeded).
 
         A task this process may run at once is started here, from the request, rather than
         through the worker's claim loop (``Worker.start_now``); the decoded images of its
         results are then kept for ``decoded_result`` while its caller waits."""
         received = time.time()
+        fingerprint = keys_since = None
         if key is not None:
             key = key if owner is None else _owners_key(owner, key)
-            if (known := await self.store.find_by_key(key)) is not None:
+            # Hashing megabytes of data: URIs, off the event loop.
+            fingerprint = await asyncio.to_thread(idempotency.fingerprint, request)
+            keys_since = self.keys_since()
+            known = await self.store.find_by_key(key, since=keys_since, fingerprint=fingerprint)
+            if known is not None:  # the same request: its task, nothing new started
                 if wait_seconds > 0:
                     return await self.check_task(known.id, wait_seconds, on_progress)
                 return known.public()
@@ -258,6 +271,8 @@ class Editor:
             key=key,
             created_at=self.clock(),
             admission=admission,
+            fingerprint=fingerprint,
+            keys_since=keys_since,
         )
         log.info(
             "task %s queued for %s (%s)",

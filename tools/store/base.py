@@ -429,14 +429,30 @@ class Store(abc.ABC):
         key: str | None = None,
         created_at: float | None = None,
         admission: Admission | None = None,
+        fingerprint: str | None = None,
+        keys_since: float | None = None,
     ) -> TaskRecord:
-        """A new queued task using stored blobs; with ``key``, the task already made with
-        that key if any (then nothing is created). ``created_at``: the time the task was
+        """A new queued task using stored blobs. ``created_at``: the time the task was
         asked for (budgets count by it; default now). With ``admission`` (and an
-        ``owner``), the owner's use is checked first, in the same transaction."""
+        ``owner``), the owner's use is checked first, in the same transaction.
+
+        With ``key``: the task already made with that key, if any, and then nothing is
+        created; but IdempotencyConflict if that task's request had another ``fingerprint``
+        (``tools.idempotency.answer``). A key whose task was made before ``keys_since`` has
+        expired: it is taken from that task and starts a new one. Calls with one key at
+        once, from any number of processes, make one task."""
 
     @abc.abstractmethod
-    async def find_by_key(self, key: str) -> TaskRecord | None: ...
+    async def find_by_key(
+        self, key: str, *, since: float | None = None, fingerprint: str | None = None
+    ) -> TaskRecord | None:
+        """The task made with ``key`` (at or after ``since``: an older one's key has
+        expired), or None; IdempotencyConflict if its request had another ``fingerprint``."""
+
+    @abc.abstractmethod
+    async def expire_keys(self, before: float) -> int:
+        """Take their idempotency keys (and their requests' fingerprints) from tasks made
+        before ``before``: the keys have expired, each may start a new task. How many."""
 
     @abc.abstractmethod
     async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:

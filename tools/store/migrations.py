@@ -379,3 +379,21 @@ async def m013_console_sessions(db: aiosqlite.Connection) -> None:
         """
     )
     await db.execute("CREATE INDEX console_sessions_expiry ON console_sessions (expires_at)")
+
+
+@migration
+async def m014_idempotency_requests(db: aiosqlite.Connection) -> None:
+    """The fingerprint of each keyed task's request (``tools.idempotency``), so that its key
+    sent again with another request is refused, not answered with this task; and the keyed
+    tasks by age, for the keys that expire. A row lives while its task holds the key."""
+    await db.execute(
+        """
+        CREATE TABLE idempotency_requests (
+            task_id TEXT PRIMARY KEY REFERENCES tasks (id) ON DELETE CASCADE,
+            fingerprint TEXT NOT NULL
+        )
+        """
+    )
+    await db.execute(
+        "CREATE INDEX tasks_keyed_created ON tasks (created_at) WHERE idempotency_key IS NOT NULL"
+    )

@@ -88,6 +88,7 @@ CORE = TableSet(
     (
         Table("blobs", ("sha256",), fill=_PENDING, blobs=True),
         Table("tasks", ("id",), order=("seq",), serial="seq"),
+        Table("idempotency_requests", ("task_id",)),
         Table("task_blobs", ("task_id", "role", "idx")),
         Table("task_steps", ("id",), serial="id"),
         Table("uploads", ("id",)),

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from tools import telemetry
+from tools import idempotency, telemetry
 from tools.errors import NotFound, StorageFull
 from tools.media import InputImage
 from tools.models import LOCAL_OWNER, BudgetLimits, ImageFailure, ResultImage, TaskStatus
@@ -432,11 +432,15 @@ class PostgresStore(Store):
         key: str | None = None,
         created_at: float | None = None,
         admission: Admission | None = None,
+        fingerprint: str | None = None,
+        keys_since: float | None = None,
     ) -> TaskRecord:
         """A new queued task and its links, in one statement; with ``key``, the task already
-        made with that key if any. With an ``admission``, the owner's use is counted and
-        the task stored in one transaction holding the owner's advisory lock: the owner's
-        other requests wait for it, then count this task."""
+        made with that key if any (or IdempotencyConflict). With an ``admission``, the
+        owner's use is counted and the task stored in one transaction holding the owner's
+        advisory lock: the owner's other requests wait for it, then count this task. With a
+        ``key``, the transaction holds the key's advisory lock too (after the owner's): the
+        key's other requests wait, then find this task."""
         links = [("input", i, sha) for i, sha in enumerate(inputs)]
         if mask:
             links.append(("mask", 0, mask))
@@ -455,32 +459,79 @@ class PostgresStore(Store):
             idxs,
             shas,
             created_at,
+            fingerprint if key is not None else None,
         )
-        if admission is None or owner is None:
+        admitting = admission is not None and owner is not None
+        if key is None and not admitting:
             row = await self.pool.fetchrow(_CREATE, *values)
         else:
             async with self.pool.acquire() as db, db.transaction():
-                await db.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"owner:{owner}"
-                )
-                if key is not None and (made := await self._by_key(db, key)) is not None:
-                    return made
-                admission.check(await self._usage(db, owner, admission.windows))
+                if admitting:
+                    await db.execute(_LOCK, f"owner:{owner}")
+                if key is not None:
+                    await db.execute(_LOCK, f"key:{key}")
+                    if (found := await self._by_key(db, key)) is not None:
+                        made, first = found
+                        if keys_since is None or made.created_at >= keys_since:
+                            idempotency.check(made.id, first, fingerprint)
+                            return made
+                        await db.execute(_FREE_KEYS, [made.id])  # expired: free for this one
+                if admission is not None and owner is not None:
+                    admission.check(await self._usage(db, owner, admission.windows))
                 row = await db.fetchrow(_CREATE, *values)
         self._linked(shas)
-        if row is None:  # made before with this key
-            made = await self.find_by_key(key or "")
+        if row is None:  # made with this key by a process that took no lock (an older one)
+            made = await self.find_by_key(key or "", fingerprint=fingerprint)
             if made is None:
                 raise NotFound(f"no task with key {key!r}")  # deleted between the two reads
             return made
         return TaskRecord.from_row(row)
 
-    async def _by_key(self, db: asyncpg.Pool | asyncpg.Connection, key: str) -> TaskRecord | None:
-        row = await db.fetchrow("SELECT * FROM tasks WHERE idempotency_key = $1", key)
-        return TaskRecord.from_row(row) if row else None
+    async def _by_key(
+        self, db: asyncpg.Pool | asyncpg.Connection, key: str, since: float | None = None
+    ) -> tuple[TaskRecord, str | None] | None:
+        """The task holding ``key`` (made at or after ``since``) and its request's
+        fingerprint."""
+        row = await db.fetchrow(
+            "SELECT tasks.*, r.fingerprint AS _fingerprint FROM tasks"
+            " LEFT JOIN idempotency_requests r ON r.task_id = tasks.id"
+            " WHERE idempotency_key = $1 AND created_at >= COALESCE($2::float8, 0)",
+            key,
+            since,
+        )
+        if row is None:
+            return None
+        data = dict(row)
+        first = data.pop("_fingerprint")
+        return TaskRecord.from_row(data), first
 
-    async def find_by_key(self, key: str) -> TaskRecord | None:
-        return await self._by_key(self.pool, key)
+    async def find_by_key(
+        self, key: str, *, since: float | None = None, fingerprint: str | None = None
+    ) -> TaskRecord | None:
+        found = await self._by_key(self.pool, key, since)
+        if found is None:
+            return None
+        idempotency.check(found[0].id, found[1], fingerprint)
+        return found[0]
+
+    async def expire_keys(self, before: float) -> int:
+        return int(
+            await self.pool.fetchval(
+                """
+                WITH old AS (
+                    SELECT id FROM tasks
+                    WHERE idempotency_key IS NOT NULL AND created_at < $1 FOR UPDATE
+                ), gone AS (
+                    DELETE FROM idempotency_requests r USING old WHERE r.task_id = old.id
+                ), freed AS (
+                    UPDATE tasks t SET idempotency_key = NULL FROM old WHERE t.id = old.id
+                    RETURNING 1
+                )
+                SELECT count(*) FROM freed
+                """,
+                before,
+            )
+        )
 
     async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:
         if owner is None:
@@ -1125,6 +1176,14 @@ _UNPEND = """unpended AS (
             )"""
 
 
+#: A transaction's advisory lock on a name ("owner:…", "key:…"), held until it ends.
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+
+#: Expired keys taken from their tasks ($1: the tasks' ids), their fingerprints with them.
+_FREE_KEYS = """
+    WITH gone AS (DELETE FROM idempotency_requests WHERE task_id = ANY($1::text[]))
+    UPDATE tasks SET idempotency_key = NULL WHERE id = ANY($1::text[])"""
+
 #: A new queued task and its links: one statement (parameters as ``create_task`` passes
 #: them; a NULL created_at is the database's clock).
 _CREATE = f"""
@@ -1135,6 +1194,10 @@ _CREATE = f"""
             {NOW}, $8::jsonb, $9)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING *
+    ), fingerprinted AS (
+        INSERT INTO idempotency_requests (task_id, fingerprint)
+        SELECT new.id, $14::text FROM new
+        WHERE new.idempotency_key IS NOT NULL AND $14::text IS NOT NULL
     ), linked AS (
         INSERT INTO task_blobs (task_id, role, idx, sha256)
         SELECT new.id, l.role, l.idx, l.sha

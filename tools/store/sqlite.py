@@ -19,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from tools import telemetry
+from tools import idempotency, telemetry
 from tools.errors import NotFound, StorageFull
 from tools.media import InputImage
 from tools.models import LOCAL_OWNER, BudgetLimits, ImageFailure, ResultImage, TaskStatus
@@ -355,21 +355,27 @@ class SQLiteStore(Store):
         key: str | None = None,
         created_at: float | None = None,
         admission: Admission | None = None,
+        fingerprint: str | None = None,
+        keys_since: float | None = None,
     ) -> TaskRecord:
-        """A new queued task; with ``key``, the task already made with that key if any.
-        The transaction is immediate: it holds the database's write lock from the start, so
-        an admission's count and the insert are one step for every process."""
+        """A new queued task; with ``key``, the task already made with that key if any (or
+        IdempotencyConflict). The transaction is immediate: it holds the database's write
+        lock from the start, so reading the key, an admission's count and the insert are
+        one step for every process."""
         task_id, now = new_task_id(), time.time()
         async with self.transaction() as db:
-            if admission is not None and owner is not None:
-                if key is not None and (made := await self._by_key(db, key)) is not None:
+            if key is not None and (found := await self._by_key(db, key)) is not None:
+                made, first = found
+                if keys_since is None or made.created_at >= keys_since:
+                    idempotency.check(made.id, first, fingerprint)
                     return made
+                await self._free_keys(db, [made.id])  # expired: free for this request
+            if admission is not None and owner is not None:
                 admission.check(await self._usage(db, owner, admission.windows))
             rows = await db.execute_fetchall(
                 "INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,"
                 " created_at, updated_at, notes, idempotency_key)"
                 " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
                 f" RETURNING {', '.join(COLUMNS)}",
                 (
                     task_id,
@@ -385,10 +391,11 @@ class SQLiteStore(Store):
                     key,
                 ),
             )
-            if not rows:  # made before with this key
-                made = await self._by_key(db, key or "")
-                assert made is not None  # the conflict was with it, in this transaction
-                return made
+            if key is not None and fingerprint is not None:
+                await db.execute(
+                    "INSERT INTO idempotency_requests (task_id, fingerprint) VALUES (?, ?)",
+                    (task_id, fingerprint),
+                )
             links = [(task_id, "input", i, sha) for i, sha in enumerate(inputs)]
             if mask:
                 links.append((task_id, "mask", 0, mask))
@@ -398,12 +405,50 @@ class SQLiteStore(Store):
         self._linked([*inputs, mask])
         return TaskRecord.from_row(next(iter(rows)))
 
-    async def _by_key(self, db: aiosqlite.Connection, key: str) -> TaskRecord | None:
-        rows = await db.execute_fetchall("SELECT * FROM tasks WHERE idempotency_key = ?", (key,))
-        return TaskRecord.from_row(rows[0]) if rows else None
+    async def _by_key(
+        self, db: aiosqlite.Connection, key: str, since: float | None = None
+    ) -> tuple[TaskRecord, str | None] | None:
+        """The task holding ``key`` (made at or after ``since``) and its request's
+        fingerprint."""
+        rows = await db.execute_fetchall(
+            "SELECT tasks.*, r.fingerprint AS _fingerprint FROM tasks"
+            " LEFT JOIN idempotency_requests r ON r.task_id = tasks.id"
+            " WHERE idempotency_key = ? AND created_at >= COALESCE(?, 0)",
+            (key, since),
+        )
+        if not rows:
+            return None
+        data = dict(rows[0])
+        first = data.pop("_fingerprint")
+        return TaskRecord.from_row(data), first
 
-    async def find_by_key(self, key: str) -> TaskRecord | None:
-        return await self._by_key(self.db, key)
+    async def find_by_key(
+        self, key: str, *, since: float | None = None, fingerprint: str | None = None
+    ) -> TaskRecord | None:
+        # Between writers: on the one connection, a transaction under way would show its
+        # task before the fingerprint that goes with it.
+        async with self._write:
+            found = await self._by_key(self.db, key, since)
+        if found is None:
+            return None
+        idempotency.check(found[0].id, found[1], fingerprint)
+        return found[0]
+
+    async def _free_keys(self, db: aiosqlite.Connection, task_ids: list[str]) -> None:
+        marks = ", ".join("?" * len(task_ids))
+        await db.execute(f"UPDATE tasks SET idempotency_key = NULL WHERE id IN ({marks})", task_ids)
+        await db.execute(f"DELETE FROM idempotency_requests WHERE task_id IN ({marks})", task_ids)
+
+    async def expire_keys(self, before: float) -> int:
+        async with self.transaction() as db:
+            rows = await db.execute_fetchall(
+                "SELECT id FROM tasks WHERE idempotency_key IS NOT NULL AND created_at < ?",
+                (before,),
+            )
+            ids = [r[0] for r in rows]
+            for start in range(0, len(ids), 500):
+                await self._free_keys(db, ids[start : start + 500])
+        return len(ids)
 
     async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:
         rows = await self.db.execute_fetchall(
