@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import subprocess
-import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,8 +19,8 @@ from mcp.client.streamable_http import streamable_http_client
 from tests.conftest import MakeSettings, data_uri, sample
 from tests.fakes.dashscope import FakeDashScope
 from tests.mcp_wire import Wire
+from tests.servers import free_port, start_http_server, wait_healthy
 from tests.test_e2e_vendors import KEY, dashscope_table
-from tests.test_mcp import ROOT, env, free_port
 
 TOKEN = "replica-token"
 COLORIZE = {"images": [data_uri(sample("coffee.png"))], "function": "colorization"}
@@ -38,50 +34,19 @@ def fake() -> Iterator[FakeDashScope]:
 
 
 @contextmanager
-def replicas(
-    config: str, *ports: int, extra: Sequence[str] = (), logs: Path | None = None
-) -> Iterator[list[str]]:
-    """``python -m server --transport http`` once per port (with ``extra`` arguments),
-    started together; yields their MCP URLs once every one answers. With ``logs``, each
-    one's output goes to ``logs/front-<port>.log`` (a pipe nobody reads fills up)."""
-    command = [sys.executable, "-m", "server", "--config", config, "--transport", "http"]
-    outputs = [
-        open(logs / f"front-{port}.log", "wb") if logs else subprocess.PIPE  # noqa: SIM115
-        for port in ports
-    ]
-    procs = [
-        subprocess.Popen(
-            [*command, *extra, "--port", str(port)],
-            env=env(),
-            cwd=str(ROOT),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        for port, out in zip(ports, outputs, strict=True)
-    ]
+def replicas(config: str, *ports: int) -> Iterator[list[str]]:
+    """``python -m server --transport http`` once per port, started together; yields their
+    MCP URLs once every one answers."""
+    procs = [start_http_server(config, "--port", str(port)) for port in ports]
     try:
         for proc, port in zip(procs, ports, strict=True):
-            for _ in range(400):
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).is_success:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-            else:
-                proc.kill()
-                output = proc.communicate()[0] or b""
-                if logs:
-                    output = (logs / f"front-{port}.log").read_bytes()
-                raise AssertionError(output.decode(errors="replace"))
+            wait_healthy(proc, f"http://127.0.0.1:{port}")
         yield [f"http://127.0.0.1:{port}/mcp" for port in ports]
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(20)
-        for out in outputs:
-            if out != subprocess.PIPE:
-                out.close()  # type: ignore[union-attr]
 
 
 def config(make_settings: MakeSettings, fake: FakeDashScope, mcp: str = "") -> str:
@@ -130,7 +95,7 @@ async def test_a_task_survives_a_restart_between_the_call_and_the_poll(
             await client.initialize()  # sessions do not survive a restart; tasks do
             result = (await client.legacy("tasks/result", {"taskId": old_id}))["result"]
             state = (await client.legacy("tasks/get", {"taskId": old_id}))["result"]
-    assert done["status"] == "completed" and done["result"]["isError"] is False, done
+    assert done["status"] == "completed" and done["result"]["isError"] is False
     assert [c["type"] for c in done["result"]["content"]][1:] == ["image", "resource_link"]
     assert state["status"] == "completed"
     assert result["structuredContent"]["status"] == "succeeded"
