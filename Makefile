@@ -44,7 +44,9 @@ format: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
 
-## chaos: the long crash-restart run (60 SIGKILLs of a worker mid-flight; a few minutes)
+## chaos: the long crash-restart runs (a few minutes): 60 SIGKILLs of a worker mid-flight, of
+##      the bot, and of a fleet (3 workers, 2 --no-worker front ends on a PostgreSQL cluster of
+##      the test's own, restarted half way, and moto's S3 server)
 chaos: $(VENV)/.dev
 	RETOUCH_CHAOS_KILLS=60 $(BIN)/python -m pytest -q -s tests/chaos
 

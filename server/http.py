@@ -111,16 +111,25 @@ class BearerAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not is_open(scope["path"]):
+            authorization = dict(scope["headers"]).get(b"authorization", b"")
             try:
                 accounts = await self.accounts()
-            except Exception as exc:  # the store is down: no one can be told apart
+            except Exception as exc:  # the store is down: only the config file's users are known
                 log.warning("cannot read the users: %s", type(exc).__name__)
-                if not isinstance(exc, StoreUnavailable):
-                    exc = StoreUnavailable(cause=type(exc).__name__)
-                await unavailable_response(exc)(scope, receive, send)
+                name = self.user(authorization, self.users) if self.users else None
+                if name is None:
+                    if not isinstance(exc, StoreUnavailable):
+                        exc = StoreUnavailable(cause=type(exc).__name__)
+                    await unavailable_response(exc)(scope, receive, send)
+                    return
+                # A user of the config file needs no database to be known: the request goes
+                # on, and the route or tool says "store unavailable, try again" in its own
+                # form (an MCP client shows a tool's error; it hides an HTTP 503's body).
+                set_owner(scope, name)
+                await self.app(scope, receive, send)
                 return
             if accounts or not self.open_when_empty:
-                name = self.user(dict(scope["headers"]).get(b"authorization", b""), accounts)
+                name = self.user(authorization, accounts)
                 if name is None:
                     response = JSONResponse(
                         {"error": "unauthorized", "message": "send Authorization: Bearer <token>"},

@@ -39,20 +39,29 @@ class Workers:
     def start(self, settings: Settings, count: int = 1) -> list[str]:
         """Start ``count`` workers on these settings' config file (and this process's
         environment); return their ids once each has started."""
-        first = len(self.procs)
-        for i in range(first, first + count):
-            with open(self.log(i), "wb") as err:
-                self.procs.append(
-                    subprocess.Popen(
-                        [*WORKER, "--config", settings.source],
-                        cwd=str(ROOT),
-                        env=env(),
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                        start_new_session=True,
-                    )
+        started = [self.spawn(settings) for _ in range(count)]
+        return [self.ready(i) for i in started]
+
+    def spawn(self, settings: Settings) -> int:
+        """Start one worker without waiting for it; its index."""
+        i = len(self.procs)
+        with open(self.log(i), "wb") as err:
+            self.procs.append(
+                subprocess.Popen(
+                    [*WORKER, "--config", settings.source],
+                    cwd=str(ROOT),
+                    env=env(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    start_new_session=True,
                 )
-        return [self.ready(i) for i in range(first, first + count)]
+            )
+        return i
+
+    def kill(self, i: int) -> None:
+        """SIGKILL worker ``i`` (its whole process group) and reap it."""
+        os.killpg(self.procs[i].pid, signal.SIGKILL)
+        self.procs[i].wait(30)
 
     def log(self, i: int) -> Path:
         return self.folder / f"worker-{i}.log"

@@ -206,6 +206,17 @@ async def test_a_sqlite_store_moves_into_postgresql_and_a_second_run_changes_not
         "tg_users": 1,
         "tg_inbox": 1,
     }
+    # Each blob row is marked pending by the move itself, whatever the source's mark (a
+    # Retouch already on the target keeps it until its tasks arrive).
+    db = await asyncpg.connect(url)
+    try:
+        graced = await db.fetchval(
+            "SELECT count(*) FROM blobs"
+            " WHERE pending > 0 AND grace_until > extract(epoch FROM now())"
+        )
+    finally:
+        await db.close()
+    assert graced == first["blobs"]
     code, said = await move(capsys, old, url, "--to-blobs", str(tmp_path / "moved"))
     assert code == 0, said
     assert "tasks 4 (0 new)" in said and "blobs" in said, said

@@ -230,3 +230,52 @@ async def said(fake: Any, text: str) -> str:
     fake.user_sends_text(USER, USER, text)
     (reply,) = await fake.wait_for("sendMessage", since=mark)
     return str(reply.params["text"])
+
+
+# ---- who is asking, while the users cannot be read ------------------------------------------
+
+
+async def test_a_config_user_is_known_without_the_database_and_others_hear_try_again() -> None:
+    """The users added at run time are in the store; while it is down the config file's
+    users still pass (the route then answers in its own form, e.g. a tool's error an MCP
+    client shows), and any other token gets 503 "try again", never a traceback."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from server.http import BearerAuth
+    from server.owners import owner_of_request
+    from tools.config import UserSettings
+
+    async def whoami(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(owner_of_request(request))
+
+    async def down() -> list[tuple[str, bytes]]:
+        raise StoreUnavailable(cause="ConnectionRefusedError")
+
+    app = BearerAuth(
+        Starlette(routes=[Route("/whoami", whoami)]),
+        [UserSettings(name="ann", token=SecretStr("ann-token-0123456789"))],
+        added=down,
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        ann = await http.get("/whoami", headers={"Authorization": "Bearer ann-token-0123456789"})
+        other = await http.get("/whoami", headers={"Authorization": "Bearer added-at-run-time"})
+        nobody = await http.get("/whoami")
+    assert (ann.status_code, ann.text) == (200, "ann")
+    for answer in (other, nobody):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "store_unavailable"
+        assert answer.json()["message"].startswith(TRY_AGAIN)
+        assert answer.headers["Retry-After"] == "5"
+
+    open_app = BearerAuth(
+        Starlette(routes=[Route("/whoami", whoami)]), [], added=down, open_when_empty=True
+    )
+    transport = httpx.ASGITransport(app=open_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        answer = await http.get("/whoami")  # no config users: nobody can be told apart
+    assert answer.status_code == 503

@@ -105,3 +105,49 @@ async def test_a_file_cut_short_is_reported_lost_and_healed_by_the_next_put(
     assert await result_path(store, task_id, 0) == path
     assert (await store.read_blob(sha)).data == result.data
     await store.close()
+
+
+async def test_two_processes_on_one_file_keep_each_others_blobs_until_linked(
+    tmp_path: Path,
+) -> None:
+    """A ``--no-worker`` front end and a worker on one SQLite file (two stores, as two
+    processes have): each one's clean-up leaves the other's just-stored, not yet linked blob
+    alone (its ``pending`` mark is in the database), and takes it once its grace is over."""
+    from tests.contract.test_task_store import result_of
+
+    front, worker = await open_store(tmp_path), await open_store(tmp_path)
+    try:
+        photo = media.inspect(png(color=(10, 120, 30)), media.MediaPolicy())
+        sha = await front.put_blob(photo)  # the front end's input, not linked yet
+        assert await worker.cleanup(7) == 0  # the worker's janitor, meanwhile
+        assert (await front.read_blob(sha)).data == photo.data
+        task = await front.create_task(
+            function="adjust",
+            vendor="local",
+            prompt="rotate 90",
+            n=1,
+            request={"images": ["x"]},
+            inputs=[sha],
+            mask=None,
+        )
+        [held] = await worker.claim("local", "w1", capacity=1, lease_s=30)
+        assert held.id == task.id and await worker.read_blob(sha)
+        result = await result_of(worker, task.id, seed=7)  # the worker's result, not linked
+        assert await front.cleanup(7) == 0  # the front end's janitor, meanwhile
+        assert await worker.finish(task.id, "w1", TaskStatus.succeeded, results=[result])
+        assert (await front.read_result(task.id, 0))[1] == "image/png"
+        rows = await front.db.execute_fetchall("SELECT pending FROM blobs")
+        assert [r[0] for r in rows] == [0, 0]  # linked: nothing pending any more
+
+        # A put nobody links (its process died): kept within its grace, then cleaned up.
+        lost = await worker.put_blob(media.inspect(png(color=(1, 2, 3)), media.MediaPolicy()))
+        assert await front.cleanup(7) == 0
+        await front.execute("UPDATE blobs SET grace_until = 0 WHERE sha256 = ?", (lost,))
+        assert await front.cleanup(7) == 1
+        with pytest.raises(NotFound):
+            await worker.read_blob(lost)
+        assert not files(front).path(blob_key(lost, "image/png")).exists()
+        assert (await front.read_blob(sha)).data == photo.data  # the linked ones stay
+    finally:
+        await front.close()
+        await worker.close()

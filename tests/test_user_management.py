@@ -180,15 +180,19 @@ async def test_on_loopback_the_server_is_open_until_a_user_is_added(
 async def test_a_store_that_cannot_be_read_refuses_with_503(
     make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, no_caching: None
 ) -> None:
+    """A token that may be an added user's gets 503 while the users cannot be read; a user
+    of the config file needs no database to be known (its route then answers for itself)."""
     async with serve(make_settings(users_toml("alice"))) as (_, editor, app):
 
         async def down() -> list[tuple[str | None, bytes]]:
             raise OSError("database is locked")
 
         monkeypatch.setattr(editor.users, "digests", down)
-        answer = await post_mcp(app, f"Bearer {ALICE}")
+        answer = await post_mcp(app, f"Bearer {BOB}")
+        known = await post_mcp(app, f"Bearer {ALICE}")
     assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
-    assert "alice" not in answer.text
+    assert "alice" not in answer.text and "bob" not in answer.text
+    assert known.status_code not in (401, 503), known.text  # past auth: MCP judges the body
 
 
 # ---- a real server ----------------------------------------------------------------------------

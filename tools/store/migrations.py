@@ -397,3 +397,22 @@ async def m014_idempotency_requests(db: aiosqlite.Connection) -> None:
     await db.execute(
         "CREATE INDEX tasks_keyed_created ON tasks (created_at) WHERE idempotency_key IS NOT NULL"
     )
+
+
+@migration
+async def m015_blob_grace(db: aiosqlite.Connection) -> None:
+    """A blob stored but not linked yet is protected in the database, for every process on
+    the file (a ``--no-worker`` front end's input, a worker's result): ``pending`` counts the
+    puts not yet linked and ``grace_until`` bounds how long they keep clean-up away, as on
+    PostgreSQL. A link (a task's input or result, an upload) takes one off ``pending``."""
+    await db.execute("ALTER TABLE blobs ADD COLUMN pending INTEGER NOT NULL DEFAULT 0")
+    await db.execute("ALTER TABLE blobs ADD COLUMN grace_until REAL NOT NULL DEFAULT 0")
+    for table in ("task_blobs", "uploads"):
+        await db.execute(
+            f"""
+            CREATE TRIGGER {table}_unpend AFTER INSERT ON {table}
+            BEGIN
+                UPDATE blobs SET pending = max(pending - 1, 0) WHERE sha256 = NEW.sha256;
+            END
+            """
+        )

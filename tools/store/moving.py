@@ -52,7 +52,8 @@ PARALLEL_BLOBS = 8
 @dataclass(frozen=True)
 class Table:
     """A table to move: its primary key, the columns it is read in order of (default: the
-    key), values for new rows' columns that only the target has (SQL expressions), and
+    key), values for new rows' columns set on the target whatever the source holds (SQL
+    expressions: a blob's ``pending`` mark is the move's own, not the source's), and
     whether its rows are blobs (``sha256``, ``mime_type``, ``bytes``) whose bytes move too."""
 
     name: str
@@ -330,8 +331,8 @@ class _Mover:
             if count:
                 self.skipped.append(f"{table.name} ({count} rows: the target has no such table)")
             return
-        columns = [c for c in source_columns if c in types]
-        fill = {k: v for k, v in table.fill.items() if k in types and k not in columns}
+        columns = [c for c in source_columns if c in types and c not in table.fill]
+        fill = {k: v for k, v in table.fill.items() if k in types}
         done = Moved(table.name, rows=count)
         started = time.monotonic()
         self.progress.start(table.name, count)

@@ -62,6 +62,8 @@ COLUMNS = [f.name for f in fields(TaskRecord)]
 #: statement.
 NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 MB = 1024 * 1024
+#: Orphaned blobs deleted per transaction (their bytes too, under the write lock).
+ORPHAN_BATCH = 200
 
 
 @reports_outages
@@ -74,7 +76,6 @@ class SQLiteStore(Store):
         self.db = db
         self.blobs = blobs
         self._write = asyncio.Lock()
-        self._unlinked: dict[str, float] = {}  # sha256 → when put_blob stored it
         self._pending = PendingPuts()
         self.path = path
         self._reader: aiosqlite.Connection | None = None  # for tallies (see there)
@@ -155,58 +156,53 @@ class SQLiteStore(Store):
         self, image: InputImage, *, owner: str | None = None, strict: bool = True
     ) -> str:
         sha = await content_hash(image.data)
-        self._unlinked[sha] = time.time()
-        key = blob_key(sha, image.mime_type)
-        whole = await self.blobs.size(key) == len(image.data)  # a cut-short one is put again
-        values = (sha, image.mime_type, len(image.data), image.width, image.height, time.time())
-        insert = (
-            "INSERT OR IGNORE INTO blobs (sha256, mime_type, bytes, width, height, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) RETURNING sha256"
+        size = len(image.data)
+        # The row first, marked pending (m015): from then on no process's clean-up deletes
+        # the bytes (one deleting them holds the write lock until they are gone, so we wait,
+        # then find them missing and store them anew).
+        values = (sha, image.mime_type, size, image.width, image.height, time.time())
+        upsert = (
+            "INSERT INTO blobs (sha256, mime_type, bytes, width, height, created_at, pending,"
+            f" grace_until) VALUES (?, ?, ?, ?, ?, ?, 1, {NOW} + {ORPHAN_GRACE_S})"
+            " ON CONFLICT (sha256) DO UPDATE SET pending = pending + 1,"
+            " grace_until = excluded.grace_until"
         )
-        inserted = False
-        try:
-            if self.limits.max_bytes is None:
-                # The row and the bytes at once (the grace above keeps the pair from clean-up).
-                outcomes = await asyncio.gather(
-                    self.execute(insert, values),
-                    asyncio.sleep(0) if whole else self.blobs.put(key, image.data),
-                    return_exceptions=True,
-                )
-                inserted = isinstance(outcomes[0], list) and bool(outcomes[0])
-                for outcome in outcomes:
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-            else:  # room is made and the row counted in one transaction: the cap holds
-                async with self.transaction() as db:
-                    known = await db.execute_fetchall(
-                        "SELECT 1 FROM blobs WHERE sha256 = ?", (sha,)
-                    )
-                    size = len(image.data)
-                    gone = [] if known else await self._make_room(db, size, owner, strict)
-                    inserted = bool(await db.execute_fetchall(insert, values))
-                    if inserted:  # counted in its owner's share until a task links it
-                        self._pending.add(sha, owner, size)
+        if self.limits.max_bytes is None:
+            await self.execute(upsert, values)
+        else:  # room is made and the row counted in one transaction: the cap holds
+            async with self.transaction() as db:
+                known = await db.execute_fetchall("SELECT 1 FROM blobs WHERE sha256 = ?", (sha,))
+                gone = [] if known else await self._make_room(db, size, owner, strict)
+                await db.execute(upsert, values)
+                if not known:  # counted in its owner's share until a task links it
+                    self._pending.add(sha, owner, size)
                 await self._delete_files(gone)
-                if not whole:
-                    await self.blobs.put(key, image.data)
+        key = blob_key(sha, image.mime_type)
+        try:
+            if await self.blobs.size(key) != size:  # none yet, or one cut short
+                await self.blobs.put(key, image.data)
         except BaseException:
-            await asyncio.shield(self._forget_unwritten(sha, inserted))
+            await asyncio.shield(self._forget_unwritten(sha, key))
             raise
         return sha
 
-    async def _forget_unwritten(self, sha: str, inserted: bool) -> None:
-        """After a failed put: the row it inserted goes, so no row counts bytes that never
-        landed (unless a task uses the blob meanwhile)."""
+    async def _forget_unwritten(self, sha: str, key: str) -> None:
+        """After a failed put: its pending mark goes, and the row too when nothing else
+        holds it, so no row counts bytes that never landed."""
+        self._pending.drop([sha])
         with contextlib.suppress(Exception):
-            if inserted:
-                await self.execute(
-                    "DELETE FROM blobs WHERE sha256 = ? AND NOT EXISTS"
-                    " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = blobs.sha256)",
+            async with self.transaction() as db:
+                await db.execute(
+                    "UPDATE blobs SET pending = max(pending - 1, 0) WHERE sha256 = ?", (sha,)
+                )
+                gone = await db.execute_fetchall(
+                    "DELETE FROM blobs WHERE sha256 = ? AND pending = 0 AND NOT EXISTS"
+                    " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = blobs.sha256) AND NOT EXISTS"
+                    " (SELECT 1 FROM uploads u WHERE u.sha256 = blobs.sha256) RETURNING 1",
                     (sha,),
                 )
-            if not await self.db.execute_fetchall("SELECT 1 FROM blobs WHERE sha256 = ?", (sha,)):
-                self._unlinked.pop(sha, None)
-                self._pending.drop([sha])
+                if gone:
+                    await self.blobs.delete(key)
 
     async def _make_room(
         self, db: aiosqlite.Connection, size: int, owner: str | None, strict: bool
@@ -287,10 +283,7 @@ class SQLiteStore(Store):
         return await self._owner_bytes(self.db, owner)
 
     def _linked(self, shas: Iterable[str | None]) -> None:
-        shas = list(shas)
-        for sha in shas:
-            self._unlinked.pop(sha or "", None)
-        self._pending.drop(shas)
+        self._pending.drop(shas)  # the database's pending marks went with the links (m015)
 
     async def read_blob(self, sha256: str) -> InputImage:
         rows = await self.db.execute_fetchall("SELECT * FROM blobs WHERE sha256 = ?", (sha256,))
@@ -861,48 +854,56 @@ class SQLiteStore(Store):
 
     async def _delete_orphans(self, task_shas: list[str] | None = None) -> tuple[int, int]:
         """Delete blobs no task or upload refers to, rows and bytes (only ``task_shas`` if
-        given); returns how many and their bytes."""
-        async with self.transaction() as db:
-            rows = await self._orphan_rows(db, task_shas)
-        await self._delete_files(rows)
-        return len(rows), sum(int(r[2]) for r in rows)
+        given); returns how many and their bytes.
+
+        The bytes go inside the transaction that deletes their rows, a batch at a time: a
+        process storing the same image meanwhile (``put_blob``'s row comes first) waits for
+        the write lock, then stores the bytes anew."""
+        count = freed = 0
+        while True:
+            async with self.transaction() as db:
+                rows = await self._orphan_rows(db, task_shas, limit=ORPHAN_BATCH)
+                await self._delete_files(rows)
+            count += len(rows)
+            freed += sum(int(r[2]) for r in rows)
+            if len(rows) < ORPHAN_BATCH:
+                return count, freed
 
     async def _orphan_rows(
-        self, db: aiosqlite.Connection, task_shas: list[str] | None = None
+        self,
+        db: aiosqlite.Connection,
+        task_shas: list[str] | None = None,
+        *,
+        limit: int = -1,
     ) -> list[sqlite3.Row]:
-        """Delete the rows of blobs no task or upload refers to (only ``task_shas`` if given) in the
-        caller's transaction; return them (sha256, mime_type, bytes), whose bytes the caller
-        deletes once that commits (:meth:`_delete_files`).
+        """Delete the rows of blobs no task or upload refers to (only ``task_shas`` if given,
+        at most ``limit``) in the caller's transaction; return them (sha256, mime_type,
+        bytes), whose bytes the caller deletes before that commits (:meth:`_delete_files`).
 
-        A blob this process stored but has not linked yet is kept: it is an input or a
-        result about to be linked (deleting it made that task's insert fail)."""
-        recent = time.time() - ORPHAN_GRACE_S
-        for sha in [k for k, at in self._unlinked.items() if at < recent]:
-            del self._unlinked[sha]  # never linked: its caller failed
-        keep = list(self._unlinked)
-        where, params = "", tuple(keep)
+        A blob some process stored but has not linked yet (``pending``, within its grace:
+        m015) is kept: it is an input or a result about to be linked."""
+        where: str = ""
+        params: tuple[Any, ...] = ()
         if task_shas is not None:
             if not task_shas:
                 return []
             where = f" AND sha256 IN ({','.join('?' * len(task_shas))})"
-            params += tuple(task_shas)
+            params = tuple(task_shas)
         return list(
             await db.execute_fetchall(
-                "DELETE FROM blobs WHERE NOT EXISTS"
-                " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = blobs.sha256)"
-                " AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = blobs.sha256)"
-                f" AND sha256 NOT IN ({','.join('?' * len(keep))}){where}"
+                "DELETE FROM blobs WHERE sha256 IN (SELECT sha256 FROM blobs b WHERE NOT EXISTS"
+                " (SELECT 1 FROM task_blobs tb WHERE tb.sha256 = b.sha256)"
+                " AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = b.sha256)"
+                f" AND (b.pending = 0 OR b.grace_until < {NOW}){where} LIMIT ?)"
                 " RETURNING sha256, mime_type, bytes",
-                params,
+                (*params, limit),
             )
         )
 
-    async def _delete_files(self, rows: list[sqlite3.Row]) -> None:
-        """Delete the bytes of blobs whose rows went (unless stored anew meanwhile)."""
+    async def _delete_files(self, rows: Iterable[sqlite3.Row]) -> None:
+        """Delete the bytes of blobs whose rows went, in the transaction that deletes them."""
         for sha, mime, _ in rows:
-            again = await self.db.execute_fetchall("SELECT 1 FROM blobs WHERE sha256 = ?", (sha,))
-            if not again:
-                await self.blobs.delete(blob_key(sha, mime))
+            await self.blobs.delete(blob_key(sha, mime))
 
     async def _evict(self, max_bytes: int) -> int:
         """Forget finished tasks, oldest first, until the stored files fit in ``max_bytes``.
@@ -912,9 +913,9 @@ class SQLiteStore(Store):
         while await self._total_bytes(self.db) > max_bytes:
             async with self.transaction() as db:
                 rows = await self._forget_oldest(db, None)
-            if rows is None:
-                break
-            await self._delete_files(rows)
+                if rows is None:
+                    break
+                await self._delete_files(rows)
             removed += len(rows)
         return removed
 
