@@ -3,7 +3,8 @@
 1. **Host and Origin** (DNS-rebinding protection, on for every bind address): ``Host`` must
    name this server — the bind address, loopback's names when it listens on loopback or on
    every interface, ``mcp.public_url``'s host, ``mcp.allowed_hosts``, or the very address the
-   connection arrived at — and an ``Origin``, when a browser sends one, the same. Anything
+   connection arrived at — and an ``Origin``, when a browser sends one (other than
+   ``null``), the same. Anything
    else is refused before authentication: ``421`` for a foreign Host, ``403`` for a foreign
    Origin, each saying which key to set.
 2. **A body limit per route**, checked against ``Content-Length`` first and then as the body
@@ -138,7 +139,11 @@ class HostNames:
                 "is one of its names, add it to mcp.allowed_hosts or set mcp.public_url",
             )
         origin = headers.get("origin")
-        if origin is not None:
+        # "null" says nothing of the page (browsers send it for a form under Referrer-Policy:
+        # no-referrer, as the console's pages are): the Host above still holds, and the
+        # routes that act on a browser's POST check more (uploads refuse it, the console's
+        # forms carry a CSRF token).
+        if origin is not None and origin != "null":
             try:
                 parts = urlsplit(origin)
                 origin_host = canonical_host(parts.netloc)
