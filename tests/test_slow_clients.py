@@ -14,7 +14,6 @@ import base64
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -28,8 +27,8 @@ from mcp.shared.exceptions import MCPError
 
 from server.apps import request_body_limit
 from tests.conftest import MakeSettings
+from tests.servers import free_port, start_http_server, wait_healthy
 from tests.test_apps import noise_png
-from tests.test_mcp import ROOT, env, free_port
 from tools.config import Settings
 
 HEADER_TIMEOUT_S = 2.0
@@ -79,24 +78,10 @@ def start(make_settings: MakeSettings, host: str = "127.0.0.1") -> Iterator[Live
         f"[media]\nmax_bytes = {MAX_BYTES}\n"
         '[vendors.local]\nesrgan = "off"\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--config", settings.source, "--transport", "http"],
-        env=env(),
-        cwd=str(ROOT),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_http_server(settings.source)
     live = Live(host, port, proc, settings)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{live.base}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        else:
-            proc.kill()
-            raise AssertionError(proc.communicate()[0].decode())
+        wait_healthy(proc, live.base)
         yield live
     finally:
         proc.terminate()
