@@ -3,8 +3,8 @@
 1. **Host and Origin** (DNS-rebinding protection, on for every bind address): ``Host`` must
    name this server — the bind address, loopback's names when it listens on loopback or on
    every interface, ``mcp.public_url``'s host, ``mcp.allowed_hosts``, or the very address the
-   connection arrived at — and an ``Origin``, when a browser sends one (other than
-   ``null``), the same. Anything
+   connection arrived at — and an ``Origin``, when a browser sends one, the same (``null``
+   only on the console's routes, whose forms carry a CSRF token). Anything
    else is refused before authentication: ``421`` for a foreign Host, ``403`` for a foreign
    Origin, each saying which key to set.
 2. **A body limit per route**, checked against ``Content-Length`` first and then as the body
@@ -89,6 +89,13 @@ def is_loopback_name(host: str) -> bool:
         return False
 
 
+def is_console(path: str) -> bool:
+    """The console's pages are served with Referrer-Policy: no-referrer, so a browser sends
+    their forms with ``Origin: null``; each form carries the session's CSRF token instead.
+    Everywhere else ``null`` is refused like any foreign Origin."""
+    return path == "/console" or path.startswith("/console/")
+
+
 class HostNames:
     """Which Host and Origin hosts this server answers to (see the module's docstring)."""
 
@@ -139,11 +146,7 @@ class HostNames:
                 "is one of its names, add it to mcp.allowed_hosts or set mcp.public_url",
             )
         origin = headers.get("origin")
-        # "null" says nothing of the page (browsers send it for a form under Referrer-Policy:
-        # no-referrer, as the console's pages are): the Host above still holds, and the
-        # routes that act on a browser's POST check more (uploads refuse it, the console's
-        # forms carry a CSRF token).
-        if origin is not None and origin != "null":
+        if origin is not None and not (origin == "null" and is_console(scope["path"])):
             try:
                 parts = urlsplit(origin)
                 origin_host = canonical_host(parts.netloc)
