@@ -1,10 +1,10 @@
 """``GET /openapi.json``: an OpenAPI 3.1 description of the HTTP routes that are not MCP.
 
 Written by hand beside the routes (``server/http.py``, ``uploads.py``, ``result_urls.py``,
-``callbacks.py``, ``console/routes.py``) and fuzzed in the suite by schemathesis against a
-running server (``tests/test_openapi.py``): whatever a client sends, no 5xx but the
-documented 503s of an unreachable store, and no traceback. The console's routes are listed
-when the console is on.
+``callbacks.py``, ``console/routes.py``, ``metrics.py``) and fuzzed in the suite by
+schemathesis against a running server (``tests/test_openapi.py``): whatever a client
+sends, no 5xx but the documented 503s of an unreachable store, and no traceback. The
+console's routes are listed when the console is on.
 """
 
 from __future__ import annotations
@@ -197,6 +197,18 @@ def describe(settings: Settings) -> dict[str, Any]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (open to an unforwarded loopback client)",
+                "security": [{"metrics": []}],
+                "responses": {
+                    "200": {"description": "the text format", "content": {"text/plain": {}}},
+                    "401": {"description": "no or a wrong metrics token"},
+                    "413": {"description": "a scrape has no body"},
+                    "503": BUSY,
+                },
+            }
+        },
         "/upload": {
             "get": {
                 "summary": "a page that uploads from a browser",
@@ -267,6 +279,7 @@ def describe(settings: Settings) -> dict[str, Any]:
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
+                "metrics": {"type": "http", "scheme": "bearer", "description": "[metrics] token"},
                 "console": {"type": "apiKey", "in": "cookie", "name": "retouch_console"},
             },
             "schemas": {

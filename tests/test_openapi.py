@@ -41,6 +41,7 @@ def test_the_description_lists_every_route_that_is_not_mcp(live: Live) -> None:
         "/results/{task_id}/{index}",
     } <= paths
     assert {"/callbacks/{vendor}/{secret}", "/console/login", "/console/api/tasks"} <= paths
+    assert "/metrics" in paths
     assert not any(p.startswith("/mcp") for p in paths)
 
 
@@ -97,5 +98,5 @@ def test_fuzzing_every_route_finds_no_server_error(live: Live) -> None:
             fuzz(live, operation, schemathesis.GenerationMode.NEGATIVE, statuses, cookies)
     print("\nfuzzed:", "; ".join(f"{op} → {sorted(s)}" for op, s in sorted(seen.items())))
     assert len(seen) >= 15
-    assert {200} <= seen["GET /health"]
+    assert {200} <= seen["GET /health"] and 200 in seen["GET /metrics"]
     assert 200 in seen["GET /console/api/tasks"]  # the session reached the routes behind it

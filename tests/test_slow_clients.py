@@ -257,6 +257,7 @@ async def test_every_route_refuses_a_body_over_its_limit(live: Live) -> None:
         ("GET", "/openapi.json"): 1024,
         ("GET", "/results/x/0"): 1024,
         ("GET", "/console/tasks"): 1024,
+        ("GET", "/metrics"): 1024,
         ("POST", "/elsewhere"): 1024,
     }
     kinds = {"/uploads": "image/png", "/console/login": "application/x-www-form-urlencoded"}
