@@ -336,3 +336,27 @@ def test_a_loopback_address_spelled_otherwise_refuses_a_foreign_host(
         assert mcp.status_code == 421 and mcp.json()["error"]["code"] == -32600
         origin = client.get("/health", headers={"Origin": "http://evil.example"})
         assert origin.status_code == 403
+
+
+async def test_a_house_full_of_slow_bodies_answers_503_until_the_body_timeout(
+    live: Live,
+) -> None:
+    """Connections inside a request are not let go for newcomers: past the cap a new one is
+    answered 503 (with Retry-After), until the body timeout frees them."""
+    request = head("POST", "/uploads", 1_000_000, "image/png")
+    slow = [
+        asyncio.create_task(slow_body(live.port, request, 0.2, BODY_TIMEOUT_S + 10))
+        for _ in range(MAX_CONNECTIONS)
+    ]
+    await asyncio.sleep(1)
+    refused = await first_answer(live.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    started = time.monotonic()
+    closed = await asyncio.gather(*slow)
+    assert refused.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in refused.lower()
+    assert all(seconds < BODY_TIMEOUT_S + 4 for seconds, _ in closed)
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{live.base}/health")).status_code == 200
+    print(
+        f"\nfull house: {MAX_CONNECTIONS} slow bodies held the cap; a newcomer got 503; all "
+        f"closed {time.monotonic() - started:.1f} s later, /health answered again"
+    )
