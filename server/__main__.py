@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     import uvicorn
 
+    from server.connections import ConnectionLimits, GuardedH11Protocol
     from server.http import build_http_app
     from server.result_urls import ResultURLs
 
@@ -108,13 +109,17 @@ def main(argv: list[str] | None = None) -> None:
         f"       or: npx @modelcontextprotocol/inspector  (Streamable HTTP, URL above)\n"
         f"  stop with Ctrl-C"
     )
+    # uvicorn's h11 protocol with header and body timeouts and a connection cap that lets
+    # idle connections go first (server/connections.py says why not uvicorn's own settings).
+    protocol = GuardedH11Protocol.with_limits(ConnectionLimits.from_settings(settings))
+    serve = {"host": cfg.host, "port": cfg.port, "log_level": "warning", "http": protocol}
     if settings.log.format == "json":  # every line of stderr one JSON object
         logging.getLogger("retouch.mcp").info(banner, extra={"event": "started"})
         # uvicorn's loggers then reach the root's JSON handler instead of its own format
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", log_config=None)
+        uvicorn.run(app, **serve, log_config=None)
         return
     print(banner, file=sys.stderr, flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    uvicorn.run(app, **serve)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
 
 from mcp.server import MCPServer
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
@@ -22,9 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import callbacks
+from server import callbacks, openapi
 from server.apps import request_body_limit
 from server.console.routes import add_console
+from server.front_door import FrontDoor
 from server.metrics import add_metrics
 from server.owners import set_owner
 from server.result_urls import ResultURLs, serve_result
@@ -37,7 +37,7 @@ from tools.service import Editor
 #: itself; a result link carries its own signature; the console has its own sign-in and
 #: takes no bearer token; /metrics checks its own token, server/metrics.py).
 OPEN_PATHS = ("/health", "/callbacks/", "/results/", "/console/")
-OPEN_EXACT = ("/upload", "/console", "/metrics")
+OPEN_EXACT = ("/upload", "/console", "/metrics", "/openapi.json")
 #: How long the guard keeps its copy of the users added at run time (``retouch users``, the
 #: console): a user revoked there is refused by every process within this many seconds.
 ADDED_USERS_TTL_S = 2.0
@@ -168,16 +168,9 @@ def build_http_app(
             f"mcp.host is {cfg.host}, beyond loopback: add [[mcp.users]] or set "
             "mcp.auth_token (or RETOUCH_MCP__AUTH_TOKEN) so that only your clients can edit"
         )
-    security = None
-    public = urlsplit(cfg.public_url).hostname if cfg.public_url else None
-    if not is_loopback(cfg.host) or public:
-        # On loopback, the SDK's own names, and the public one a TLS proxy in front passes on.
-        names = [cfg.host] if not is_loopback(cfg.host) else ["[::1]"]
-        names += ["localhost", "127.0.0.1", *([public] if public else [])]
-        security = TransportSecuritySettings(
-            allowed_hosts=[f"{n}:*" for n in names] + names,
-            allowed_origins=[f"http://{n}:*" for n in names] + [f"https://{n}" for n in names],
-        )
+    # DNS-rebinding protection is the front door's, for every route (server/front_door.py);
+    # the SDK's own check, off here, covers /mcp alone and only some loopback spellings.
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health(request: Request) -> Response:
@@ -195,12 +188,14 @@ def build_http_app(
     async def result(request: Request) -> Response:
         return await serve_result(request, urls)
 
+    mcp.custom_route("/openapi.json", methods=["GET"])(openapi.route(settings))
     add_console(mcp, settings)
     add_metrics(mcp, settings)
     app: Starlette = mcp.streamable_http_app(
         streamable_http_path=cfg.path,
         stateless_http=cfg.stateless,
-        # Room for an upload_image call (base64) of the largest image media.max_bytes allows.
+        # The front door holds /mcp to request_body_limit (an upload_image call, as base64,
+        # of the largest image media.max_bytes allows) with a JSON-RPC error past it.
         max_request_body_size=max(DEFAULT_MAX_REQUEST_BODY_SIZE, request_body_limit(settings)),
         transport_security=security,
         host=cfg.host,
@@ -224,4 +219,12 @@ def build_http_app(
         return await editor.users.digests() if editor is not None else []
 
     # On loopback without configured users, open until a user is added (retouch users add).
-    return BearerAuth(app, users, added=added, open_when_empty=not users)
+    guarded = BearerAuth(app, users, added=added, open_when_empty=not users)
+    return FrontDoor(guarded, settings)
+
+
+def starlette_app(app: ASGIApp) -> Starlette:
+    """The Starlette app inside ``build_http_app``'s layers (for its lifespan and state)."""
+    while not isinstance(app, Starlette):
+        app = app.app  # type: ignore[attr-defined]
+    return app

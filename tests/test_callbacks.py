@@ -22,6 +22,7 @@ from mcp import Client
 
 from server import callbacks as route
 from server.app import build_server
+from server.http import starlette_app
 from tests.conftest import MakeSettings, png
 from tests.fakes.http import make_png
 from tests.fakes.softsugar import FakeSoftSugar
@@ -111,7 +112,7 @@ class App:
 async def running(settings: Settings, fake: FakeSoftSugar) -> AsyncIterator[App]:
     """The app for one test (entered and left in the test's own task, as anyio wants)."""
     async with http_app(settings) as (asgi, client):
-        yield App(client, getattr(asgi, "app", asgi).state.editor, fake)
+        yield App(client, starlette_app(asgi).state.editor, fake)
 
 
 # ---- the secret ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from mcp import Client
 
 from server import http as server_http
 from server.app import build_server
-from server.http import build_http_app
+from server.http import build_http_app, starlette_app
 from tests.conftest import MakeSettings, data_uri, sample
 from tests.fakes import nebula as fake_nebula
 from tests.fakes import openai as fake_openai
@@ -207,7 +207,7 @@ async def http_app(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncCl
     """The real Starlette app (auth and transport security included), its lifespan running,
     called in process through httpx's ASGI transport."""
     app = build_http_app(build_server(settings), settings)
-    starlette = getattr(app, "app", app)
+    starlette = starlette_app(app)
     async with starlette.router.lifespan_context(starlette):
         cfg = settings.mcp
         base = f"http://{cfg.host}:{cfg.port}"

@@ -27,7 +27,7 @@ import pytest
 from mcp import Client
 
 from server.app import build_server
-from server.http import BearerAuth, build_http_app
+from server.http import build_http_app, starlette_app
 from server.owners import LOCAL
 from server.result_urls import ResultURLs
 from server.uploads import MULTIPART_OVERHEAD
@@ -65,7 +65,7 @@ async def serve(
     urls = ResultURLs.from_settings(settings, clock)
     mcp = build_server(settings, result_urls=urls)
     app = build_http_app(mcp, settings, urls)
-    inner: Any = app.app if isinstance(app, BearerAuth) else app
+    inner: Any = starlette_app(app)
     # The lifespan is entered and left by one task of its own (its task group needs that;
     # a fixture's set-up and tear-down may run in different tasks).
     ready, stop = asyncio.Event(), asyncio.Event()

@@ -25,7 +25,7 @@ from mcp.types import PromptReference, ResourceTemplateReference
 
 from server import http as server_http
 from server.app import RESULT_TEMPLATE, build_server
-from server.http import build_http_app
+from server.http import build_http_app, starlette_app
 from tests.conftest import MakeSettings, data_uri, png
 from tests.mcp_wire import Wire
 from tests.servers import env, free_port, start_http_server, wait_healthy
@@ -64,7 +64,7 @@ Connect = Callable[[str], contextlib.AbstractAsyncContextManager[Client]]
 async def serve(settings: Settings) -> AsyncIterator[tuple[Connect, Editor, Any]]:
     """The real HTTP app, its lifespan running; ``connect(token)`` opens an SDK client."""
     app = build_http_app(build_server(settings), settings)
-    starlette = app.app
+    starlette = starlette_app(app)
 
     @contextlib.asynccontextmanager
     async def connect(token: str) -> AsyncIterator[Client]:

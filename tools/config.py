@@ -344,6 +344,20 @@ class MCPSettings(Section):
         SecretStr(""),
         description="signs result links; unset: a secret generated once in store.dir",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="names (and addresses) clients may put in Host and Origin besides the "
+        "bind address, loopback's names and public_url's host: DNS-rebinding protection",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="most a connection may take to send a request's headers"
+    )
+    body_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="most a request's body may take, from its headers on"
+    )
+    max_connections: int = Field(
+        256, ge=8, le=100_000, description="open HTTP connections at once, idle ones let go first"
+    )
 
     @field_validator("url_secret")
     @classmethod
@@ -389,6 +403,25 @@ class MCPSettings(Section):
                 "are mcp.port and mcp.path)"
             )
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _names_alone(cls, value: list[str]) -> list[str]:
+        names = []
+        for name in value:
+            bare = name.strip("[]")
+            try:
+                names.append(ipaddress.ip_address(bare).compressed)
+                continue
+            except ValueError:
+                pass
+            if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", name):
+                raise ValueError(
+                    f"{name!r} is not a host name or address (no scheme, port or path), "
+                    'e.g. "retouch.example.com"'
+                )
+            names.append(name.lower().rstrip("."))
+        return names
 
     @field_validator("path")
     @classmethod

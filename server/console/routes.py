@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode
 
 from mcp.server import MCPServer
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from server.app import budgeted_preview
@@ -88,10 +88,13 @@ async def read_form(request: Request) -> dict[str, str]:
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
         raise BadRequest("the body is too large", 413)
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise BadRequest("the body is too large", 413)
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise BadRequest("the body is too large", 413)
+    except ClientDisconnect:  # gone before its body ended (or closed by the body timeout)
+        raise BadRequest("the body ended early") from None
     kind = request.headers.get("content-type", "").split(";")[0].strip()
     if body and kind != "application/x-www-form-urlencoded":
         raise BadRequest("send a form (application/x-www-form-urlencoded)", 415)
