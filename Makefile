@@ -51,13 +51,13 @@ chaos: $(VENV)/.dev
 	RETOUCH_CHAOS_KILLS=60 $(BIN)/python -m pytest -q -s tests/chaos
 
 ## system-deps: Debian packages for the optional parts (tesseract, Real-ESRGAN's runtime, and
-##      chromium for the MCP App's browser tests)
+##      chromium for the MCP App's browser tests, psql and curl for docs/fleet-example.sh)
 system-deps:
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    tesseract-ocr tesseract-ocr-eng libvulkan1 libomp5 chromium >/dev/null \
+	    tesseract-ocr tesseract-ocr-eng libvulkan1 libomp5 chromium postgresql-client curl >/dev/null \
 	  || echo "note: could not install the optional Debian packages"; \
-	else echo "note: run as root on Debian to install tesseract-ocr libvulkan1 libomp5 chromium"; fi
+	else echo "note: run as root on Debian to install tesseract-ocr libvulkan1 libomp5 chromium postgresql-client curl"; fi
 
 ## ui-deps: the MCP App's npm packages (esbuild, ext-apps for the test host), from the lock file
 ui-deps: ui/node_modules/.package-lock.json

@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other, each in its own process (``make bench``).
 
-    python -m bench                 # the default runs (about 11 minutes on 2 cores)
+    python -m bench                 # the default runs (about 25 minutes on 2 cores)
     python -m bench --quick         # shorter, rougher
     python -m bench --full          # the long runs the targets name (an hour or more)
     python -m bench store gateway   # only these
@@ -29,6 +29,7 @@ ORDER = [
     "engine",
     "telegram",
     "fleet_caps",
+    "scaleout",
 ]
 
 

@@ -71,6 +71,16 @@ def _postgres() -> str | None:
     return admin_url()[1] or None
 
 
+@part("psql")
+def _psql() -> str | None:
+    """The command-line tools docs/fleet-example.sh uses beside Retouch's own."""
+    missing = [tool for tool in ("psql", "curl", "bash") if not shutil.which(tool)]
+    if missing:
+        fix = "apt-get install postgresql-client curl (make system-deps)"
+        return f"{', '.join(missing)} not on the PATH: {fix}"
+    return None
+
+
 #: Where .ci/run installs the MCP Inspector (npm install --prefix .inspector ...).
 INSPECTOR = Path(__file__).resolve().parent.parent / ".inspector/node_modules/.bin/mcp-inspector"
 
