@@ -102,7 +102,7 @@ STORE_METRICS = (
     "retouch_store_up",
     "retouch_tasks_ended_total",
     "retouch_images_billed_total",
-    "retouch_cost_total",
+    "retouch_cost_billed_total",
 )
 
 
@@ -235,8 +235,11 @@ class StoreCollector(Collector):
             "Images the vendors delivered or billed for tasks that ended, since the store began",
             labels=["vendor"],
         )
+        # Not "retouch_cost": a counter's family is named without "_total", and one family
+        # name for this counter and the gauge retouch_cost would be ambiguous (OpenMetrics
+        # refuses it; prometheus_client's parser keeps only one of them).
         cost = CounterMetricFamily(
-            "retouch_cost",
+            "retouch_cost_billed",
             "What the tasks that ended cost, by vendor and currency, since the store began",
             labels=["vendor", "currency"],
         )
