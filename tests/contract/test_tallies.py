@@ -175,3 +175,28 @@ async def test_kept_tallies_equal_a_count_of_the_tasks_through_every_change(
     failed = ("failed", "va", "adjust", None)
     assert after[failed][0] - before[failed][0] == len(live) > 0
     assert all(after[k][0] >= n for k, (n, _, _) in before.items())
+
+
+async def test_slots_in_use_are_counted_through_an_index(store: Store) -> None:
+    """The one live count of a scrape (running tasks whose lease holds) walks an index of
+    the running tasks: it never reads the ended ones, however many the store keeps."""
+    for _ in range(3):
+        await new_task(store, vendor="fake")
+    assert len(await store.claim("fake", "w1", capacity=2, lease_s=60)) == 2
+    if isinstance(store, SQLiteStore):
+        from tools.store.sqlite import TALLIES
+
+        rows = await store.db.execute_fetchall(f"EXPLAIN QUERY PLAN {TALLIES}", (time.time(),))
+        plan = [str(r[3]) for r in rows]
+        assert any(line.startswith("SEARCH tasks USING INDEX") for line in plan), plan
+        assert not any(line.startswith("SCAN tasks") for line in plan), plan
+    else:
+        from tools.store.postgres import TALLIES, PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        async with store.pool.acquire() as db, db.transaction():
+            # a table this small is read whole whatever the indexes: ask whether one serves
+            await db.execute("SET LOCAL enable_seqscan = off")
+            plan = [r[0] for r in await db.fetch(f"EXPLAIN {TALLIES}", time.time())]
+        assert not any("Seq Scan on tasks" in line for line in plan), plan
+        assert any("Index" in line and " on tasks" in line for line in plan), plan

@@ -96,7 +96,7 @@ def _reports_full(
 
 
 #: What ``tallies`` reads (after ``_fold``): each group, and for running groups the tasks
-#: whose lease holds (``tasks_claim`` finds them by vendor, status and lease).
+#: whose lease holds (``tasks_live``, the running tasks by vendor and lease, finds them).
 TALLIES = """
     SELECT t.status, t.vendor, t.function, t.currency, t.tasks, t.images,
         CASE WHEN t.priced > 0 THEN t.cost END,
@@ -649,7 +649,7 @@ class PostgresStore(Store):
 
     async def tallies(self, now: float | None = None) -> list[Tally]:
         """The groups of ``task_tallies`` (m016: rows of changes, folded here first), and
-        the running tasks whose lease holds counted through ``tasks_claim``."""
+        the running tasks whose lease holds counted through ``tasks_live``."""
         async with self.pool.acquire() as db, db.transaction():
             await _fold(db)
             rows = await db.fetch(TALLIES, time.time() if now is None else now)
