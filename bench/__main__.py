@@ -20,6 +20,7 @@ from bench._common import ROOT, machine
 ORDER = [
     "store",
     "steps",
+    "tallies",
     "blobs",
     "gateway",
     "context",

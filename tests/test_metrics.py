@@ -163,6 +163,20 @@ async def test_a_scrape_after_edits_matches_the_store(
     }
     assert scraped_cost == pytest.approx(dict(costs)) and scraped_cost[("dashscope", "CNY")] > 0
 
+    # every task here has ended and none is forgotten yet: the counters equal the gauges
+    ended_total = {
+        (s.labels["status"], s.labels["vendor"], s.labels["function"]): s.value
+        for s in samples(fams, "retouch_tasks_ended", "retouch_tasks_ended_total")
+    }
+    assert ended_total == {key: float(n) for key, n in by_key.items()}
+    billed = samples(fams, "retouch_images_billed", "retouch_images_billed_total")
+    assert {s.labels["vendor"]: s.value for s in billed} == images
+    cost_total = {
+        (s.labels["vendor"], s.labels["currency"]): s.value
+        for s in samples(fams, "retouch_cost_billed", "retouch_cost_billed_total")
+    }
+    assert cost_total == pytest.approx(dict(costs))
+
     # nothing is left queued or running; each configured vendor is shown with its slots
     for name in ("retouch_queue_depth", "retouch_slots_in_use"):
         assert {s.labels["vendor"]: s.value for s in samples(fams, name)} == {

@@ -35,7 +35,7 @@ from tools.config import Settings
 from tools.errors import IdempotencyConflict
 from tools.models import BudgetLimits, EditRequest, TaskStatus
 from tools.service import Editor
-from tools.store import blob_key
+from tools.store import blob_key, open_store
 from tools.store.moving import CORE, table_sets
 
 CHAT, USER = -1001234567890, 7_000_000_001  # 64-bit ids, as Telegram's are
@@ -222,6 +222,47 @@ async def test_a_sqlite_store_moves_into_postgresql_and_a_second_run_changes_not
     assert "tasks 4 (0 new)" in said and "blobs" in said, said
     assert await counts(url) == first  # nothing duplicated
     await serves_the_old_history(old, on_postgres(old, url, results_dir=tmp_path / "moved"))
+
+
+async def test_the_metrics_tallies_and_ended_totals_move_too(
+    old: Old, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The target shows the source's ``/metrics`` figures: the tallies of the tasks held
+    (made again by the target's trigger as tasks arrive) and the totals of tasks ended,
+    which count a task retention has forgotten; a second run does not add them again. A
+    store from before the totals were kept carries its ended tasks counted instead."""
+    with sqlite3.connect(old.settings.store.path) as db:  # retention forgot one ended task
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("DELETE FROM tasks WHERE id = ?", (old.tasks[1],))
+    source = await open_store(old.settings.store)
+    try:
+        tallies, ended = await source.tallies(now=0), await source.ended()
+    finally:
+        await source.close()
+    assert sum(t.tasks for t in tallies) == 3 and sum(e.tasks for e in ended) == 4
+
+    async def seen(url: str) -> tuple[list[Any], list[Any]]:
+        target = await open_store(on_postgres(old, url).store)
+        try:
+            return await target.tallies(now=0), await target.ended()
+        finally:
+            await target.close()
+
+    url = await fresh_url()
+    for _ in range(2):
+        code, said = await move(capsys, old, url, "--to-blobs", str(tmp_path / "moved"))
+        assert code == 0, said
+        assert await seen(url) == (tallies, ended)
+    assert "task_ended 2 (0 new)" in said, said
+
+    with sqlite3.connect(old.settings.store.path) as db:  # as a store from before m016
+        db.execute("DROP TABLE task_ended")
+    url = await fresh_url()
+    code, said = await move(capsys, old, url, "--to-blobs", str(tmp_path / "moved2"))
+    assert code == 0, said
+    held, totals = await seen(url)
+    assert held == tallies
+    assert sum(e.tasks for e in totals) == 3  # the ended tasks it still holds
 
 
 async def test_images_move_into_s3(

@@ -105,8 +105,8 @@ async def test_two_processes_starting_at_once_migrate_once(tmp_path: Path) -> No
     assert sorted(r[0] for r in rows) == sorted(step.__name__ for step in CORE)
     assert {r[1] for r in rows} == {1}
     # _migrations, tasks, blobs, task_blobs, uploads, rate_turns, users, budget_overrides,
-    # task_steps, rate_waits, console_sessions, idempotency_requests
-    assert tables == 12
+    # task_steps, rate_waits, console_sessions, idempotency_requests, task_tallies, task_ended
+    assert tables == 14
 
 
 # ---- claims --------------------------------------------------------------------------------

@@ -370,9 +370,10 @@ class Editor:
         return record.public()
 
     async def metrics_view(self) -> telemetry.StoreView:
-        """What ``/metrics`` shows of the whole store: one aggregate read, and each
-        configured vendor's slots. Scrapes that arrive together share one read, and a read
-        serves for ``telemetry.VIEW_TTL_S`` (the read scans every task)."""
+        """What ``/metrics`` shows of the whole store: its tallies and ended totals (kept
+        by the store as tasks change: one row a group), and each configured vendor's slots.
+        Scrapes that arrive together share one read, and a read serves for
+        ``telemetry.VIEW_TTL_S``."""
         read_at, reading = self._metrics_view
         if reading is None or (
             reading.done() and time.monotonic() - read_at > telemetry.VIEW_TTL_S
@@ -388,7 +389,7 @@ class Editor:
 
     async def _read_metrics_view(self) -> telemetry.StoreView:
         slots = {name: capacity(vendor) for name, vendor in self.vendors.items()}
-        return telemetry.StoreView(await self.store.tallies(), slots)
+        return telemetry.StoreView(await self.store.tallies(), slots, await self.store.ended())
 
     async def list_tasks(self, *, owner: str | None = None, limit: int = 20) -> list[Task]:
         """The newest tasks first: ``owner``'s, or everyone's with None."""

@@ -13,7 +13,10 @@ Two kinds, kept apart on purpose:
   processes write to it: tasks by status, vendor and function, billed images and cost by
   vendor and currency, queue depth and slots in use per vendor. These are gauges (a task
   past ``store.retention_days`` is forgotten, so the sums may fall) and every exporter shows
-  the same values: read them with ``max by (…)``, never ``sum``.
+  the same values: read them with ``max by (…)``, never ``sum``. Beside them, counters
+  the store keeps as tasks end (``Store.ended``: tasks ended, images billed, cost), which
+  retention does not lower: take ``rate``/``increase`` of them (with ``max by``, as every
+  exporter shows the same totals).
 
 ``render`` makes one scrape's body; ``serve`` runs the small exporter ``retouch-worker`` and
 ``retouch-bot`` listen with (the HTTP server has its own ``/metrics`` route); ``allowed`` is
@@ -42,12 +45,12 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from tools.errors import ConfigError
-from tools.store.base import Tally
+from tools.store.base import Ended, Tally
 
 log = logging.getLogger("retouch.tasks")
 
@@ -97,6 +100,9 @@ STORE_METRICS = (
     "retouch_slots_in_use",
     "retouch_slots",
     "retouch_store_up",
+    "retouch_tasks_ended_total",
+    "retouch_images_billed_total",
+    "retouch_cost_billed_total",
 )
 
 
@@ -138,11 +144,13 @@ def vendor_call(vendor: str, call: str, seconds: float, error_code: str | None =
 
 @dataclass(frozen=True)
 class StoreView:
-    """One scrape's look at the store: its tallies, and each configured vendor's slots
-    (``max_concurrent``; vendors listed here show 0 queued rather than nothing)."""
+    """One scrape's look at the store: its tallies, each configured vendor's slots
+    (``max_concurrent``; vendors listed here show 0 queued rather than nothing), and the
+    totals of every task ever ended (counters: retention does not lower them)."""
 
     tallies: list[Tally]
     slots: dict[str, int] = field(default_factory=dict)
+    ended: list[Ended] = field(default_factory=list)
 
 
 class StoreCollector(Collector):
@@ -212,6 +220,45 @@ class StoreCollector(Collector):
         for vendor, n in sorted(self.view.slots.items()):
             slots.add_metric([vendor], n)
         yield from (tasks, images, cost, queue, in_use, slots)
+        yield from self._counters(self.view.ended)
+
+    @staticmethod
+    def _counters(totals: list[Ended]) -> Iterator[Metric]:
+        ended = CounterMetricFamily(
+            "retouch_tasks_ended",
+            "Tasks that ended, by status, vendor and function, since the store began (all "
+            "processes; not lowered when old tasks are forgotten)",
+            labels=["status", "vendor", "function"],
+        )
+        images = CounterMetricFamily(
+            "retouch_images_billed",
+            "Images the vendors delivered or billed for tasks that ended, since the store began",
+            labels=["vendor"],
+        )
+        # Not "retouch_cost": a counter's family is named without "_total", and one family
+        # name for this counter and the gauge retouch_cost would be ambiguous (OpenMetrics
+        # refuses it; prometheus_client's parser keeps only one of them).
+        cost = CounterMetricFamily(
+            "retouch_cost_billed",
+            "What the tasks that ended cost, by vendor and currency, since the store began",
+            labels=["vendor", "currency"],
+        )
+        by_task: dict[tuple[str, str, str], int] = {}
+        by_images: dict[str, int] = {}
+        by_cost: dict[tuple[str, str], float] = {}
+        for t in totals:
+            key = (t.status, t.vendor, t.function)
+            by_task[key] = by_task.get(key, 0) + t.tasks
+            by_images[t.vendor] = by_images.get(t.vendor, 0) + t.images
+            if t.currency:
+                by_cost[(t.vendor, t.currency)] = by_cost.get((t.vendor, t.currency), 0) + t.cost
+        for (status, vendor, function), count in sorted(by_task.items()):
+            ended.add_metric([status, vendor, function], count)
+        for vendor, count in sorted(by_images.items()):
+            images.add_metric([vendor], count)
+        for (vendor, currency), total in sorted(by_cost.items()):
+            cost.add_metric([vendor, currency], total)
+        yield from (ended, images, cost)
 
 
 ViewSource = Callable[[], Awaitable[StoreView]]

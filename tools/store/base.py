@@ -241,6 +241,21 @@ class Tally:
 
 
 @dataclass(frozen=True)
+class Ended:
+    """The tasks that ever ended as ``status`` at ``vendor``, by function and currency, as
+    ``Store.ended`` counts them: how many, the images billed and what they cost. Never
+    lowered (a task deleted after ``store.retention_days`` stays counted): counters."""
+
+    status: str
+    vendor: str
+    function: str
+    currency: str | None
+    tasks: int
+    images: int
+    cost: float
+
+
+@dataclass(frozen=True)
 class TaskStep:
     """One step of a task's story, as the store's log keeps it (``kind``: queued, claimed,
     released, submitted, poll, retry, rerouted, cancel, downloaded, ended). Most are written by
@@ -482,9 +497,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def tallies(self, now: float | None = None) -> list[Tally]:
-        """Every stored task counted by (status, vendor, function, currency), in one
-        aggregate statement (what ``/metrics`` shows for the whole store, whichever process
-        is asked). ``live`` counts running tasks whose lease holds at ``now``."""
+        """Every stored task counted by (status, vendor, function, currency) (what
+        ``/metrics`` shows for the whole store, whichever process is asked), read from the
+        tallies the store keeps as tasks change (one row a group, not a scan of the tasks).
+        ``live`` counts running tasks whose lease holds at ``now`` (an index walk over the
+        running tasks)."""
+
+    @abc.abstractmethod
+    async def ended(self) -> list[Ended]:
+        """Every task that ever ended in this store, by (status, vendor, function,
+        currency), kept as tasks end: totals that retention's deletes do not lower."""
 
     @abc.abstractmethod
     async def active(self, owner: str) -> list[TaskRecord]:

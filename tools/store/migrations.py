@@ -416,3 +416,122 @@ async def m015_blob_grace(db: aiosqlite.Connection) -> None:
             END
             """
         )
+
+
+#: A task's group in ``task_tallies`` (``currency``: '' for none, so the key has no NULL).
+def _group(row: str) -> str:
+    return (
+        f"status = {row}.status AND vendor = {row}.vendor AND function = {row}.function"
+        f" AND currency = COALESCE({row}.currency, '')"
+    )
+
+
+def _add(row: str) -> str:
+    """A trigger statement counting the task ``row`` (NEW) into its group."""
+    return (
+        "INSERT INTO task_tallies (status, vendor, function, currency, tasks, images, cost,"
+        f" priced) VALUES ({row}.status, {row}.vendor, {row}.function,"
+        f" COALESCE({row}.currency, ''), 1, {row}.billed_images, COALESCE({row}.cost, 0),"
+        f" {row}.cost IS NOT NULL) ON CONFLICT (status, vendor, function, currency) DO UPDATE"
+        " SET tasks = tasks + 1, images = images + excluded.images,"
+        " cost = cost + excluded.cost, priced = priced + excluded.priced;"
+    )
+
+
+def _take(row: str) -> str:
+    """Trigger statements taking the task ``row`` (OLD) out of its group (an empty group's
+    row goes, so no rounding is left of its cost)."""
+    return (
+        f"UPDATE task_tallies SET tasks = tasks - 1, images = images - {row}.billed_images,"
+        f" cost = cost - COALESCE({row}.cost, 0), priced = priced - ({row}.cost IS NOT NULL)"
+        f" WHERE {_group(row)}; DELETE FROM task_tallies WHERE {_group(row)} AND tasks <= 0;"
+    )
+
+
+#: The columns a task's group and sums are made of.
+TALLIED = ("status", "vendor", "function", "currency", "billed_images", "cost")
+
+
+@migration
+async def m016_task_tallies(db: aiosqlite.Connection) -> None:
+    """What ``/metrics`` reads instead of counting every task at each scrape:
+
+    - ``task_tallies``: the tasks held now by (status, vendor, function, currency), with
+      their billed images and cost (``priced``: how many have a cost, so a group of none
+      shows no cost rather than 0), kept by triggers in the very statements that insert,
+      change or delete a task (a group's row goes when it is empty);
+    - ``task_ended``: every task that ever ended here by (status, vendor, function,
+      currency), its billed images and cost; added to when a task's ``finished_at`` is
+      first set, never lowered (a task deleted after ``store.retention_days`` stays
+      counted), so Prometheus can take rates of it.
+
+    Both are filled from the tasks already stored (what ended before this step is counted
+    as ended: those still kept)."""
+    await db.execute(
+        """
+        CREATE TABLE task_tallies (
+            status TEXT NOT NULL,
+            vendor TEXT NOT NULL,
+            function TEXT NOT NULL,
+            currency TEXT NOT NULL,
+            tasks INTEGER NOT NULL,
+            images INTEGER NOT NULL,
+            cost REAL NOT NULL,
+            priced INTEGER NOT NULL,
+            PRIMARY KEY (status, vendor, function, currency)
+        )
+        """
+    )
+    await db.execute(
+        """
+        CREATE TABLE task_ended (
+            status TEXT NOT NULL,
+            vendor TEXT NOT NULL,
+            function TEXT NOT NULL,
+            currency TEXT NOT NULL,
+            tasks INTEGER NOT NULL,
+            images INTEGER NOT NULL,
+            cost REAL NOT NULL,
+            PRIMARY KEY (status, vendor, function, currency)
+        )
+        """
+    )
+    changed = " OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in TALLIED)
+    ended = (
+        "INSERT INTO task_ended (status, vendor, function, currency, tasks, images, cost)"
+        " VALUES (NEW.status, NEW.vendor, NEW.function, COALESCE(NEW.currency, ''), 1,"
+        " NEW.billed_images, COALESCE(NEW.cost, 0)) ON CONFLICT (status, vendor, function,"
+        " currency) DO UPDATE SET tasks = tasks + 1, images = images + excluded.images,"
+        " cost = cost + excluded.cost;"
+    )
+    triggers = {
+        "inserted": ("AFTER INSERT ON tasks", _add("NEW")),
+        "changed": (
+            f"AFTER UPDATE OF {', '.join(TALLIED)} ON tasks WHEN {changed}",
+            _take("OLD") + " " + _add("NEW"),
+        ),
+        "deleted": ("AFTER DELETE ON tasks", _take("OLD")),
+        "ended": (
+            "AFTER UPDATE OF finished_at ON tasks"
+            " WHEN OLD.finished_at IS NULL AND NEW.finished_at IS NOT NULL",
+            ended,
+        ),
+    }
+    for name, (when, body) in triggers.items():
+        await db.execute(f"CREATE TRIGGER task_tallies_{name} {when} BEGIN {body} END")
+    await db.execute(
+        """
+        INSERT INTO task_tallies (status, vendor, function, currency, tasks, images, cost, priced)
+        SELECT status, vendor, function, COALESCE(currency, ''), count(*), sum(billed_images),
+            COALESCE(sum(cost), 0), count(cost)
+        FROM tasks GROUP BY 1, 2, 3, 4
+        """
+    )
+    await db.execute(
+        """
+        INSERT INTO task_ended (status, vendor, function, currency, tasks, images, cost)
+        SELECT status, vendor, function, COALESCE(currency, ''), count(*), sum(billed_images),
+            COALESCE(sum(cost), 0)
+        FROM tasks WHERE finished_at IS NOT NULL GROUP BY 1, 2, 3, 4
+        """
+    )

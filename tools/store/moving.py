@@ -6,7 +6,9 @@ images into the new store's blob store, so that a user who outgrows SQLite keeps
 
 Tables go over in an order that keeps every reference valid — blobs, tasks (their ``seq``
 kept, and the sequence moved past the last), the links, uploads, users added at run time and
-owners' budgets — then each front end's own tables. A front end declares those as a
+owners' budgets, the totals of tasks ended (``/metrics``' counters; the tallies of the tasks
+held are made again by the target's trigger as the tasks arrive) — then each front end's own
+tables. A front end declares those as a
 ``TableSet`` in the entry-point group ``retouch.tables`` (the tables in order, their keys,
 the PostgreSQL migrations that make them), so the core moves the bot's state without knowing
 the bot, and another front end's by declaring one more entry point.
@@ -298,6 +300,8 @@ async def move(
             for tables in sets:
                 for table in tables.tables:
                     await mover.move(table)
+                if tables is CORE:
+                    await mover.carry_ended()
         finally:
             await db.close()
     finally:
@@ -353,6 +357,62 @@ class _Mover:
                 f"SELECT setval(pg_get_serial_sequence('{table.name}', '{table.serial}'),"
                 f" max({table.serial})) FROM {table.name} HAVING max({table.serial}) IS NOT NULL"
             )
+        self.progress.finish()
+        done.seconds = time.monotonic() - started
+        self.moved.append(done)
+
+    async def carry_ended(self) -> None:
+        """The source's totals of tasks ended (m016's ``task_ended``; for a store from
+        before it, its ended tasks counted), as the target's ``origin = 'moved'`` rows, so
+        the counters ``/metrics`` shows go on from where they were. (``task_tallies`` is not
+        copied: the target's trigger counts each task as it is inserted.) Once: a second run
+        finds them, and they must be the source's."""
+        if await self._source_columns("task_ended"):
+            query = "SELECT status, vendor, function, currency, tasks, images, cost FROM task_ended"
+        else:
+            query = (
+                "SELECT status, vendor, function, COALESCE(currency, '') AS currency,"
+                " count(*) AS tasks, sum(billed_images) AS images,"
+                " COALESCE(sum(cost), 0) AS cost FROM tasks WHERE finished_at IS NOT NULL"
+                " GROUP BY 1, 2, 3, 4"
+            )
+        source = {
+            (r["status"], r["vendor"], r["function"], r["currency"]): (
+                int(r["tasks"]),
+                int(r["images"]),
+                float(r["cost"]),
+            )
+            for r in await self.src.execute_fetchall(query)
+        }
+        done = Moved("task_ended", rows=len(source))
+        started = time.monotonic()
+        self.progress.start("task_ended", len(source))
+        there = {
+            (r[0], r[1], r[2], r[3]): (int(r[4]), int(r[5]), float(r[6]))
+            for r in await self.db.fetch(
+                "SELECT status, vendor, function, currency, sum(tasks), sum(images), sum(cost)"
+                " FROM task_ended WHERE origin = 'moved' GROUP BY 1, 2, 3, 4"
+            )
+        }
+        if there:
+            if there.keys() != source.keys() or any(
+                there[k][:2] != v[:2] or abs(there[k][2] - v[2]) > 1e-6 * max(1.0, abs(v[2]))
+                for k, v in source.items()
+            ):
+                raise StoreConflict(
+                    "the target already holds other totals of ended tasks moved from a store: "
+                    "move into an empty database, or into the one this move filled"
+                )
+        elif source:
+            rows = [(*k, *v) for k, v in source.items()]
+            async with self.db.transaction():  # all or none: a second run compares them
+                await self.db.executemany(
+                    "INSERT INTO task_ended (status, vendor, function, currency, tasks, images,"
+                    " cost, origin) VALUES ($1, $2, $3, $4, $5, $6, $7, 'moved')",
+                    rows,
+                )
+            done.new = len(rows)
+        self.progress.advance(len(source))
         self.progress.finish()
         done.seconds = time.monotonic() - started
         self.moved.append(done)

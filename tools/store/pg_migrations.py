@@ -433,3 +433,98 @@ async def m014_idempotency_requests(db: asyncpg.Connection) -> None:
     await db.execute(
         "CREATE INDEX tasks_keyed_created ON tasks (created_at) WHERE idempotency_key IS NOT NULL"
     )
+
+
+@migration
+async def m016_task_tallies(db: asyncpg.Connection) -> None:
+    """What ``/metrics`` reads instead of counting every task at each scrape (as on SQLite):
+    ``task_tallies``, the tasks held now by (status, vendor, function, currency; '' for no
+    currency) with their billed images and cost (``priced``: how many have one), and
+    ``task_ended``, every task that ever ended by the same, never lowered by retention.
+
+    Here a trigger adds *changes* as rows (a task counted out of its old group, into its
+    new one) rather than updating one row per group: concurrent statements never wait on
+    each other's group rows, nor deadlock taking them in different orders (a claim of many
+    tasks, retention's deletes). ``Store.tallies`` folds the rows of a group into one as it
+    reads, so the tables stay about one row per group plus the changes since the last read.
+    ``task_ended.origin`` is 'moved' for the totals ``retouch migrate-store`` carried over
+    from an older store, '' otherwise. Both are filled from the tasks already stored."""
+    for table, extra in (
+        ("task_tallies", "priced BIGINT NOT NULL"),
+        ("task_ended", "origin TEXT NOT NULL DEFAULT ''"),
+    ):
+        await db.execute(
+            f"""
+            CREATE TABLE {table} (
+                status TEXT NOT NULL,
+                vendor TEXT NOT NULL,
+                function TEXT NOT NULL,
+                currency TEXT NOT NULL,
+                tasks BIGINT NOT NULL,
+                images BIGINT NOT NULL,
+                cost DOUBLE PRECISION NOT NULL,
+                {extra}
+            )
+            """
+        )
+    await db.execute(
+        """
+        CREATE FUNCTION retouch_task_tally() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'UPDATE' AND OLD.finished_at IS NULL
+                    AND NEW.finished_at IS NOT NULL THEN
+                INSERT INTO task_ended (status, vendor, function, currency, tasks, images,
+                    cost)
+                VALUES (NEW.status, NEW.vendor, NEW.function, COALESCE(NEW.currency, ''), 1,
+                    NEW.billed_images, COALESCE(NEW.cost, 0));
+            END IF;
+            IF TG_OP = 'UPDATE' AND (NEW.status, NEW.vendor, NEW.function, NEW.currency,
+                    NEW.billed_images, NEW.cost) IS NOT DISTINCT FROM (OLD.status, OLD.vendor,
+                    OLD.function, OLD.currency, OLD.billed_images, OLD.cost) THEN
+                RETURN NULL;
+            END IF;
+            IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                INSERT INTO task_tallies (status, vendor, function, currency, tasks, images,
+                    cost, priced)
+                VALUES (OLD.status, OLD.vendor, OLD.function, COALESCE(OLD.currency, ''), -1,
+                    -OLD.billed_images, -COALESCE(OLD.cost, 0),
+                    -(OLD.cost IS NOT NULL)::int);
+            END IF;
+            IF TG_OP IN ('UPDATE', 'INSERT') THEN
+                INSERT INTO task_tallies (status, vendor, function, currency, tasks, images,
+                    cost, priced)
+                VALUES (NEW.status, NEW.vendor, NEW.function, COALESCE(NEW.currency, ''), 1,
+                    NEW.billed_images, COALESCE(NEW.cost, 0), (NEW.cost IS NOT NULL)::int);
+            END IF;
+            RETURN NULL;
+        END
+        $$
+        """
+    )
+    await db.execute(
+        "CREATE TRIGGER task_tallies_inserted AFTER INSERT OR DELETE ON tasks"
+        " FOR EACH ROW EXECUTE FUNCTION retouch_task_tally()"
+    )
+    # Only the columns a group or its sums are made of (and the end): a lease renewal or a
+    # poll never calls it.
+    await db.execute(
+        "CREATE TRIGGER task_tallies_updated AFTER UPDATE OF status, vendor, function,"
+        " currency, billed_images, cost, finished_at ON tasks"
+        " FOR EACH ROW EXECUTE FUNCTION retouch_task_tally()"
+    )
+    await db.execute(
+        """
+        INSERT INTO task_tallies (status, vendor, function, currency, tasks, images, cost, priced)
+        SELECT status, vendor, function, COALESCE(currency, ''), count(*), sum(billed_images),
+            COALESCE(sum(cost), 0), count(cost)
+        FROM tasks GROUP BY 1, 2, 3, 4
+        """
+    )
+    await db.execute(
+        """
+        INSERT INTO task_ended (status, vendor, function, currency, tasks, images, cost)
+        SELECT status, vendor, function, COALESCE(currency, ''), count(*), sum(billed_images),
+            COALESCE(sum(cost), 0)
+        FROM tasks WHERE finished_at IS NOT NULL GROUP BY 1, 2, 3, 4
+        """
+    )

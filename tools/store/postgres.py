@@ -38,6 +38,7 @@ from tools.store.base import (
     ActiveTask,
     Admission,
     ConsoleSession,
+    Ended,
     OwnerUsage,
     PendingPuts,
     RateWaits,
@@ -92,6 +93,54 @@ def _reports_full(
             ) from None
 
     return write
+
+
+#: What ``tallies`` reads (after ``_fold``): each group, and for running groups the tasks
+#: whose lease holds (``tasks_live``, the running tasks by vendor and lease, finds them).
+TALLIES = """
+    SELECT t.status, t.vendor, t.function, t.currency, t.tasks, t.images,
+        CASE WHEN t.priced > 0 THEN t.cost END,
+        CASE WHEN t.status = 'running' THEN (
+            SELECT count(*) FROM tasks WHERE tasks.vendor = t.vendor AND tasks.status = 'running'
+              AND tasks.lease_until >= $1 AND tasks.function = t.function
+              AND COALESCE(tasks.currency, '') = t.currency) ELSE 0 END
+    FROM (
+        SELECT status, vendor, function, currency, sum(tasks)::bigint AS tasks,
+            sum(images)::bigint AS images, sum(cost) AS cost, sum(priced) AS priced
+        FROM task_tallies GROUP BY status, vendor, function, currency HAVING sum(tasks) > 0
+    ) AS t
+    ORDER BY t.status, t.vendor, t.function, t.currency
+"""
+#: Any constant, shared by every process: the one folding the tallies' rows.
+FOLD_LOCK = 0x7461_6C6C_6965_73  # "tallies"
+
+
+async def _fold(db: asyncpg.Connection) -> None:
+    """Fold the rows of changes m016's trigger adds into one row a group (an empty group
+    goes), in ``db``'s transaction. One process at a time (a transaction-scoped advisory
+    lock; the others skip, their reads sum the rows as they are): two folds would not count
+    anything twice, but could deadlock on each other's rows."""
+    if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", FOLD_LOCK):
+        return
+    await db.execute(
+        """
+        WITH gone AS (DELETE FROM task_tallies RETURNING *)
+        INSERT INTO task_tallies (status, vendor, function, currency, tasks, images, cost,
+            priced)
+        SELECT status, vendor, function, currency, sum(tasks), sum(images), sum(cost),
+            sum(priced)
+        FROM gone GROUP BY status, vendor, function, currency HAVING sum(tasks) <> 0
+        """
+    )
+    await db.execute(
+        """
+        WITH gone AS (DELETE FROM task_ended RETURNING *)
+        INSERT INTO task_ended (status, vendor, function, currency, tasks, images, cost,
+            origin)
+        SELECT status, vendor, function, currency, sum(tasks), sum(images), sum(cost), origin
+        FROM gone GROUP BY status, vendor, function, currency, origin
+        """
+    )
 
 
 @reports_outages
@@ -599,15 +648,21 @@ class PostgresStore(Store):
         return [TaskSummary(**dict(r)) for r in rows]
 
     async def tallies(self, now: float | None = None) -> list[Tally]:
+        """The groups of ``task_tallies`` (m016: rows of changes, folded here first), and
+        the running tasks whose lease holds counted through ``tasks_live``."""
+        async with self.pool.acquire() as db, db.transaction():
+            await _fold(db)
+            rows = await db.fetch(TALLIES, time.time() if now is None else now)
+        return [Tally(s, v, f, c or None, *rest) for s, v, f, c, *rest in rows]
+
+    async def ended(self) -> list[Ended]:
+        """Summed over each group's rows (``tallies`` folds them; a read does not have to)."""
         rows = await self.pool.fetch(
-            """
-            SELECT status, vendor, function, currency, count(*), COALESCE(sum(billed_images), 0),
-                sum(cost), count(*) FILTER (WHERE status = 'running' AND lease_until >= $1)
-            FROM tasks GROUP BY status, vendor, function, currency
-            """,
-            time.time() if now is None else now,
+            "SELECT status, vendor, function, currency, sum(tasks), sum(images), sum(cost)"
+            " FROM task_ended GROUP BY status, vendor, function, currency"
+            " ORDER BY status, vendor, function, currency"
         )
-        return [Tally(*row) for row in rows]
+        return [Ended(s, v, f, c or None, int(n), int(i), c2) for s, v, f, c, n, i, c2 in rows]
 
     async def active(self, owner: str) -> list[TaskRecord]:
         """``owner``'s tasks still queued or running, newest first."""
@@ -1062,6 +1117,8 @@ class PostgresStore(Store):
             retention_days * 86400,
         )
         await self.pool.execute(f"DELETE FROM uploads WHERE expires_at < {NOW}")
+        async with self.pool.acquire() as db, db.transaction():
+            await _fold(db)  # even where nobody scrapes, the tallies' rows stay few
         removed, _ = await self._delete_orphans()
         if max_bytes is not None:
             removed += await self._evict(max_bytes)

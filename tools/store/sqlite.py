@@ -31,6 +31,7 @@ from tools.store.base import (
     ActiveTask,
     Admission,
     ConsoleSession,
+    Ended,
     OwnerUsage,
     PendingPuts,
     RateWaits,
@@ -64,6 +65,20 @@ NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 MB = 1024 * 1024
 #: Orphaned blobs deleted per transaction (their bytes too, under the write lock).
 ORPHAN_BATCH = 200
+
+
+#: What ``tallies`` reads: each group's row, and for running groups the tasks whose lease
+#: holds (``tasks_claim`` finds them by vendor, status and lease).
+TALLIES = """
+    SELECT t.status, t.vendor, t.function, t.currency, t.tasks, t.images,
+        CASE WHEN t.priced > 0 THEN t.cost END,
+        CASE WHEN t.status = 'running' THEN (
+            SELECT count(*) FROM tasks WHERE tasks.vendor = t.vendor AND tasks.status = 'running'
+              AND tasks.lease_until >= ? AND tasks.function = t.function
+              AND COALESCE(tasks.currency, '') = t.currency) ELSE 0 END
+    FROM task_tallies AS t WHERE t.tasks > 0
+    ORDER BY t.status, t.vendor, t.function, t.currency
+"""
 
 
 @reports_outages
@@ -488,19 +503,21 @@ class SQLiteStore(Store):
         return [_summary(r) for r in rows]
 
     async def tallies(self, now: float | None = None) -> list[Tally]:
-        """Read on a connection of its own (read-only; WAL lets it read beside the writer):
-        the scan of every task takes a while on a large store, and on the shared connection
-        it would hold up every other statement of this process meanwhile."""
+        """One row a group from ``task_tallies`` (kept by the triggers of m016), and the
+        running tasks whose lease holds counted through ``tasks_claim`` (vendor, status,
+        lease_until): a walk over the running tasks, never over the ended ones. Read on a
+        connection of its own (read-only; WAL lets it read beside the writer)."""
+        db = await self._read_connection()
+        rows = await db.execute_fetchall(TALLIES, (time.time() if now is None else now,))
+        return [Tally(s, v, f, c or None, *rest) for s, v, f, c, *rest in rows]
+
+    async def ended(self) -> list[Ended]:
         db = await self._read_connection()
         rows = await db.execute_fetchall(
-            """
-            SELECT status, vendor, function, currency, count(*), COALESCE(sum(billed_images), 0),
-                sum(cost), COALESCE(sum(status = 'running' AND lease_until >= ?), 0)
-            FROM tasks GROUP BY status, vendor, function, currency
-            """,
-            (time.time() if now is None else now,),
+            "SELECT status, vendor, function, currency, tasks, images, cost FROM task_ended"
+            " ORDER BY status, vendor, function, currency"
         )
-        return [Tally(*row) for row in rows]
+        return [Ended(s, v, f, c or None, *rest) for s, v, f, c, *rest in rows]
 
     async def _read_connection(self) -> aiosqlite.Connection:
         if str(self.path) == ":memory:":
