@@ -413,13 +413,14 @@ async def test_a_slow_body_is_cut_in_time(
         record = await app.waiting()
 
         async def slow() -> AsyncIterator[bytes]:
-            for _ in range(50):
+            for _ in range(400):  # 20 s
                 yield b" "
                 await asyncio.sleep(0.05)
 
         started = time.monotonic()
         answer = await app.post(b"", content=slow())
-        assert answer.status_code == 408 and time.monotonic() - started < 2
+        # cut at the read limit, not after the body (a loaded machine is slow, not that slow)
+        assert answer.status_code == 408 and time.monotonic() - started < 10
         await app.still_waiting(record)
 
 

@@ -235,7 +235,7 @@ def test_stop_is_quick_even_during_a_delayed_request() -> None:
     assert fake.wait_for(lambda: len(fake.requests) == 1)
     t0 = time.monotonic()
     fake.stop()
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 10  # not held by the 30 s delay (a loaded machine is slow)
     worker.join(5)
 
 

@@ -68,7 +68,7 @@ async def test_events_from_the_store_wake_waiters_and_reach_subscribers() -> Non
     notifier.event(TaskEvent("changed", "b", "local"))  # nobody shows b's progress
     notifier.event(TaskEvent("ended", "a", "local"))
     await ending
-    assert time.monotonic() - started < 0.2
+    assert time.monotonic() - started < 2.5  # woken, not timed out (5 s)
     await progressing
     assert time.monotonic() - started >= 0.3
     stop()
@@ -85,4 +85,4 @@ async def test_missed_events_wake_every_waiter() -> None:
     started = time.monotonic()
     notifier.event(TaskEvent("missed"))  # the store's listener was down: look again
     await asyncio.gather(*waiting)
-    assert time.monotonic() - started < 0.2
+    assert time.monotonic() - started < 2.5  # woken, not timed out (5 s)

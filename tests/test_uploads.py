@@ -304,13 +304,13 @@ async def test_a_multipart_file_just_over_the_limit_is_too_large(served: Served)
 async def test_a_slow_body_times_out(served: Served) -> None:
     async def trickle() -> AsyncIterator[bytes]:
         yield png()[:10]
-        await asyncio.sleep(2)  # the idle limit is 0.5 s
+        await asyncio.sleep(20)  # the idle limit is 0.5 s
         yield png()[10:]
 
     headers = {**AUTH, "Content-Type": "image/png"}
     started = time.monotonic()
     refused(await served.http.post("/uploads", content=trickle(), headers=headers), 408, "timeout")
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 10  # cut at the idle limit, not after the body
 
 
 async def test_a_client_that_goes_away_mid_body_gets_an_answer_not_a_crash(

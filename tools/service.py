@@ -60,6 +60,9 @@ Progress = Callable[[Task], Awaitable[None]]
 MIN_UPLOAD_TTL_S = 3600.0
 #: Tasks whose decoded results are kept for the front end that waited for them.
 KEEP_DECODED = 8
+#: A caller waiting for a task reads it again at least this often: what covers a store
+#: that hears nothing from other processes (SQLite), or a lost notification.
+WAIT_POLL_S = 0.5
 
 #: How long a vendor connection may sit idle before it is let go (below servers' usual 5 s).
 VENDOR_KEEPALIVE_S = 4.0
@@ -348,7 +351,7 @@ class Editor:
             while not record.finished and time.monotonic() < deadline:
                 # Woken by this process's worker, or by the store for another process's;
                 # the timeout covers a store that hears nothing from other processes.
-                await self.notifier.wait(task_id, min(0.5, deadline - time.monotonic()))
+                await self.notifier.wait(task_id, min(WAIT_POLL_S, deadline - time.monotonic()))
                 record = await self.store.get(task_id)
                 if on_progress and record.progress != seen and not record.finished:
                     seen = record.progress
