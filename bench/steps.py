@@ -14,13 +14,11 @@ SQLite always; PostgreSQL too when ``--postgres URL`` is given (a database it ma
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from typing import Any
 
-from bench._common import header, median, parser, png_bytes, print_table, workdir
+from bench._common import header, parser, print_table
+from bench._stores import compare_writes, drop_schemas, open_store
 
-SCHEMAS: list[str] = []
 SQLITE_TRIGGERS = [
     "queued",
     "claimed",
@@ -33,88 +31,16 @@ SQLITE_TRIGGERS = [
 ]
 
 
-async def open_store(kind: str, logged: bool, url: str) -> Any:
-    from tools.store.sqlite import SQLiteStore
-
-    if kind == "sqlite":
-        folder = workdir(f"steps-{'on' if logged else 'off'}")
-        store = await SQLiteStore.open(folder / "retouch.db", folder / "results")
-        if not logged:
-            for name in SQLITE_TRIGGERS:
-                await store.db.execute(f"DROP TRIGGER task_steps_{name}")
-        return store
-    import asyncpg
-
-    from tools.store import FileBlobStore
-    from tools.store.postgres import PostgresStore
-
-    schema = f"bench_steps_{uuid.uuid4().hex[:10]}"  # dropped by main_async
-    SCHEMAS.append(schema)
-    db = await asyncpg.connect(url)
-    try:
-        await db.execute(f"CREATE SCHEMA {schema}")
-    finally:
-        await db.close()
-    where = f"{url}{'&' if '?' in url else '?'}search_path={schema}"
-    store = await PostgresStore.open(where, FileBlobStore(workdir("pg")))
-    if not logged:
-        for name in ("inserted", "updated"):
-            await store.pool.execute(f"DROP TRIGGER task_steps_{name} ON tasks")
-    return store
-
-
-async def edits(store: Any, count: int, polls: int) -> float:
-    """Seconds for ``count`` edits' writes, one after the other."""
-    from tools.media import InputImage
-    from tools.models import ResultImage, TaskStatus
-
-    image = InputImage(png_bytes((8, 8)), "image/png", 8, 8)
-    sha = await store.put_blob(image)
-    request = {"images": ["data:…(120 chars)"], "function": "adjust", "prompt": "rotate 90"}
-    start = time.perf_counter()
-    for _ in range(count):
-        record = await store.create_task(
-            function="adjust",
-            vendor="v",
-            prompt="rotate 90",
-            n=1,
-            request=request,
-            inputs=[sha],
-            mask=None,
-        )
-        held = await store.claim_task(record.id, "w1", capacity=1000, lease_s=300)
-        assert held is not None
-        await store.update(record.id, "w1", progress="working with v", submit_started_at=1.0)
-        await store.update(record.id, "w1", vendor_task_id="vt", progress="v: PENDING")
-        for n in range(polls):
-            await store.update(record.id, "w1", polls=n + 1, progress="v: RUNNING")
-        result = ResultImage(
-            index=0,
-            uri=f"retouch://tasks/{record.id}/0",
-            sha256=sha,
-            mime_type="image/png",
-            width=8,
-            height=8,
-            bytes=len(image.data),
-        )
-        assert await store.finish(record.id, "w1", TaskStatus.succeeded, results=[result])
-    return time.perf_counter() - start
-
-
 async def measure(kind: str, url: str, count: int, polls: int, rounds: int) -> dict[str, float]:
-    times: dict[bool, list[float]] = {True: [], False: []}
-    stores = {logged: await open_store(kind, logged, url) for logged in (True, False)}
-    try:
-        await edits(stores[True], 5, polls)  # warm both up
-        await edits(stores[False], 5, polls)
-        for r in range(rounds):
-            order = (True, False) if r % 2 == 0 else (False, True)
-            for logged in order:
-                times[logged].append(await edits(stores[logged], count, polls) / count)
-    finally:
-        for store in stores.values():
-            await store.close()
-    return {"on": median(times[True]) * 1000, "off": median(times[False]) * 1000}
+    with_log = await open_store(kind, url, "steps-on")
+    without = await open_store(
+        kind,
+        url,
+        "steps-off",
+        sqlite_triggers=[f"task_steps_{name}" for name in SQLITE_TRIGGERS],
+        pg_triggers=["task_steps_inserted", "task_steps_updated"],
+    )
+    return await compare_writes(with_log, without, count, polls, rounds)
 
 
 async def main_async(args: Any) -> None:
@@ -136,15 +62,7 @@ async def main_async(args: Any) -> None:
                     f"{extra / ms['off'] * 100:+.1f}%",
                 ]
             )
-    if SCHEMAS:
-        import asyncpg
-
-        db = await asyncpg.connect(args.postgres)
-        try:
-            for schema in SCHEMAS:
-                await db.execute(f"DROP SCHEMA {schema} CASCADE")
-        finally:
-            await db.close()
+    await drop_schemas(args.postgres or "")
     print_table(
         ["store", "polls", "ms/edit, no log", "ms/edit, log", "log adds", "share"],
         rows,

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
-from bench._common import header, median, parser, print_table, workdir
-from bench.steps import edits
+from bench._common import header, median, parser, print_table
+from bench._stores import compare_writes, drop_schemas, edits
+from bench._stores import open_store as open_bench_store
 
-SCHEMAS: list[str] = []
 #: The statement ``Store.tallies`` ran before m016 (``?`` / ``$1``: now).
 BEFORE = """
     SELECT status, vendor, function, currency, count(*), COALESCE(sum(billed_images), 0),
@@ -56,33 +55,16 @@ SQLITE_TRIGGERS = ("inserted", "changed", "deleted", "ended")
 
 
 async def open_store(kind: str, url: str, tallied: bool = True) -> Any:
-    from tools.store import FileBlobStore
-    from tools.store.sqlite import SQLiteStore
-
-    if kind == "sqlite":
-        folder = workdir(f"tallies-{'on' if tallied else 'off'}")
-        store = await SQLiteStore.open(folder / "retouch.db", FileBlobStore(folder / "results"))
-        if not tallied:
-            for name in SQLITE_TRIGGERS:
-                await store.db.execute(f"DROP TRIGGER task_tallies_{name}")
-        return store
-    import asyncpg
-
-    from tools.store.postgres import PostgresStore
-
-    schema = f"bench_tallies_{uuid.uuid4().hex[:10]}"  # dropped by main_async
-    SCHEMAS.append(schema)
-    db = await asyncpg.connect(url)
-    try:
-        await db.execute(f"CREATE SCHEMA {schema}")
-    finally:
-        await db.close()
-    where = f"{url}{'&' if '?' in url else '?'}search_path={schema}"
-    store = await PostgresStore.open(where, FileBlobStore(workdir("pg")))
-    if not tallied:
-        for name in ("inserted", "updated"):
-            await store.pool.execute(f"DROP TRIGGER task_tallies_{name} ON tasks")
-    return store
+    """A new store, with m016's triggers or (``tallied=False``) without them."""
+    if tallied:
+        return await open_bench_store(kind, url, "tallies-on")
+    return await open_bench_store(
+        kind,
+        url,
+        "tallies-off",
+        sqlite_triggers=[f"task_tallies_{name}" for name in SQLITE_TRIGGERS],
+        pg_triggers=["task_tallies_inserted", "task_tallies_updated"],
+    )
 
 
 async def fill(store: Any, kind: str, count: int) -> float:
@@ -182,18 +164,9 @@ async def scrape(kind: str, url: str, count: int, rounds: int) -> list[list[Any]
 
 
 async def writes(kind: str, url: str, count: int, polls: int, rounds: int) -> dict[str, float]:
-    times: dict[bool, list[float]] = {True: [], False: []}
-    stores = {on: await open_store(kind, url, tallied=on) for on in (True, False)}
-    try:
-        await edits(stores[True], 5, polls)
-        await edits(stores[False], 5, polls)
-        for r in range(rounds):
-            for on in (True, False) if r % 2 == 0 else (False, True):
-                times[on].append(await edits(stores[on], count, polls) / count)
-    finally:
-        for store in stores.values():
-            await store.close()
-    return {"on": median(times[True]) * 1000, "off": median(times[False]) * 1000}
+    with_ = await open_store(kind, url, tallied=True)
+    without = await open_store(kind, url, tallied=False)
+    return await compare_writes(with_, without, count, polls, rounds)
 
 
 async def main_async(args: Any) -> None:
@@ -215,15 +188,7 @@ async def main_async(args: Any) -> None:
                     [kind, polls, f"{ms['off']:.3f}", f"{ms['on']:.3f}", f"{extra:+.3f}", share]
                 )
     finally:
-        if SCHEMAS:
-            import asyncpg
-
-            db = await asyncpg.connect(args.postgres)
-            try:
-                for schema in SCHEMAS:
-                    await db.execute(f"DROP SCHEMA {schema} CASCADE")
-            finally:
-                await db.close()
+        await drop_schemas(args.postgres or "")
     print_table(
         ["store", "tasks", "read", "ms (median)"],
         scrapes,
