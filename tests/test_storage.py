@@ -22,6 +22,7 @@ from PIL import Image
 
 from server.__main__ import main as mcp_main
 from server.app import build_server
+from tests.chaos.helpers import report_figures
 from tests.conftest import data_uri
 from tests.optional import require
 from tools import media
@@ -149,7 +150,7 @@ def disk_settings(tmp_path: Path, results: Path, db: Path | None = None) -> Sett
 
 
 async def test_a_full_results_folder_is_reported_as_that_with_nothing_left_behind(
-    tmp_path: Path, small_disk: Callable[..., Path]
+    tmp_path: Path, small_disk: Callable[..., Path], request: pytest.FixtureRequest
 ) -> None:
     """Defect 8: with the results folder full the client saw ``Error executing tool
     edit_image`` and no reason, and partial *.tmp files stayed."""
@@ -167,6 +168,11 @@ async def test_a_full_results_folder_is_reported_as_that_with_nothing_left_behin
     assert answer.is_error
     assert f"storage full: no space left for images in {disk}" in text, text
     assert took < 5, f"the full disk took {took:.1f} s to report"
+    report_figures(
+        request.config,
+        f"full disk: a 1.5 MB input to a full 1 MiB results folder refused as storage full "
+        f"in {took * 1000:.0f} ms (call to the client's error), nothing left behind",
+    )
     assert leftovers(disk) == []
     assert listed.structured_content["tasks"] == []  # nothing half stored
 
