@@ -53,6 +53,7 @@ import itertools
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -261,9 +262,12 @@ def breakdown(samples: list[dict[str, float]]) -> list[list[Any]]:
 
 
 def profiler(pid: int, path: str) -> subprocess.Popen[bytes]:
-    spy = Path(sys.executable).with_name("py-spy")
+    beside = Path(sys.executable).with_name("py-spy")
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy beside this Python or on PATH")
     return subprocess.Popen(
-        [str(spy), "record", "-p", str(pid), "-o", path, "--format", "raw", "-r", "250"],
+        [spy, "record", "-p", str(pid), "-o", path, "--format", "raw", "-r", "250"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
