@@ -53,6 +53,7 @@ import itertools
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,6 +96,8 @@ class Case:
     raw: list[float] = field(default_factory=list)
     e2e: list[float] = field(default_factory=list)
     before: list[float] = field(default_factory=list)  # --before: the other checkout
+    cpu: float = 0.0  # seconds of retouch-mcp's CPU over the timed calls
+    cpu_before: float = 0.0  # the same for --before's server
     stages: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -261,9 +264,12 @@ def breakdown(samples: list[dict[str, float]]) -> list[list[Any]]:
 
 
 def profiler(pid: int, path: str) -> subprocess.Popen[bytes]:
-    spy = Path(sys.executable).with_name("py-spy")
+    beside = Path(sys.executable).with_name("py-spy")
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy beside this Python or on PATH")
     return subprocess.Popen(
-        [str(spy), "record", "-p", str(pid), "-o", path, "--format", "raw", "-r", "250"],
+        [spy, "record", "-p", str(pid), "-o", path, "--format", "raw", "-r", "250"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -399,14 +405,18 @@ async def main_async(args: Any) -> None:
                 for name, case in cases.items():
                     for _ in range(calls):
                         await timed(raw[name], case.raw)
+                    spent = cpu_s(pid)
                     for _ in range(calls):
                         await timed(
                             lambda n=name, c=case: edit(client, str(path), n, c.stages), case.e2e
                         )
+                    case.cpu += cpu_s(pid) - spent
+                    spent = cpu_s(old["pid"]) if old else 0.0
                     for _ in range(calls if old else 0):
                         await timed(
                             lambda n=name: edit(old["client"], str(path), n, None), case.before
                         )
+                    case.cpu_before += cpu_s(old["pid"]) - spent if old else 0.0
             server_cpu = (cpu_s(pid) - cpu_before) / sum(len(c.e2e) for c in cases.values())
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -482,12 +492,24 @@ def report_before(
                 median(case.before) * 1000 - raw,
                 median(case.e2e) * 1000,
                 median(case.e2e) * 1000 - raw,
+                case.cpu_before / max(1, len(case.before)) * 1000,
+                case.cpu / max(1, len(case.e2e)) * 1000,
             ]
         )
     print_table(
-        ["back end", "raw p50", "before p50", "before added", "after p50", "after added"],
+        [
+            "back end",
+            "raw p50",
+            "before p50",
+            "before added",
+            "after p50",
+            "after added",
+            "before CPU/call",
+            "after CPU/call",
+        ],
         rows,
-        "Before (--before) and after, per call over stdio, ms, interleaved in one run",
+        "Before (--before) and after, per call over stdio, ms, interleaved in one run "
+        "(CPU: the server process's user + system time)",
     )
     then = old["startup"]
     print_table(

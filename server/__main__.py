@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"retouch-mcp: {settings.store.where()}", file=sys.stderr, flush=True)
     local_paths = args.allow_local_paths if args.allow_local_paths is not None else not http
     if not http:
-        build_server(settings, allow_local_paths=local_paths, run_worker=args.worker).run("stdio")
+        build_server(
+            settings, allow_local_paths=local_paths, run_worker=args.worker, start_later=True
+        ).run("stdio")
         return
     import uvicorn
 

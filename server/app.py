@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import functools
 import io
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -27,7 +29,9 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.shared.exceptions import MCPError
 from mcp.types import (
+    INTERNAL_ERROR,
     CallToolResult,
     Completion,
     CompletionArgument,
@@ -69,9 +73,14 @@ in a browser. Images may be http(s) URLs, data: URIs, earlier results, uploads
 RESULT_TEMPLATE = "retouch://tasks/{task_id}/{index}"
 #: The ``_meta`` key of a call asking for its task's timings, and of the answer.
 TIMINGS = "retouch/timings"
+#: Requests answered before the Editor has started (``SharedEditor.gate``), and the prefix of
+#: notifications, which never wait for it.
+NO_EDITOR = frozenset({"initialize", "server/discover", "ping"})
+NOTE = "notifications/"
 #: Images up to this many pixels are previewed on the event loop (well under a millisecond).
 SMALL_PX = 128 * 128
 
+logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -102,13 +111,28 @@ class SharedEditor:
     in memory and over stdio, and once per app over streamable HTTP, whose app enters it too
     for its own routes (:mod:`server.http`). The first to enter starts the Editor; the last
     to leave closes it.
+
+    ``start_later`` (stdio): the lifespan is entered before the client's ``initialize`` is
+    read, so the Editor starts in the background instead (store, HTTP clients and their CA
+    certificates, vendors, the worker) and every request but ``initialize``,
+    ``server/discover`` and ``ping`` waits for it in :meth:`gate`; a start that fails is
+    that request's error (and logged).
     """
 
-    def __init__(self, settings: Settings, *, allow_local_paths: bool, run_worker: bool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        allow_local_paths: bool,
+        run_worker: bool,
+        start_later: bool = False,
+    ) -> None:
         self._settings = settings
         self._allow_local_paths = allow_local_paths
         self._run_worker = run_worker
+        self._start_later = start_later
         self._editor: Editor | None = None
+        self._starting: asyncio.Task[Editor] | None = None
         self._users = 0
         self._lock = asyncio.Lock()
 
@@ -116,11 +140,17 @@ class SharedEditor:
     async def __call__(self, _: MCPServer[Editor]) -> AsyncIterator[Editor]:
         async with self._lock:
             if self._editor is None:
-                self._editor = await Editor(
+                editor = Editor(
                     self._settings,
                     allow_local_paths=self._allow_local_paths,
                     run_worker=self._run_worker,
-                ).start()
+                )
+                if self._start_later:
+                    self._starting = asyncio.create_task(editor.start())
+                    self._starting.add_done_callback(_report_failed_start)
+                else:
+                    await editor.start()
+                self._editor = editor
             self._users += 1
             editor = self._editor
         try:
@@ -130,7 +160,38 @@ class SharedEditor:
                 self._users -= 1
                 if self._users == 0:
                     self._editor = None
-                    await editor.close()
+                    starting, self._starting = self._starting, None
+                    if starting is None or await _started(starting):
+                        await editor.close()
+
+    async def gate(
+        self, ctx: ServerRequestContext[Editor, Any], call_next: CallNext
+    ) -> HandlerResult:
+        """Server middleware: a request waits for the Editor started in the background."""
+        starting = self._starting
+        method = ctx.method
+        if starting is not None and method not in NO_EDITOR and not method.startswith(NOTE):
+            if not starting.done():
+                await asyncio.wait({starting})  # neither cancels it nor raises its error
+            if (exc := starting.exception()) is not None:
+                message = exc.message if isinstance(exc, RetouchError) else repr(exc)
+                raise MCPError(INTERNAL_ERROR, f"retouch-mcp cannot start: {message}")
+        return await call_next(ctx)
+
+
+def _report_failed_start(starting: asyncio.Task[Editor]) -> None:
+    if not starting.cancelled() and (exc := starting.exception()) is not None:
+        message = exc.message if isinstance(exc, RetouchError) else repr(exc)
+        logger.error("retouch-mcp cannot start: %s", message)
+
+
+async def _started(starting: asyncio.Task[Editor]) -> bool:
+    """Whether a background start succeeded (waiting for it; stopped if still running)."""
+    if not starting.done():
+        starting.cancel()
+    with contextlib.suppress(BaseException):
+        await starting
+    return not starting.cancelled() and starting.exception() is None
 
 
 class ResultBytes(bytes):
@@ -201,12 +262,19 @@ def build_server(
     allow_local_paths: bool = False,
     result_urls: ResultURLs | None = None,
     run_worker: bool = True,
+    start_later: bool = False,
 ) -> MCPServer[Editor]:
     """The MCP server; with ``result_urls`` (served over HTTP) results carry signed links.
     Without ``run_worker`` it only queues tasks (``retouch-worker`` processes on the same
-    store run them) and serves their results from the store."""
+    store run them) and serves their results from the store. ``start_later``: answer
+    ``initialize`` while the Editor starts (:class:`SharedEditor`; stdio)."""
     preview_px = settings.mcp.preview_px
-    lifespan = SharedEditor(settings, allow_local_paths=allow_local_paths, run_worker=run_worker)
+    lifespan = SharedEditor(
+        settings,
+        allow_local_paths=allow_local_paths,
+        run_worker=run_worker,
+        start_later=start_later,
+    )
 
     async def render(editor: Editor, task: Task) -> CallToolResult:
         return await task_result(editor, task, preview_px, result_urls)
@@ -216,7 +284,7 @@ def build_server(
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         extensions=[TasksExtension(render)],
-        middleware=[remember_request, LegacyTasks(render)],
+        middleware=[lifespan.gate, remember_request, LegacyTasks(render)],
     )
 
     def linked(task: Task) -> Task:

@@ -151,3 +151,25 @@ def test_http_beyond_loopback_needs_a_token(make_settings: MakeSettings) -> None
     settings = make_settings('[mcp]\nhost = "0.0.0.0"\n')
     with pytest.raises(ConfigError, match="auth_token"):
         build_http_app(build_server(settings), settings)
+
+
+async def test_a_server_started_later_answers_initialize_first_and_tools_once_started(
+    settings: Settings,
+) -> None:
+    server = build_server(settings, allow_local_paths=True, start_later=True)
+    async with Client(server) as client:  # initialize answered while the Editor starts
+        listed = await client.call_tool("list_functions", {})
+        assert not listed.is_error and "adjust" in str(listed.structured_content)
+        await full_round_trip(client, str(DATA / "chelsea.png"))
+
+
+async def test_a_start_that_fails_in_the_background_is_each_requests_error(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    settings.store.path.write_bytes(b"this is not a SQLite database" * 100)
+    server = build_server(settings, start_later=True)
+    async with Client(server) as client:
+        for _ in range(2):
+            with pytest.raises(Exception, match="retouch-mcp cannot start"):
+                await client.call_tool("list_functions", {})

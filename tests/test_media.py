@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,3 +261,99 @@ def test_fit_mask_matches_shape() -> None:
     assert (out.width, out.height) == (200, 100) and notes
     with pytest.raises(InvalidParameter, match="shape"):
         media.fit_mask(mask, (100, 100))
+
+
+# ---- proving a PNG or JPEG whole without decoding it in full --------------------------------
+
+
+def png_of(rows: bytes, width: int, height: int, *, split: int = 0) -> bytes:
+    """An RGB PNG, 8 bits, whose chunks are well formed (right lengths and CRCs) around
+    whatever pixel stream ``rows`` is (filter bytes included); ``split`` cuts the deflated
+    stream into IDAT chunks of that size."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    packed = zlib.compress(rows)
+    parts = [packed[i : i + split] for i in range(0, len(packed), split)] if split else [packed]
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + b"".join(chunk(b"IDAT", p) for p in parts)
+        + chunk(b"IEND", b"")
+    )
+
+
+def rows_of(width: int, height: int, filters: list[int] | None = None) -> bytes:
+    filters = filters or [i % 5 for i in range(height)]
+    return b"".join(bytes([f]) + bytes(range(y, y + 3 * width)) for y, f in enumerate(filters))
+
+
+@pytest.mark.parametrize("split", [0, 7, 100])
+def test_a_sound_png_passes_the_check_and_matches_a_full_decode(split: int) -> None:
+    data = png_of(rows_of(60, 40), 60, 40, split=split)
+    assert media.inspect(data, POLICY) == media.inspect_decoded(data, POLICY)[0]
+    assert (media.inspect(data, POLICY).width, media.inspect(data, POLICY).height) == (60, 40)
+
+
+def png_chunks(width: int, height: int, packed: bytes) -> bytes:
+    """An RGB PNG around an already deflated pixel stream, chunks well formed."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", packed) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["a row's filter type is 9", "the deflate stream is cut short", "the stream is garbage"],
+)
+def test_a_png_whose_pixels_are_broken_is_refused_without_a_full_decode(case: str) -> None:
+    import zlib
+
+    width, height = 60, 40
+    if case == "a row's filter type is 9":
+        data = png_of(rows_of(width, height, [1] * 30 + [9] + [1] * 9), width, height)
+    elif case == "the deflate stream is cut short":  # inside well-formed chunks
+        data = png_chunks(width, height, zlib.compress(rows_of(width, height))[:-40])
+    else:
+        data = png_chunks(width, height, b"\x78\x9c" + bytes(range(200)))
+    # Pillow's full decode refuses each of them too: the cheaper check refuses what it does.
+    with pytest.raises(ImageError):
+        media.inspect_decoded(data, POLICY)
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        media.inspect(data, POLICY)
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        asyncio.run(media.check(data, POLICY))
+
+
+def test_a_png_stream_that_ends_cleanly_but_early_is_taken_as_pillow_takes_it() -> None:
+    import zlib
+
+    width, height = 60, 40
+    data = png_chunks(width, height, zlib.compress(rows_of(width, height)[: -(1 + 3 * width)]))
+    assert media.inspect(data, POLICY) == media.inspect_decoded(data, POLICY)[0]
+
+
+def test_a_cut_jpeg_is_refused_by_the_reduced_scale_check() -> None:
+    buf = io.BytesIO()
+    noise = Image.effect_noise((256, 256), 80).convert("RGB")
+    noise.save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    assert media.inspect(data, POLICY) == media.inspect_decoded(data, POLICY)[0]
+    cut = data[: len(data) // 2]
+    assert media.verifiable(Image.open(io.BytesIO(cut)), cut)
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        media.inspect(cut, POLICY)
