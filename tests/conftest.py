@@ -7,7 +7,12 @@ S3 server some tests run against (``s3_server``) is in :mod:`tests.s3server`.
 from __future__ import annotations
 
 import base64
+import concurrent.futures.thread
 import io
+import os
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -84,3 +89,42 @@ def settings(make_settings: MakeSettings) -> Settings:
 async def editor(settings: Settings) -> AsyncIterator[Editor]:
     async with Editor(settings, allow_local_paths=True) as running:
         yield running
+
+
+# ---- a thread left running is a failure, not a hang ----------------------------------------
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A non-daemon thread still running when the tests end (an aiosqlite connection never
+    closed, say) would keep the process from exiting: CI would hang instead of failing. Name
+    the threads and end the run as failed (after pytest's own summary)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _running_threads():
+        time.sleep(0.1)
+    if left := _running_threads():
+        names = ", ".join(t.name for t in left)
+        sys.stdout.flush()
+        sys.stderr.write(f"\nthreads left running after the tests (a leak): {names}\n")
+        sys.stderr.flush()
+        os._exit(_exit_status or 1)
+
+
+def _running_threads() -> list[threading.Thread]:
+    """Non-daemon threads but the main one and thread pools' workers (which the interpreter
+    stops and joins as it exits)."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread()
+        and not t.daemon
+        and t.is_alive()
+        and getattr(t, "_target", None) is not concurrent.futures.thread._worker
+    ]

@@ -117,6 +117,14 @@ class Editor:
         cfg = self.settings
         self._callback_secrets = callback_secrets(cfg)
         self.store = await open_store(cfg.store)
+        try:
+            return await self._start_on_store()
+        except BaseException:
+            await self.close()  # what was opened so far: nothing is left running
+            raise
+
+    async def _start_on_store(self) -> Editor:
+        cfg = self.settings
         await self.store.listen(self.notifier.event)  # other processes' changes wake us too
         self.intake = Intake(self.store, self.notifier, self.timeline)
         self.users = Users(cfg, self.store, lambda: self.clock())
@@ -162,13 +170,15 @@ class Editor:
                 await self._janitor
         if self.worker:
             await self.worker.stop()
+        http: httpx.AsyncClient | None = getattr(self, "http", None)  # None: start failed early
         for vendor in self.vendors.values():
             with contextlib.suppress(Exception):
                 await vendor.aclose()
-            if vendor.http is not self.http:
+            if vendor.http is not http:
                 await vendor.http.aclose()
-        await self.http.aclose()
-        await self.fetcher.aclose()
+        for client in (http, getattr(self, "fetcher", None)):
+            if client is not None:
+                await client.aclose()
         await self.store.close()
 
     async def __aenter__(self) -> Editor:

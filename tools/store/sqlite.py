@@ -106,12 +106,17 @@ class SQLiteStore(Store):
         if not isinstance(blobs, BlobStore):
             blobs = FileBlobStore(blobs)
         db = await aiosqlite.connect(str(path), timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute("PRAGMA busy_timeout=30000")
-        await migrate(db, CORE)
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=30000")
+            await migrate(db, CORE)
+        except BaseException:
+            # Its thread is not a daemon: left open, it would keep the process from exiting.
+            await db.close()
+            raise
         return cls(db, blobs, path)
 
     async def close(self) -> None:
