@@ -29,6 +29,8 @@ run: $(VENV)/.run
 
 ## test: set up and run the whole test suite
 test: $(VENV)/.dev
+	-$(MAKE) ui-deps
+	-npm install --prefix .inspector --no-audit --no-fund --loglevel=error @modelcontextprotocol/inspector@2.12.0
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
