@@ -14,7 +14,6 @@ import ipaddress
 import re
 import socket
 import warnings
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from urllib.parse import unquote_to_bytes
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tools import pixel_budget
+from tools import pixel_budget, png
 from tools.errors import (
     ImageError,
     ImageTooLarge,
@@ -139,8 +138,9 @@ async def check(
     ``bounded``: a client's request, refused with Busy after ``wait_s``; else (work already
     accepted, such as a task's results) it waits its turn as long as that takes."""
     image = await asyncio.to_thread(_open, data, policy, label)
-    if verifiable(image, data):  # read through, nothing kept: a constant small cost
-        async with pixel_budget.PIXELS.hold(VERIFY_COST, bounded=bounded, label=label):
+    if verifiable(image, data):  # read through, no pixels kept
+        cost = verify_cost(image, data)
+        async with pixel_budget.PIXELS.hold(cost, bounded=bounded, label=label):
             return await asyncio.to_thread(_checked, image, data, label)
     async with pixel_budget.PIXELS.hold(inspect_cost(image, data), bounded=bounded, label=label):
         return (await asyncio.to_thread(_decode, image, data, label))[0]
@@ -159,7 +159,10 @@ def inspect_cost(image: Image.Image, data: bytes) -> int:
     """Bytes that decoding an opened image (and normalising it) takes at its peak."""
     w, h = image.size
     cost = pixel_budget.decoded_bytes(w, h, image.mode)
-    if _normalised(image, data):  # a converted copy, a rotated one, the PNG encoder's buffers
+    normalised = _normalised(image, data)
+    if image.format == "PNG" and not normalised and png.fast(data):
+        cost += w * h * len(image.getbands())  # libspng's array beside Pillow's copy
+    if normalised:  # a converted copy, a rotated one, the PNG encoder's buffers
         cost += 2 * pixel_budget.decoded_bytes(w, h, "RGBA")
     return cost
 
@@ -193,11 +196,18 @@ def _open(data: bytes, policy: MediaPolicy, label: str) -> Image.Image:
     return image
 
 
-#: Bytes that verifying a PNG or JPEG without keeping its pixels takes at its peak (zlib's
-#: window and one slice of rows; a JPEG decoded at 1/8 scale is at most 1/64 of its pixels).
+#: Bytes that verifying a JPEG without keeping its pixels takes at its peak (decoded at 1/8
+#: scale: at most 1/64 of its pixels), or a PNG inflated in slices (zlib's window, a slice).
 VERIFY_COST = 4 * 1024 * 1024
-#: The size of the rows inflated at a time while verifying a PNG.
-_VERIFY_SLICE = 1024 * 1024
+
+
+def verify_cost(image: Image.Image, data: bytes) -> int:
+    """Bytes :func:`_checked` takes at its peak: a PNG's rows inflated at once (a copy of its
+    pixel stream beside them), else :data:`VERIFY_COST`."""
+    head = png.header(data) if image.format == "PNG" else None
+    if head is None or head.rows_bytes > png.WHOLE_STREAM_MAX:
+        return VERIFY_COST
+    return max(VERIFY_COST, head.rows_bytes + len(data))
 
 
 def verifiable(image: Image.Image, data: bytes) -> bool:
@@ -232,55 +242,16 @@ def _checked(image: Image.Image, data: bytes, label: str) -> InputImage:
     return InputImage(data=data, mime_type=FORMATS[image.format], width=width, height=height)
 
 
-#: PNG colour type → samples per pixel.
-_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-
-
 def _verify_png(data: bytes, width: int, height: int, label: str) -> None:
-    """A non-interlaced PNG's pixel stream is whole: its IDAT chunks (read by their lengths,
-    as a decoder reads them) inflate to ``height`` rows of the size its header gives, or to
-    the end of a deflate stream that closes cleanly, and every row starts with a filter type
-    a decoder knows (0–4). What Pillow's decoder refuses, this refuses (a stream cut off or
-    corrupt, a bad filter type); it does not undo the filters."""
-    corrupt = ImageError(f"{label} is corrupt or truncated (the PNG's pixel data)")
-    pos, stride, expected = 8, 0, 0
-    inflater = zlib.decompressobj()
-    seen = 0  # bytes of rows inflated so far
-    started = False
-    while pos + 8 <= len(data):
-        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR" and length >= 13:
-            depth, colour = body[8], body[9]
-            samples = _PNG_SAMPLES.get(colour)
-            if samples is None or int.from_bytes(body[0:4], "big") != width:
-                raise corrupt
-            stride = 1 + (width * depth * samples + 7) // 8
-            expected = stride * height
-        elif kind == b"IDAT":
-            if not stride:
-                raise corrupt
-            started = True
-            pending = body
-            while pending and seen < expected:
-                try:
-                    rows = inflater.decompress(pending, _VERIFY_SLICE)
-                except zlib.error:
-                    raise corrupt from None
-                pending = inflater.unconsumed_tail
-                # the filter byte of every row that starts in this slice
-                first = -seen % stride
-                if max(rows[first : expected - seen : stride], default=0) > 4:
-                    raise corrupt
-                seen += len(rows)
-                if not rows:
-                    break
-            if seen >= expected or inflater.eof:  # Pillow takes a stream that ends early
-                return  # and cleanly as it is (the missing rows stay black)
-        elif started:
-            break  # IDAT chunks are consecutive: the pixel stream ended short
-        pos += 12 + length
-    raise corrupt
+    """A non-interlaced PNG's pixel stream is whole (:func:`tools.png.verify`), under the
+    header Pillow read."""
+    head = png.header(data)
+    try:
+        if head is None or (head.width, head.height) != (width, height):
+            raise png.Corrupt("the header is not the one Pillow read")
+        png.verify(data, head)
+    except png.Corrupt:
+        raise ImageError(f"{label} is corrupt or truncated (the PNG's pixel data)") from None
 
 
 def _normalised(image: Image.Image, data: bytes) -> bool:
@@ -312,6 +283,10 @@ def _png_orientation(data: bytes) -> int | None:
 
 def _decode(image: Image.Image, data: bytes, label: str) -> tuple[InputImage, Image.Image]:
     """Decode an opened image whole (a truncated file shows only now) and normalise it."""
+    if image.format == "PNG" and not _normalised(image, data):
+        pixels = png.decode(data)  # libspng, for the common kinds; else None
+        if pixels is not None:
+            return _as_input(image, data), pixels
     try:
         image.seek(0)
         image.load()
@@ -330,6 +305,13 @@ def _decode(image: Image.Image, data: bytes, label: str) -> tuple[InputImage, Im
     except Exception as exc:  # a corrupt EXIF block or palette surfaces only here
         raise ImageError(f"{label} is corrupt ({type(exc).__name__})") from None
     return InputImage(data=data, mime_type=mime, width=image.width, height=image.height), image
+
+
+def _as_input(image: Image.Image, data: bytes) -> InputImage:
+    """The bytes of an opened image, kept as they are."""
+    return InputImage(
+        data=data, mime_type=FORMATS[image.format], width=image.width, height=image.height
+    )
 
 
 def _orientation(image: Image.Image) -> int | None:
