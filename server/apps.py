@@ -12,13 +12,13 @@ all it sees of this; the app-only tools are neither listed to it nor served.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
+import pybase64
 from mcp.server import MCPServer
 from mcp.server.apps import Apps, client_supports_apps
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -88,7 +88,7 @@ class EditorApp(Apps):
             if len(data) > max_chars:
                 raise ToolError(f"the image is too large: the limit is {max_bytes / 1e6:.0f} MB")
             try:
-                raw = base64.b64decode(data, validate=True)
+                raw = pybase64.b64decode(data, validate=True)
             except (binascii.Error, ValueError):
                 raise ToolError("data is not base64") from None
             if not raw:
@@ -115,7 +115,7 @@ class EditorApp(Apps):
                 data, mime = await input_image(editor, owner_of(ctx), task_id, index)
             except RetouchError:
                 raise ToolError(f"no input {index} for task {task_id}") from None
-            encoded = base64.b64encode(data).decode("ascii")
+            encoded = pybase64.b64encode(data).decode("ascii")
             return CallToolResult(
                 content=[ImageContent(type="image", data=encoded, mime_type=mime)]
             )

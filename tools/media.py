@@ -6,7 +6,6 @@ process's pixel budget (:mod:`tools.pixel_budget`), and fit images to a vendor's
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import functools
 import io
@@ -20,6 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 import httpx
+import pybase64
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tools import pixel_budget, png
@@ -89,7 +89,7 @@ class InputImage:
         return image
 
     def data_uri(self) -> str:
-        return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode()}"
+        return f"data:{self.mime_type};base64,{pybase64.b64encode(self.data).decode()}"
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -378,7 +378,7 @@ def decode_data_uri(uri: str, policy: MediaPolicy, label: str = "image") -> byte
         raise ImageTooLarge(f"{label} is larger than the {policy.max_bytes / 1e6:.0f} MB limit")
     try:
         if header.endswith(";base64"):
-            return base64.b64decode(payload, validate=True)
+            return pybase64.b64decode(payload, validate=True)
         return unquote_to_bytes(payload)
     except (binascii.Error, ValueError):
         raise ImageError(f"{label}: the data: URI is not valid base64") from None

@@ -9,7 +9,6 @@ other code is an error, whether the HTTP status mirrors it or is 200.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import httpx
+import pybase64
 from pydantic import Field
 
 from tools.config import MB, VendorSettings
@@ -225,7 +225,7 @@ class NebulaVendor(Vendor):
             elif item.get("b64_json"):
                 try:
                     images.append(
-                        OutputImage(data=base64.b64decode(item["b64_json"], validate=True))
+                        OutputImage(data=pybase64.b64decode(item["b64_json"], validate=True))
                     )
                 except (binascii.Error, ValueError, TypeError):
                     raise VendorFault(

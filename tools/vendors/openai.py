@@ -15,7 +15,6 @@ Protocol notes (vendors.md §4, §7):
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
+import pybase64
 from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
@@ -419,7 +419,7 @@ class OpenAIVendor(Vendor):
                 continue
             if item.get("b64_json"):
                 try:
-                    data = base64.b64decode(item["b64_json"], validate=True)
+                    data = pybase64.b64decode(item["b64_json"], validate=True)
                 except (binascii.Error, ValueError, TypeError):
                     raise VendorFault(
                         f"{self.name}: malformed answer (b64_json is not base64)",
