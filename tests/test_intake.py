@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
+from typing import Any
 
 import httpx
+import pytest
+from PIL import Image
 
 from tests.conftest import data_uri, png
+from tools import media
 from tools.config import Settings
 from tools.errors import VendorFault
 from tools.models import EditRequest, TaskStatus
@@ -48,3 +53,51 @@ async def test_a_task_that_has_ended_takes_nothing_in(settings: Settings) -> Non
         done = await editor.check_task(task.id)
     assert not ended and requests == []
     assert done.status == TaskStatus.canceled and done.results == []
+
+
+async def test_a_local_result_is_taken_with_its_pixels_not_decoded_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local engine hands its PNG over with the image it encoded: the intake does not
+    decode the bytes to check them, and the image kept for the preview is what they show."""
+    decodes: list[int] = []
+    check_decoded = media.check_decoded
+
+    async def counted(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        decodes.append(len(data))
+        return await check_decoded(data, *args, **kwargs)
+
+    monkeypatch.setattr(media, "check_decoded", counted)
+    request = EditRequest(images=[data_uri(png())], function="adjust", prompt="brightness 1.2")
+    async with Editor(settings) as editor:
+        task = await editor.edit_image(request, wait_seconds=30)
+        assert task.status == TaskStatus.succeeded
+        kept = editor.decoded_result(task.id, 0)
+        stored, _mime = await editor.result(task.id, 0)
+    assert decodes == []
+    assert kept is not None
+    shown = Image.open(io.BytesIO(stored))
+    assert (shown.mode, shown.size) == (kept.mode, kept.size)
+    assert shown.tobytes() == kept.tobytes()
+
+
+async def test_a_vendors_result_is_decoded_once_by_the_check(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes from elsewhere are checked by decoding them, whatever pixels come along."""
+    decodes: list[int] = []
+    check_decoded = media.check_decoded
+
+    async def counted(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        decodes.append(len(data))
+        return await check_decoded(data, *args, **kwargs)
+
+    monkeypatch.setattr(media, "check_decoded", counted)
+    result = png()
+    async with Editor(settings, run_worker=False) as editor:
+        await editor.edit_image(EditRequest(images=[data_uri(png())], function="lineart"))
+        [record] = await editor.store.claim("local", "w", capacity=1, lease_s=60)
+        outcome = Finished(images=[OutputImage(data=result)])
+        local = editor.vendors["local"]
+        assert await editor.intake.take(record, local, outcome, client=editor.http, worker="w")
+    assert decodes == [len(result)]

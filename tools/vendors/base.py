@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
@@ -25,6 +25,9 @@ from tools.config import VendorSettings
 from tools.errors import InvalidParameter, Unsupported, VendorError, VendorFault
 from tools.media import InputImage
 from tools.models import EditRequest, Expand, ImageFailure
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Parameters that are Retouch's own business, never a vendor's.
 ROUTING_PARAMS = frozenset({"images", "function", "vendor", "prompt", "options"})
@@ -82,11 +85,23 @@ class Job:
 
 @dataclass
 class OutputImage:
-    """A result as the vendor gave it: bytes, or a URL to fetch at once (they expire)."""
+    """A result as the vendor gave it: bytes, or a URL to fetch at once (they expire).
+
+    ``pixels``: what ``data`` shows, when this process made both (the local engine encoding
+    its own output losslessly, as ``mime_type``): the intake takes the image as checked
+    instead of decoding it again. At most :data:`KEEP_DECODED_PX` pixels, which are held
+    outside the pixel budget until the task ends."""
 
     data: bytes | None = None
     url: str | None = None
     expires_at: datetime | None = None
+    mime_type: str | None = None
+    pixels: Image.Image | None = None
+
+
+#: The largest decoded result a task keeps for the preview of a caller that waited (and a
+#: vendor may hand over with its bytes): 1536² pixels, 9 MB as RGB.
+KEEP_DECODED_PX = 1536 * 1536
 
 
 @dataclass

@@ -22,13 +22,13 @@ from tools.models import ImageFailure, ResultImage, TaskStatus
 from tools.notifier import Notifier
 from tools.store import Store, TaskRecord
 from tools.timeline import Timeline
-from tools.vendors.base import Finished, OutputImage, Vendor
+from tools.vendors.base import KEEP_DECODED_PX, Finished, OutputImage, Vendor
 
 RESULT_LIMIT = 200 * 1024 * 1024
-#: A task's first results up to this size are kept decoded for the preview of a caller that
-#: waited (``Editor.decoded_result``): at most 2 × 1536² pixels (19 MB) a task, outside the
-#: pixel budget. Others are let go once checked; their previews decode them again, within it.
-KEEP_DECODED_PX = 1536 * 1536
+#: A task's first results up to KEEP_DECODED_PX are kept decoded for the preview of a caller
+#: that waited (``Editor.decoded_result``): at most 2 × 1536² pixels (19 MB) a task, outside
+#: the pixel budget. Others are let go once checked; their previews decode them again, within
+#: it.
 KEEP_DECODED_PER_TASK = 2
 #: Result downloads: attempts on a transient failure (5xx, 429, a broken connection), and
 #: the time one attempt may take in all (httpx's timeout is per read, not per body).
@@ -245,6 +245,9 @@ async def fetch_decoded(
     """``fetch_result``, and the image its check decoded (within the pixel budget, waiting
     its turn: the vendor's work is done and maybe paid for)."""
     policy = media.MediaPolicy(max_bytes=RESULT_LIMIT, max_pixels=400_000_000)
+    if image.data is not None and image.pixels is not None and image.mime_type:
+        w, h = image.pixels.size  # made and encoded in this process: nothing to check
+        return media.InputImage(image.data, image.mime_type, w, h), image.pixels
     if image.data is not None:
         return await media.check_decoded(image.data, policy, "result", bounded=False)
     if not image.url:
