@@ -84,6 +84,11 @@ class InputImage:
         return {"jpeg": "jpg", "tiff": "tif"}.get(self.format, self.format)
 
     def to_pil(self) -> Image.Image:
+        """The image decoded (a PNG of the common kinds by libspng, :mod:`tools.png`)."""
+        if self.mime_type == "image/png":
+            pixels = png.decode(self.data)
+            if pixels is not None:
+                return pixels
         image = Image.open(io.BytesIO(self.data))
         image.load()
         return image
