@@ -63,7 +63,7 @@ def test_libspng_decodes_the_common_kinds_to_pillows_pixels(mode: str) -> None:
     assert png.fast(data)
     fast = png.decode(data)
     assert fast is not None
-    assert (fast.mode, fast.size) == (mode, (37, 23))
+    assert (fast.mode, fast.size, fast.format) == (mode, (37, 23), "PNG")
     assert fast.tobytes() == Image.open(io.BytesIO(data)).tobytes()
 
 

@@ -97,7 +97,9 @@ def decode(data: bytes) -> Image.Image | None:
         pixels = _codecs().spng_decode(data)
     except Exception:  # imagecodecs.SpngError, or the import failed
         return None
-    return Image.fromarray(pixels)
+    image = Image.fromarray(pixels)
+    image.format = "PNG"  # what it was decoded from, as Pillow's own decode says
+    return image
 
 
 def verify(data: bytes, head: Header) -> None:
