@@ -17,7 +17,7 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from bench._common import median, percentile, print_table, workdir
 from bench._vendor import OPENAI_KEY
@@ -41,6 +41,7 @@ class Other:
     result: str = ""  # what a call returns, block by block
     result_bytes: int = 0
     failed: str = ""  # why the first call failed: the server is then timed no further
+    errlog: TextIO | None = None  # the server's stderr, in its scratch folder
 
     async def call(self) -> Any:
         result = await self.client.call_tool(self.tool, self.arguments)
@@ -109,10 +110,11 @@ def others(
             **env.get(None, {}),
             **env.get(label, {}),
         }
-        params = StdioServerParameters(
-            command=argv[0], args=argv[1:], env=environ, cwd=str(workdir(f"compare-{label}"))
-        )
-        result.append(Other(label, params, tool.get(label, tool[None]), json.loads(text)))
+        folder = workdir(f"compare-{label}")
+        params = StdioServerParameters(command=argv[0], args=argv[1:], env=environ, cwd=str(folder))
+        other = Other(label, params, tool.get(label, tool[None]), json.loads(text))
+        other.errlog = (folder / "stderr.log").open("a", encoding="utf-8")
+        result.append(other)
     return result
 
 
@@ -135,7 +137,7 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
-def report(rows: list[list[Any]]) -> None:
+def report(rows: list[list[Any]], others: list[Other]) -> None:
     print_table(
         [
             "server",
@@ -153,6 +155,11 @@ def report(rows: list[list[Any]]) -> None:
         "Side by side against the same fake OpenAI, per call over stdio, interleaved in one run "
         "(added: p50 minus the raw call's; CPU: the server process's user + system time)",
     )
+    for other in others:
+        if other.errlog is not None:
+            other.errlog.close()
+            print(f"{other.label}: its stderr in {other.errlog.name}")
+    print(flush=True)
 
 
 def row(

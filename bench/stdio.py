@@ -66,7 +66,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from bench import _compare
 from bench._common import (
@@ -180,14 +180,17 @@ def server_params(config: str, root: Path = ROOT) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def launched(params: Any) -> AsyncIterator[tuple[Any, int, float]]:
+async def launched(
+    params: Any, errlog: TextIO | None = None
+) -> AsyncIterator[tuple[Any, int, float]]:
     """A client session on a freshly launched server: (client, server pid, seconds from
-    launch to ``initialized``)."""
+    launch to ``initialized``). The server's stderr goes to ``errlog`` (default: ours)."""
     from mcp import Client
+    from mcp.client.stdio import stdio_client
 
     before = set(children_of(os.getpid()))
     start = time.perf_counter()
-    async with Client(params) as client:
+    async with Client(stdio_client(params, errlog) if errlog else params) as client:
         took = time.perf_counter() - start
         pids = [p for p in children_of(os.getpid()) if p not in before]
         if len(pids) != 1:
@@ -201,11 +204,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def startup(params: Any, launches: int) -> dict[str, float]:
+async def startup(params: Any, launches: int, errlog: TextIO | None = None) -> dict[str, float]:
     """Median wall and CPU time to ``initialized`` over ``launches``, and idle RSS."""
     walls, cpus, idle = [], [], []
     for _ in range(launches):
-        async with launched(params) as (_client, pid, took):
+        async with launched(params, errlog) as (_client, pid, took):
             walls.append(took)
             cpus.append(cpu_s(pid))
             await asyncio.sleep(0.5)
@@ -350,7 +353,7 @@ async def main_async(args: Any) -> None:
             openai.base_url,
         )
         for other in others:
-            other.startup = await startup(other.params, args.launches)
+            other.startup = await startup(other.params, args.launches, other.errlog)
         async with contextlib.AsyncExitStack() as stack:
             raw = await stack.enter_async_context(
                 raw_calls(source, openai.base_url, dashscope.base_url)
@@ -361,7 +364,9 @@ async def main_async(args: Any) -> None:
                     launched(old["params"])
                 )
             for other in others:
-                other.client, other.pid, _ = await stack.enter_async_context(launched(other.params))
+                other.client, other.pid, _ = await stack.enter_async_context(
+                    launched(other.params, other.errlog)
+                )
             await asyncio.sleep(1)
             idle = status_kb(pid, "VmRSS") / 1024
             if old:
@@ -467,7 +472,8 @@ async def main_async(args: Any) -> None:
                     )
                     for o in others
                 ),
-            ]
+            ],
+            others,
         )
     if cpu:
         print_table(
