@@ -33,10 +33,17 @@ the change measured under the same load.
 rounds, as collapsed stacks (``--format raw``), and prints where its samples fall.
 
 ``--compare LABEL=COMMAND`` (repeatable, optional) also launches another MCP image server
-over stdio with ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` pointing at the same fake, calling
-``--compare-tool`` with ``--compare-args`` (JSON; ``{image}`` is replaced by the input's path,
-``{image_data}`` by its data: URI). Their code is never part of Retouch: point ``COMMAND`` at
-a copy of your own, and add its own settings with ``--compare-env KEY=VALUE``.
+over stdio, in its own scratch folder, with ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` pointing
+at the same fake, and calls its ``--compare-tool`` with ``--compare-args`` (JSON; ``{image}``
+is replaced by the input's path, ``{image_data}`` by its data: URI) in the openai slot of each
+round, interleaved with the rest; then calls/s beside Retouch's, and a side-by-side table
+(p50/p90, added p50, CPU per call, start-up, RSS, what a result holds). ``--compare-tool
+LABEL=TOOL``, ``--compare-args LABEL=JSON`` and ``--compare-env LABEL:KEY=VALUE`` are for one
+server only; without the prefix, for all (see ``bench/_compare.py``). A server whose
+first call fails is still measured for start-up and memory, its error shown instead of times.
+Their code is never part of Retouch: point ``COMMAND`` at a copy of your own (the server
+itself, not a launcher such as ``uvx``: its RSS and CPU are read from the process the bench
+starts).
 
 Targets (issue #15): added p50 ≤ 15 ms for a synchronous vendor; ≥ 60 calls/s at
 concurrency 8; start-up ≤ 400 ms; idle ≤ 90 MiB; wanx: fake task end → result stored
@@ -50,9 +57,7 @@ import base64
 import collections
 import contextlib
 import itertools
-import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -61,8 +66,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from bench import _compare
 from bench._common import (
     ROOT,
     children_of,
@@ -174,14 +180,17 @@ def server_params(config: str, root: Path = ROOT) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def launched(params: Any) -> AsyncIterator[tuple[Any, int, float]]:
+async def launched(
+    params: Any, errlog: TextIO | None = None
+) -> AsyncIterator[tuple[Any, int, float]]:
     """A client session on a freshly launched server: (client, server pid, seconds from
-    launch to ``initialized``)."""
+    launch to ``initialized``). The server's stderr goes to ``errlog`` (default: ours)."""
     from mcp import Client
+    from mcp.client.stdio import stdio_client
 
     before = set(children_of(os.getpid()))
     start = time.perf_counter()
-    async with Client(params) as client:
+    async with Client(stdio_client(params, errlog) if errlog else params) as client:
         took = time.perf_counter() - start
         pids = [p for p in children_of(os.getpid()) if p not in before]
         if len(pids) != 1:
@@ -195,11 +204,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def startup(params: Any, launches: int) -> dict[str, float]:
+async def startup(params: Any, launches: int, errlog: TextIO | None = None) -> dict[str, float]:
     """Median wall and CPU time to ``initialized`` over ``launches``, and idle RSS."""
     walls, cpus, idle = [], [], []
     for _ in range(launches):
-        async with launched(params) as (_client, pid, took):
+        async with launched(params, errlog) as (_client, pid, took):
             walls.append(took)
             cpus.append(cpu_s(pid))
             await asyncio.sleep(0.5)
@@ -207,7 +216,7 @@ async def startup(params: Any, launches: int) -> dict[str, float]:
     return {"wall": median(walls) * 1000, "cpu": median(cpus) * 1000, "idle": median(idle)}
 
 
-async def edit(client: Any, path: str, case: str, stages: list[dict[str, float]] | None) -> None:
+async def edit(client: Any, path: str, case: str, stages: list[dict[str, float]] | None) -> Any:
     sent = time.time()
     result = await client.call_tool(
         "edit_image",
@@ -221,6 +230,7 @@ async def edit(client: Any, path: str, case: str, stages: list[dict[str, float]]
     if stages is not None:
         marks = (result.meta or {}).get(TIMINGS) or {}
         stages.append({"client sent": sent, **marks, "client received": received})
+    return result
 
 
 async def timed(call: Callable[[], Awaitable[None]], into: list[float]) -> None:
@@ -297,53 +307,6 @@ def summarise_profile(path: str, top: int = 25) -> None:
     print_table(["function (file)", "% at top"], rows, "py-spy: where the samples end")
 
 
-# ---- another MCP server, for comparison ----------------------------------------------------
-
-
-async def other_server(
-    label: str,
-    command: str,
-    tool: str,
-    arguments: str,
-    path: str,
-    fake_url: str,
-    calls: int,
-    extra_env: list[str],
-) -> dict[str, float]:
-    from mcp import StdioServerParameters
-
-    argv = shlex.split(command)
-    env = {**os.environ, "OPENAI_BASE_URL": f"{fake_url}/v1", "OPENAI_API_KEY": OPENAI_KEY}
-    env.update(dict(e.split("=", 1) for e in extra_env))
-    params = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
-    uri = "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
-    args = json.loads(arguments.replace("{image}", path).replace("{image_data}", uri))
-    times: list[float] = []
-    startups = []
-    for _ in range(3):
-        async with launched(params) as (_c, _p, took):
-            startups.append(took)
-    async with launched(params) as (client, pid, _):
-        idle = status_kb(pid, "VmRSS") / 1024
-        for i in range(calls + 1):
-            start = time.perf_counter()
-            result = await client.call_tool(tool, args)
-            if result.is_error:
-                raise RuntimeError(f"{label}: {result.content}")
-            if i:  # the first is the warm-up
-                times.append(time.perf_counter() - start)
-            size = len(result.model_dump_json(by_alias=True, exclude_none=True))
-        peak = status_kb(pid, "VmHWM") / 1024
-    return {
-        "p50": median(times) * 1000,
-        "p90": percentile(times, 90) * 1000,
-        "startup": median(startups) * 1000,
-        "idle": idle,
-        "peak": peak,
-        "bytes": size,
-    }
-
-
 # ---- the run -----------------------------------------------------------------------------
 
 
@@ -381,6 +344,16 @@ async def main_async(args: Any) -> None:
             cfg_old = settings(workdir("stdio-before"), toml)
             old["params"] = server_params(cfg_old.source, Path(args.before).resolve())
             old["startup"] = await startup(old["params"], args.launches)
+        others = _compare.others(
+            args.compare,
+            args.compare_tool,
+            args.compare_args,
+            args.compare_env,
+            str(path),
+            openai.base_url,
+        )
+        for other in others:
+            other.startup = await startup(other.params, args.launches, other.errlog)
         async with contextlib.AsyncExitStack() as stack:
             raw = await stack.enter_async_context(
                 raw_calls(source, openai.base_url, dashscope.base_url)
@@ -390,15 +363,27 @@ async def main_async(args: Any) -> None:
                 old["client"], old["pid"], _ = await stack.enter_async_context(
                     launched(old["params"])
                 )
+            for other in others:
+                other.client, other.pid, _ = await stack.enter_async_context(
+                    launched(other.params, other.errlog)
+                )
             await asyncio.sleep(1)
             idle = status_kb(pid, "VmRSS") / 1024
             if old:
                 old["idle"] = status_kb(old["pid"], "VmRSS") / 1024
+            for other in others:
+                other.idle = status_kb(other.pid, "VmRSS") / 1024
+            ours_result = ("", 0)
             for name in cases:  # warm-up: connections, first imports, the engine
                 await raw[name]()
-                await edit(client, str(path), name, None)
+                result = await edit(client, str(path), name, None)
+                if name == "openai":
+                    ours_result = _compare.describe(result)
                 if old:
                     await edit(old["client"], str(path), name, None)
+            for other in others:
+                await other.warm_up()
+            others_ok = [o for o in others if not o.failed]
             spy = profiler(pid, args.profile) if args.profile else None
             cpu_before = cpu_s(pid)
             for _ in range(rounds):
@@ -417,6 +402,11 @@ async def main_async(args: Any) -> None:
                             lambda n=name: edit(old["client"], str(path), n, None), case.before
                         )
                     case.cpu_before += cpu_s(old["pid"]) - spent if old else 0.0
+                    for other in others_ok if name == "openai" else []:
+                        spent = cpu_s(other.pid)
+                        for _ in range(calls):
+                            await timed(other.call, other.times)
+                        other.cpu += cpu_s(other.pid) - spent
             server_cpu = (cpu_s(pid) - cpu_before) / sum(len(c.e2e) for c in cases.values())
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -440,29 +430,51 @@ async def main_async(args: Any) -> None:
                         rates[name][f"before c={c}"] = await throughput(
                             lambda n=name: edit(old["client"], str(path), n, None), c, total
                         )
+                    for other in others_ok if name == "openai" else []:
+                        rates[name][f"{other.label} c={c}"] = await throughput(other.call, c, total)
             peak = status_kb(pid, "VmHWM") / 1024
             if old:
                 old["peak"] = status_kb(old["pid"], "VmHWM") / 1024
+            for other in others:
+                other.peak = status_kb(other.pid, "VmHWM") / 1024
             rss_end = status_kb(pid, "VmRSS") / 1024
         wanx_lag = []
         if "wanx" in cases:
             wanx_lag = wanx_lags(dashscope.tasks(), cases["wanx"].stages)
-        others = {}
-        for spec in args.compare:
-            label, _, command = spec.partition("=")
-            others[label] = await other_server(
-                label,
-                command,
-                args.compare_tool,
-                args.compare_args,
-                str(path),
-                openai.base_url,
-                calls * rounds,
-                args.compare_env,
-            )
-    report(cases, rates, (ours, floor), idle, peak, rss_end, wanx_lag, others)
+    report(cases, rates, (ours, floor), idle, peak, rss_end, wanx_lag)
     if old:
         report_before(cases, ours, idle, peak, old)
+    if others:
+        raw50 = median(cases["openai"].raw) * 1000
+        openai_case = cases["openai"]
+        _compare.report(
+            [
+                _compare.row(
+                    "retouch-mcp",
+                    openai_case.e2e,
+                    raw50,
+                    openai_case.cpu,
+                    ours,
+                    idle,
+                    peak,
+                    ours_result,
+                ),
+                *(
+                    _compare.row(
+                        o.label,
+                        o.times,
+                        raw50,
+                        o.cpu,
+                        o.startup,
+                        o.idle,
+                        o.peak,
+                        (o.failed or o.result, o.result_bytes),
+                    )
+                    for o in others
+                ),
+            ],
+            others,
+        )
     if cpu:
         print_table(
             ["Retouch calls", "client (this process)", "retouch-mcp", "fake vendor", "all"],
@@ -547,7 +559,6 @@ def report(
     peak: float,
     rss_end: float,
     wanx_lag: list[float],
-    others: dict[str, dict[str, float]],
 ) -> None:
     rows = []
     for name, case in cases.items():
@@ -601,12 +612,6 @@ def report(
     print_table(
         ["", "retouch-mcp", "the SDK's smallest server"], memory, "Start-up, memory, polling"
     )
-    if others:
-        print_table(
-            ["server", "p50 ms", "p90 ms", "start-up ms", "idle MiB", "peak MiB", "result bytes"],
-            [[k, *v.values()] for k, v in others.items()],
-            "Other MCP servers against the same fake OpenAI",
-        )
     sync = [n for n in ("openai", "qwen", "local") if n in cases]
     added = {n: median(cases[n].e2e) * 1000 - median(cases[n].raw) * 1000 for n in sync}
     targets = [
@@ -657,19 +662,43 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--profile", metavar="FILE", help="py-spy the server during the rounds")
     p.add_argument("--before", metavar="PATH", help="another Retouch checkout to run beside")
-    p.add_argument("--compare", action="append", default=[], metavar="LABEL=COMMAND")
-    p.add_argument("--compare-tool", default="edit_image")
-    p.add_argument("--compare-env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=COMMAND",
+        help="another MCP server over stdio, against the fake OpenAI (needs the openai case)",
+    )
+    p.add_argument(
+        "--compare-tool",
+        action="append",
+        default=[],
+        metavar="[LABEL=]TOOL",
+        help="the tool to call (default edit_image); LABEL= for one server only",
+    )
+    p.add_argument(
+        "--compare-env",
+        action="append",
+        default=[],
+        metavar="[LABEL:]KEY=VALUE",
+        help="an environment variable for the servers ({openai_url}: the fake's base URL); "
+        "LABEL: for one server only",
+    )
     p.add_argument(
         "--compare-args",
-        default='{"image": "{image}", "prompt": "make the sky purple"}',
-        help="JSON arguments for --compare-tool; {image} is the input's path",
+        action="append",
+        default=[],
+        metavar="[LABEL=]JSON",
+        help="JSON arguments for the tool ({image}: the input's path, {image_data}: its "
+        'data: URI; default {"image": "{image}", "prompt": ...}); LABEL= for one server only',
     )
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.calls = args.calls or (5 if args.quick else 10)
     args.cases = [c for c in args.cases.split(",") if c]
     args.rate_cases = [c for c in args.rate_cases.split(",") if c in args.cases]
+    if args.compare and "openai" not in args.cases:
+        p.error("--compare runs against the fake OpenAI: keep openai in --cases")
     header("the stdio path (bench/stdio.py)", args)
     asyncio.run(main_async(args))
 
