@@ -25,6 +25,7 @@ ORDER = [
     "gateway",
     "context",
     "stdio",
+    "startup",
     "queueing",
     "polling",
     "engine",

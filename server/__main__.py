@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
-from tools import logs
-from tools.config import load_settings
 from tools.errors import ConfigError
-from tools.memory import tune_malloc
-from tools.store import check_usable
+from tools.memory import collecting_after_start, tune_malloc
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +54,19 @@ def fail(exc: ConfigError) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     tune_malloc()  # before any thread starts
-    args = parse_args(argv)
+    with collecting_after_start():  # tools/memory.py: ~50 ms of the start
+        serve = prepare(parse_args(argv))
+    serve()
+
+
+def prepare(args: argparse.Namespace) -> Callable[[], object]:
+    """Settings, logging and the server, ready to serve: what serves it, to call. Retouch's
+    modules and the MCP SDK are imported here, so that :func:`main` starts them without the
+    garbage collector."""
+    from tools import logs
+    from tools.config import load_settings
+    from tools.store import check_usable
+
     overrides = {
         key: value
         for key, value in {
@@ -81,10 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"retouch-mcp: {settings.store.where()}", file=sys.stderr, flush=True)
     local_paths = args.allow_local_paths if args.allow_local_paths is not None else not http
     if not http:
-        build_server(
+        server = build_server(
             settings, allow_local_paths=local_paths, run_worker=args.worker, start_later=True
-        ).run("stdio")
-        return
+        )
+        return functools.partial(server.run, "stdio")
     import uvicorn
 
     from server.connections import ConnectionLimits, GuardedH11Protocol
@@ -118,10 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     if settings.log.format == "json":  # every line of stderr one JSON object
         logging.getLogger("retouch.mcp").info(banner, extra={"event": "started"})
         # uvicorn's loggers then reach the root's JSON handler instead of its own format
-        uvicorn.run(app, **serve, log_config=None)
-        return
+        return functools.partial(uvicorn.run, app, **serve, log_config=None)
     print(banner, file=sys.stderr, flush=True)
-    uvicorn.run(app, **serve)
+    return functools.partial(uvicorn.run, app, **serve)
 
 
 if __name__ == "__main__":

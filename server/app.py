@@ -73,9 +73,21 @@ in a browser. Images may be http(s) URLs, data: URIs, earlier results, uploads
 RESULT_TEMPLATE = "retouch://tasks/{task_id}/{index}"
 #: The ``_meta`` key of a call asking for its task's timings, and of the answer.
 TIMINGS = "retouch/timings"
-#: Requests answered before the Editor has started (``SharedEditor.gate``), and the prefix of
+#: Requests answered before the Editor has started (``SharedEditor.gate``): the handshake, and
+#: the lists a client asks for right after it, which are the same whatever the Editor holds
+#: (a client shows the tools while the Editor is still starting); and the prefix of
 #: notifications, which never wait for it.
-NO_EDITOR = frozenset({"initialize", "server/discover", "ping"})
+NO_EDITOR = frozenset(
+    {
+        "initialize",
+        "server/discover",
+        "ping",
+        "tools/list",
+        "prompts/list",
+        "resources/list",
+        "resources/templates/list",
+    }
+)
 NOTE = "notifications/"
 #: Images up to this many pixels are previewed on the event loop (well under a millisecond).
 SMALL_PX = 128 * 128

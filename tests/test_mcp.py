@@ -174,3 +174,18 @@ async def test_a_start_that_fails_in_the_background_is_each_requests_error(
         for _ in range(2):
             with pytest.raises(Exception, match="retouch-mcp cannot start"):
                 await client.call_tool("list_functions", {})
+
+
+async def test_the_lists_asked_for_after_initialize_do_not_wait_for_the_editor(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings()
+    settings.store.path.write_bytes(b"this is not a SQLite database" * 100)
+    server = build_server(settings, start_later=True)
+    async with Client(server) as client:  # the same whatever the Editor holds
+        assert "edit_image" in {tool.name for tool in (await client.list_tools()).tools}
+        assert (await client.list_prompts()).prompts
+        assert (await client.list_resource_templates()).resource_templates
+        await client.list_resources()
+        with pytest.raises(Exception, match="retouch-mcp cannot start"):
+            await client.call_tool("list_functions", {})

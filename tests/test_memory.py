@@ -143,3 +143,28 @@ def test_concurrent_large_images_grow_a_process_by_its_pixel_budget_at_most(
     assert int(count) == 8
     grown = float(peak) - float(before)
     assert grown < budget_mb + 64, f"{before} → {peak} MB with a {budget_mb:.0f} MB budget"
+
+
+def test_a_start_runs_without_the_collector_and_freezes_what_it_made() -> None:
+    out = run_python(
+        """
+        import gc
+        from tools.memory import collecting_after_start
+
+        with collecting_after_start():
+            inside = gc.isenabled()
+            made = [[] for _ in range(1000)]
+        print(inside, gc.isenabled(), gc.get_freeze_count() >= 1000)
+        try:
+            with collecting_after_start():
+                raise SystemExit(2)  # a bad config: the collector is back all the same
+        except SystemExit:
+            pass
+        print(gc.isenabled())
+        gc.disable()
+        with collecting_after_start():
+            pass
+        print(gc.isenabled())  # off it was, off it stays
+        """
+    )
+    assert out.split() == ["False", "True", "True", "True", "False"]

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import secrets
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -68,6 +69,22 @@ WAIT_POLL_S = 0.5
 VENDOR_KEEPALIVE_S = 4.0
 
 log = logging.getLogger("retouch.tasks")
+
+
+async def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The TLS contexts of the vendors' clients (the environment's CA files, if it names
+    any) and of user downloads (certifi's, whatever the environment says): made once, for
+    every client. Loading the CA certificates takes ~20 ms a context, mostly outside the GIL:
+    in threads, so that the event loop goes on meanwhile (a server answers requests while its
+    Editor starts)."""
+    vendors = asyncio.to_thread(httpx.create_ssl_context)
+    if not (os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")):
+        tls = await vendors
+        return tls, tls
+    own, certifi = await asyncio.gather(
+        vendors, asyncio.to_thread(httpx.create_ssl_context, trust_env=False)
+    )
+    return own, certifi
 
 
 class Editor:
@@ -128,15 +145,9 @@ class Editor:
         await self.store.listen(self.notifier.event)  # other processes' changes wake us too
         self.intake = Intake(self.store, self.notifier, self.timeline)
         self.users = Users(cfg, self.store, lambda: self.clock())
-        # Loading the CA certificates takes ~25 ms: once, for every client.
-        tls = httpx.create_ssl_context()
-        own_cas = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
+        tls, downloads = await tls_contexts()
         # User downloads never follow the environment's proxies, CA files or redirects.
-        self.fetcher = httpx.AsyncClient(
-            trust_env=False,
-            follow_redirects=False,
-            verify=httpx.create_ssl_context(trust_env=False) if own_cas else tls,
-        )
+        self.fetcher = httpx.AsyncClient(trust_env=False, follow_redirects=False, verify=downloads)
         # An idle connection is let go before the 5 s after which many servers (uvicorn,
         # Node.js) close theirs: reusing one as the server closes it fails the request with a
         # ReadError, and a submission that may have arrived is never sent again (1 edit in
