@@ -184,6 +184,12 @@ def children_of(pid: int) -> list[int]:
 # ---- settings ------------------------------------------------------------------------------
 
 
+def with_bytecode(params: Any, cache: Path) -> Any:
+    """``params`` with Python writing and reading its bytecode under ``cache``."""
+    env = {k: v for k, v in params.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return params.model_copy(update={"env": {**env, "PYTHONPYCACHEPREFIX": str(cache)}})
+
+
 def workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"retouch-bench-{prefix}-"))
 

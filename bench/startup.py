@@ -35,6 +35,7 @@ from bench._common import (
     parser,
     print_table,
     settings,
+    with_bytecode,
     workdir,
 )
 from bench._vendor import dashscope_toml, openai_toml
@@ -69,12 +70,6 @@ async def launch(params: Any, tool: str) -> tuple[float, ...]:
         if result.is_error:
             raise RuntimeError(f"{tool}: {result.content}")
     return ready, ready_cpu, listed, listed_cpu, called, called_cpu
-
-
-def with_bytecode(params: Any, cache: Path) -> Any:
-    """``params`` with Python writing and reading its bytecode under ``cache``."""
-    env = {k: v for k, v in params.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    return params.model_copy(update={"env": {**env, "PYTHONPYCACHEPREFIX": str(cache)}})
 
 
 async def main_async(args: Any) -> None:

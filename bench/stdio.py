@@ -81,6 +81,7 @@ from bench._common import (
     settings,
     status_kb,
     verdict,
+    with_bytecode,
     workdir,
 )
 from bench._vendor import KEY, OPENAI_KEY, VendorProcess, dashscope_toml, openai_toml
@@ -327,14 +328,23 @@ async def main_async(args: Any) -> None:
             + "".join(f"{line}\n" for line in args.set)
         )
         cfg = settings(folder, toml)
-        params = server_params(cfg.source)
+        # Python servers launch with a bytecode cache, as an installed package has one (this
+        # machine sets PYTHONDONTWRITEBYTECODE: ~90 ms of every launch compiled Retouch).
+        cache = workdir("stdio-pycache")
+        params = with_bytecode(server_params(cfg.source), cache)
         cases = {name: Case() for name in args.cases}
 
         from mcp import StdioServerParameters
 
         floor = await startup(
-            StdioServerParameters(
-                command=sys.executable, args=["-m", "bench._empty_mcp"], cwd=str(ROOT)
+            with_bytecode(
+                StdioServerParameters(
+                    command=sys.executable,
+                    args=["-m", "bench._empty_mcp"],
+                    env=dict(os.environ),
+                    cwd=str(ROOT),
+                ),
+                cache,
             ),
             args.launches,
         )
@@ -342,7 +352,9 @@ async def main_async(args: Any) -> None:
         old: dict[str, Any] = {}
         if args.before:
             cfg_old = settings(workdir("stdio-before"), toml)
-            old["params"] = server_params(cfg_old.source, Path(args.before).resolve())
+            old["params"] = with_bytecode(
+                server_params(cfg_old.source, Path(args.before).resolve()), cache
+            )
             old["startup"] = await startup(old["params"], args.launches)
         others = _compare.others(
             args.compare,
