@@ -52,7 +52,7 @@ from server.owners import owner_of
 from server.result_urls import ResultURLs
 from server.tasks_ext import TasksExtension
 from server.tasks_legacy import LegacyTasks
-from tools import budgets, pixel_budget
+from tools import budgets, pixel_budget, png
 from tools.config import Settings
 from tools.errors import Busy, RetouchError, StoreUnavailable
 from tools.models import Budget, EditRequest, Expand, FunctionInfo, Task
@@ -609,14 +609,20 @@ async def budgeted_preview(data: bytes, max_px: int) -> str | None:
 
 def preview_cost(data: bytes, max_px: int) -> int:
     """Bytes a preview takes at its peak: the image decoded (a JPEG at the reduced scale
-    ``draft`` picks) and its thumbnail."""
+    ``draft`` picks; a PNG by libspng, its array beside Pillow's copy) and its thumbnail."""
     with Image.open(io.BytesIO(data)) as image:
         image.draft("RGB", (max_px, max_px))
-        return 2 * pixel_budget.decoded_bytes(*image.size, image.mode)
+        cost = 2 * pixel_budget.decoded_bytes(*image.size, image.mode)
+        if png.fast(data):
+            cost += image.width * image.height * len(image.getbands())
+        return cost
 
 
 def make_preview(data: bytes, max_px: int) -> str:
     """A JPEG no larger than ``max_px`` on its longest side, base64-encoded."""
+    decoded = png.decode(data)  # the common PNGs, by libspng; None for anything else
+    if decoded is not None:
+        return preview_of(decoded, max_px)
     with Image.open(io.BytesIO(data)) as image:
         image.draft("RGB", (max_px, max_px))
         return preview_of(image, max_px)

@@ -81,23 +81,32 @@ async def test_a_local_result_is_taken_with_its_pixels_not_decoded_again(
     assert shown.tobytes() == kept.tobytes()
 
 
-async def test_a_vendors_result_is_decoded_once_by_the_check(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("shown", [True, False])
+async def test_a_vendors_result_is_decoded_only_when_its_pixels_are_shown(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, shown: bool
 ) -> None:
-    """Bytes from elsewhere are checked by decoding them, whatever pixels come along."""
-    decodes: list[int] = []
-    check_decoded = media.check_decoded
+    """Bytes from a vendor are checked: decoded once when a waiting caller's preview is made
+    from them, else checked without a full decode (a PNG's rows inflated, not unfiltered)."""
+    calls: list[str] = []
+    for name in ("_decode", "_checked"):
+        real = getattr(media, name)
 
-    async def counted(data: bytes, *args: Any, **kwargs: Any) -> Any:
-        decodes.append(len(data))
-        return await check_decoded(data, *args, **kwargs)
+        def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls.append(_name)
+            return _real(*args)
 
-    monkeypatch.setattr(media, "check_decoded", counted)
+        monkeypatch.setattr(media, name, counted)
     result = png()
+    decoded: dict[int, Image.Image] | None = {} if shown else None
     async with Editor(settings, run_worker=False) as editor:
         await editor.edit_image(EditRequest(images=[data_uri(png())], function="lineart"))
+        calls.clear()  # the input's check
         [record] = await editor.store.claim("local", "w", capacity=1, lease_s=60)
         outcome = Finished(images=[OutputImage(data=result)])
         local = editor.vendors["local"]
-        assert await editor.intake.take(record, local, outcome, client=editor.http, worker="w")
-    assert decodes == [len(result)]
+        assert await editor.intake.take(
+            record, local, outcome, client=editor.http, worker="w", decoded=decoded
+        )
+    assert calls == (["_decode"] if shown else ["_checked"])
+    if decoded is not None:
+        assert decoded[0].tobytes() == Image.open(io.BytesIO(result)).tobytes()

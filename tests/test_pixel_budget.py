@@ -256,7 +256,8 @@ async def test_a_preview_is_left_out_not_failed_when_the_process_is_busy(
 ) -> None:
     process_budget.configure(process_budget.capacity, 0.05)
     data = encoded((300, 200))
-    assert preview_cost(data, 512) == 2 * 300 * 200 * 4
+    # the image and its thumbnail, and libspng's array of RGB samples beside them
+    assert preview_cost(data, 512) == 2 * 300 * 200 * 4 + 300 * 200 * 3
     jpeg = encoded((4096, 2048), "JPEG")
     assert preview_cost(jpeg, 512) == 2 * 1024 * 512 * 4  # decoded at a quarter of its size
     free = asyncio.Event()

@@ -160,6 +160,21 @@ async def check_decoded(
         return await asyncio.to_thread(_decode, image, data, label)
 
 
+async def check_keeping(
+    data: bytes, policy: MediaPolicy, label: str, *, keep_px: int, bounded: bool = True
+) -> tuple[InputImage, Image.Image | None]:
+    """:func:`check_decoded` for an image of at most ``keep_px`` pixels (its decode is its
+    check); a larger one is checked as :func:`check` does, at less cost where it can be,
+    and no pixels come back (unless normalising it decoded them anyway)."""
+    image = await asyncio.to_thread(_open, data, policy, label)
+    if image.width * image.height > keep_px and verifiable(image, data):
+        cost = verify_cost(image, data)
+        async with pixel_budget.PIXELS.hold(cost, bounded=bounded, label=label):
+            return await asyncio.to_thread(_checked, image, data, label), None
+    async with pixel_budget.PIXELS.hold(inspect_cost(image, data), bounded=bounded, label=label):
+        return await asyncio.to_thread(_decode, image, data, label)
+
+
 def inspect_cost(image: Image.Image, data: bytes) -> int:
     """Bytes that decoding an opened image (and normalising it) takes at its peak."""
     w, h = image.size

@@ -25,6 +25,7 @@ from tools.timeline import Timeline
 from tools.vendors.base import KEEP_DECODED_PX, Finished, OutputImage, Vendor
 
 RESULT_LIMIT = 200 * 1024 * 1024
+RESULT_MAX_PX = 400_000_000
 #: A task's first results up to KEEP_DECODED_PX are kept decoded for the preview of a caller
 #: that waited (``Editor.decoded_result``): at most 2 × 1536² pixels (19 MB) a task, outside
 #: the pixel budget. Others are let go once checked; their previews decode them again, within
@@ -99,12 +100,23 @@ class Intake:
         failures = list(outcome.failures)
         mark = self.timeline.mark
         for index, image in enumerate(outcome.images):
+            # Pixels are wanted to stamp a watermark, or to keep for a waiting caller's
+            # preview; otherwise the check need not decode the image in full.
+            if isinstance(text_mark, str):
+                keep_px = RESULT_MAX_PX
+            elif decoded is not None and len(results) < KEEP_DECODED_PER_TASK:
+                keep_px = KEEP_DECODED_PX
+            else:
+                keep_px = 0
             try:
-                stored, pixels = await fetch_decoded(image, client, vendor.name, policy)
+                stored, pixels = await fetch_decoded(
+                    image, client, vendor.name, policy, keep_px=keep_px
+                )
                 mark(record.id, "decoded")
                 if isinstance(text_mark, str):
+                    assert pixels is not None  # keep_px let every result through decoded
                     stored, pixels = await _stamp(pixels, stored.format, text_mark)
-                small = pixels.width * pixels.height <= KEEP_DECODED_PX
+                small = pixels is not None and pixels.width * pixels.height <= KEEP_DECODED_PX
                 kept = pixels if small and len(results) < KEEP_DECODED_PER_TASK else None
                 del pixels  # a large result is not held past its check, outside the budget
                 # Paid for: kept past the size cap if nothing can be evicted (a full disk
@@ -233,7 +245,7 @@ async def fetch_result(
     safe: media.MediaPolicy | None = None,
 ) -> media.InputImage:
     """One delivered image, checked; ``safe``: fetch its URL like a user URL."""
-    return (await fetch_decoded(image, client, vendor, safe))[0]
+    return (await fetch_decoded(image, client, vendor, safe, keep_px=0))[0]
 
 
 async def fetch_decoded(
@@ -241,15 +253,18 @@ async def fetch_decoded(
     client: httpx.AsyncClient,
     vendor: str,
     safe: media.MediaPolicy | None = None,
-) -> tuple[media.InputImage, Image.Image]:
-    """``fetch_result``, and the image its check decoded (within the pixel budget, waiting
-    its turn: the vendor's work is done and maybe paid for)."""
-    policy = media.MediaPolicy(max_bytes=RESULT_LIMIT, max_pixels=400_000_000)
+    *,
+    keep_px: int = RESULT_MAX_PX,
+) -> tuple[media.InputImage, Image.Image | None]:
+    """``fetch_result``, and the image its check decoded when it has at most ``keep_px``
+    pixels (within the pixel budget, waiting its turn: the vendor's work is done and maybe
+    paid for); a larger one is checked without a full decode where it can be."""
+    policy = media.MediaPolicy(max_bytes=RESULT_LIMIT, max_pixels=RESULT_MAX_PX)
     if image.data is not None and image.pixels is not None and image.mime_type:
         w, h = image.pixels.size  # made and encoded in this process: nothing to check
         return media.InputImage(image.data, image.mime_type, w, h), image.pixels
     if image.data is not None:
-        return await media.check_decoded(image.data, policy, "result", bounded=False)
+        return await _checked(image.data, policy, keep_px)
     if not image.url:
         raise VendorFault(f"{vendor} returned a result with neither data nor URL", vendor=vendor)
     if safe is not None:  # a URL that did not come from the vendor's own answer
@@ -257,7 +272,13 @@ async def fetch_decoded(
         data = await media.fetch(image.url, limits, client, "result")
     else:
         data = await _download_retrying(image.url, client, vendor)
-    return await media.check_decoded(data, policy, "result", bounded=False)
+    return await _checked(data, policy, keep_px)
+
+
+async def _checked(
+    data: bytes, policy: media.MediaPolicy, keep_px: int
+) -> tuple[media.InputImage, Image.Image | None]:
+    return await media.check_keeping(data, policy, "result", keep_px=keep_px, bounded=False)
 
 
 async def _download_retrying(url: str, client: httpx.AsyncClient, vendor: str) -> bytes:
