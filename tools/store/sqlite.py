@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -57,6 +57,8 @@ from tools.store.blobs import (
 )
 from tools.store.migrations import CORE, migrate
 from tools.store.outages import reports_outages
+
+T = TypeVar("T")
 
 COLUMNS = [f.name for f in fields(TaskRecord)]
 #: The database's clock in Unix seconds (to the millisecond), the same value throughout one
@@ -157,6 +159,45 @@ class SQLiteStore(Store):
             try:
                 return list(await self.db.execute_fetchall(sql, params))
             except sqlite3.OperationalError as exc:
+                self._raise_if_full(exc)
+                raise
+
+    async def _on_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` run on the connection's own thread, given its ``sqlite3`` connection: one
+        trip there and back however many statements it makes. Each of aiosqlite's calls is a
+        trip of its own (~80 µs of handing over between threads, most of it the event loop's
+        time), and a task is stored, found by its key or counted in several statements."""
+        db = self.db
+        # aiosqlite's own way to its thread (every one of its calls goes through it).
+        return await db._execute(lambda: work(db._conn))
+
+    async def _in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` in an immediate transaction, run whole on the connection's thread
+        (``_on_thread``): BEGIN, its statements and COMMIT in one trip. Writers take turns
+        as in ``transaction``; a caller cancelled before the commit leaves nothing behind
+        (rolled back), as one cancelled between ``transaction``'s trips does."""
+        abandoned = False
+
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = work(conn)
+                if abandoned:  # its caller is gone: nobody would know of what it wrote
+                    raise asyncio.CancelledError
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.rollback()
+                raise
+            conn.commit()
+            return out
+
+        async with self._write:
+            try:
+                return await self._on_thread(run)
+            except asyncio.CancelledError:
+                abandoned = True  # the thread may still be running it: it rolls back
+                raise
+            except BaseException as exc:
                 self._raise_if_full(exc)
                 raise
 
@@ -376,16 +417,23 @@ class SQLiteStore(Store):
         lock from the start, so reading the key, an admission's count and the insert are
         one step for every process."""
         task_id, now = new_task_id(), time.time()
-        async with self.transaction() as db:
-            if key is not None and (found := await self._by_key(db, key)) is not None:
-                made, first = found
-                if keys_since is None or made.created_at >= keys_since:
-                    idempotency.check(made.id, first, fingerprint)
-                    return made
-                await self._free_keys(db, [made.id])  # expired: free for this request
+        links = [(task_id, "input", i, sha) for i, sha in enumerate(inputs)]
+        if mask:
+            links.append((task_id, "mask", 0, mask))
+
+        def make(db: sqlite3.Connection) -> TaskRecord | None:
+            """The insert, or None when the key's task is the answer (``made``)."""
+            nonlocal made
+            if key is not None and (found := _by_key(db, key)) is not None:
+                earlier, first = found
+                if keys_since is None or earlier.created_at >= keys_since:
+                    idempotency.check(earlier.id, first, fingerprint)
+                    made = earlier
+                    return None
+                _free_keys(db, [earlier.id])  # expired: free for this request
             if admission is not None and owner is not None:
-                admission.check(await self._usage(db, owner, admission.windows))
-            rows = await db.execute_fetchall(
+                admission.check(_usage(db, owner, admission.windows))
+            row = db.execute(
                 "INSERT INTO tasks (id, status, function, vendor, prompt, n, request, owner,"
                 " created_at, updated_at, notes, idempotency_key)"
                 " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -403,37 +451,24 @@ class SQLiteStore(Store):
                     json.dumps(notes or []),
                     key,
                 ),
-            )
+            ).fetchone()
             if key is not None and fingerprint is not None:
-                await db.execute(
+                db.execute(
                     "INSERT INTO idempotency_requests (task_id, fingerprint) VALUES (?, ?)",
                     (task_id, fingerprint),
                 )
-            links = [(task_id, "input", i, sha) for i, sha in enumerate(inputs)]
-            if mask:
-                links.append((task_id, "mask", 0, mask))
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO task_blobs (task_id, role, idx, sha256) VALUES (?, ?, ?, ?)", links
             )
-        self._linked([*inputs, mask])
-        return TaskRecord.from_row(next(iter(rows)))
+            return TaskRecord.from_row(row)
 
-    async def _by_key(
-        self, db: aiosqlite.Connection, key: str, since: float | None = None
-    ) -> tuple[TaskRecord, str | None] | None:
-        """The task holding ``key`` (made at or after ``since``) and its request's
-        fingerprint."""
-        rows = await db.execute_fetchall(
-            "SELECT tasks.*, r.fingerprint AS _fingerprint FROM tasks"
-            " LEFT JOIN idempotency_requests r ON r.task_id = tasks.id"
-            " WHERE idempotency_key = ? AND created_at >= COALESCE(?, 0)",
-            (key, since),
-        )
-        if not rows:
-            return None
-        data = dict(rows[0])
-        first = data.pop("_fingerprint")
-        return TaskRecord.from_row(data), first
+        made: TaskRecord | None = None
+        record = await self._in_transaction(make)
+        if record is None:
+            assert made is not None
+            return made
+        self._linked([*inputs, mask])
+        return record
 
     async def find_by_key(
         self, key: str, *, since: float | None = None, fingerprint: str | None = None
@@ -441,27 +476,24 @@ class SQLiteStore(Store):
         # Between writers: on the one connection, a transaction under way would show its
         # task before the fingerprint that goes with it.
         async with self._write:
-            found = await self._by_key(self.db, key, since)
+            found = await self._on_thread(lambda db: _by_key(db, key, since))
         if found is None:
             return None
         idempotency.check(found[0].id, found[1], fingerprint)
         return found[0]
 
-    async def _free_keys(self, db: aiosqlite.Connection, task_ids: list[str]) -> None:
-        marks = ", ".join("?" * len(task_ids))
-        await db.execute(f"UPDATE tasks SET idempotency_key = NULL WHERE id IN ({marks})", task_ids)
-        await db.execute(f"DELETE FROM idempotency_requests WHERE task_id IN ({marks})", task_ids)
-
     async def expire_keys(self, before: float) -> int:
-        async with self.transaction() as db:
-            rows = await db.execute_fetchall(
+        def expire(db: sqlite3.Connection) -> int:
+            rows = db.execute(
                 "SELECT id FROM tasks WHERE idempotency_key IS NOT NULL AND created_at < ?",
                 (before,),
-            )
+            ).fetchall()
             ids = [r[0] for r in rows]
             for start in range(0, len(ids), 500):
-                await self._free_keys(db, ids[start : start + 500])
-        return len(ids)
+                _free_keys(db, ids[start : start + 500])
+            return len(ids)
+
+        return await self._in_transaction(expire)
 
     async def get(self, task_id: str, *, owner: str | None = None) -> TaskRecord:
         rows = await self.db.execute_fetchall(
@@ -962,32 +994,7 @@ class SQLiteStore(Store):
         return int(count), oldest
 
     async def owner_usage(self, owner: str, windows: Windows) -> OwnerUsage:
-        return await self._usage(self.db, owner, windows)
-
-    async def _usage(self, db: aiosqlite.Connection, owner: str, since: Windows) -> OwnerUsage:
-        who = _of(owner)
-        active = await db.execute_fetchall(
-            f"SELECT vendor, function, n FROM tasks WHERE {who}"
-            " AND status IN ('queued', 'running')",
-            (owner,),
-        )
-        [(edits, first)] = await db.execute_fetchall(
-            f"SELECT COUNT(*), MIN(created_at) FROM tasks WHERE {who} AND created_at >= ?",
-            (owner, since.hour),
-        )
-        costs = await db.execute_fetchall(
-            "SELECT currency, SUM(CASE WHEN created_at >= ? THEN cost ELSE 0 END), SUM(cost)"
-            f" FROM tasks WHERE {who} AND created_at >= ? AND cost IS NOT NULL"
-            " AND currency IS NOT NULL GROUP BY currency",
-            (since.day, owner, since.month),
-        )
-        return OwnerUsage(
-            active=[ActiveTask(*row) for row in active],
-            edits=int(edits),
-            first_edit_at=first,
-            day_cost={c: float(day) for c, day, _ in costs},
-            month_cost={c: float(month) for c, _, month in costs},
-        )
+        return await self._on_thread(lambda db: _usage(db, owner, windows))
 
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
         """The tasks among ``task_ids`` that exist, in no particular order."""
@@ -1050,6 +1057,56 @@ def _of(owner: str) -> str:
     """The condition that a task is ``owner``'s (one parameter: the owner): the local
     owner's tasks include those stored without one. Other owners' keep to the index."""
     return "(owner = ? OR owner IS NULL)" if owner == LOCAL_OWNER else "owner = ?"
+
+
+def _by_key(
+    db: sqlite3.Connection, key: str, since: float | None = None
+) -> tuple[TaskRecord, str | None] | None:
+    """The task holding ``key`` (made at or after ``since``) and its request's fingerprint
+    (on the connection's thread: ``SQLiteStore._on_thread``)."""
+    row = db.execute(
+        "SELECT tasks.*, r.fingerprint AS _fingerprint FROM tasks"
+        " LEFT JOIN idempotency_requests r ON r.task_id = tasks.id"
+        " WHERE idempotency_key = ? AND created_at >= COALESCE(?, 0)",
+        (key, since),
+    ).fetchone()
+    if row is None:
+        return None
+    data = dict(row)
+    first = data.pop("_fingerprint")
+    return TaskRecord.from_row(data), first
+
+
+def _free_keys(db: sqlite3.Connection, task_ids: list[str]) -> None:
+    marks = ", ".join("?" * len(task_ids))
+    db.execute(f"UPDATE tasks SET idempotency_key = NULL WHERE id IN ({marks})", task_ids)
+    db.execute(f"DELETE FROM idempotency_requests WHERE task_id IN ({marks})", task_ids)
+
+
+def _usage(db: sqlite3.Connection, owner: str, since: Windows) -> OwnerUsage:
+    """What ``owner`` has used (on the connection's thread: ``SQLiteStore._on_thread``)."""
+    who = _of(owner)
+    active = db.execute(
+        f"SELECT vendor, function, n FROM tasks WHERE {who} AND status IN ('queued', 'running')",
+        (owner,),
+    ).fetchall()
+    [(edits, first)] = db.execute(
+        f"SELECT COUNT(*), MIN(created_at) FROM tasks WHERE {who} AND created_at >= ?",
+        (owner, since.hour),
+    ).fetchall()
+    costs = db.execute(
+        "SELECT currency, SUM(CASE WHEN created_at >= ? THEN cost ELSE 0 END), SUM(cost)"
+        f" FROM tasks WHERE {who} AND created_at >= ? AND cost IS NOT NULL"
+        " AND currency IS NOT NULL GROUP BY currency",
+        (since.day, owner, since.month),
+    ).fetchall()
+    return OwnerUsage(
+        active=[ActiveTask(*row) for row in active],
+        edits=int(edits),
+        first_edit_at=first,
+        day_cost={c: float(day) for c, day, _ in costs},
+        month_cost={c: float(month) for c, _, month in costs},
+    )
 
 
 #: The columns of a ``TaskSummary`` but its error's code.
