@@ -83,6 +83,47 @@ TALLIES = """
 """
 
 
+#: ``claim``: a vendor's queued tasks and those whose lease ran out, oldest first, up to its
+#: free slots. The two kinds are looked up apart, each from the ``tasks_claim`` index
+#: (vendor, status, lease_until): looked up as one (queued OR lease run out), SQLite walked
+#: every task of the vendor in ``seq`` order, ended ones included, holding the write lock
+#: (5 ms a claim with 50 000 tasks stored; 15 µs so).
+CLAIM = f"""
+    UPDATE tasks SET status = 'running', lease_owner = ?, lease_until = ?,
+        attempts = attempts + 1, started_at = COALESCE(started_at, ?), updated_at = ?
+    WHERE id IN (
+        SELECT id FROM (
+            SELECT id, seq FROM tasks WHERE vendor = ? AND status = 'queued'
+            UNION ALL
+            SELECT id, seq FROM tasks WHERE vendor = ? AND status = 'running' AND lease_until < ?)
+        ORDER BY seq
+        LIMIT max(0, ? - (SELECT COUNT(*) FROM tasks WHERE vendor = ?
+                          AND status = 'running' AND lease_until >= ?))
+    )
+    RETURNING {", ".join(COLUMNS)}
+"""
+
+#: ``claim_task``: one queued task, if no older one of its vendor waits and a slot is free.
+#: "No older one waits" is asked as two questions, each answered from ``tasks_claim``: among
+#: the vendor's queued tasks, and among its running ones whose lease ran out (``+seq``: not
+#: through ``tasks_vendor_seq``, which SQLite prefers otherwise and which walks every older
+#: task, ended ones included: 1 ms a claim with 10 000 tasks stored, 6 ms with 50 000).
+CLAIM_TASK = f"""
+    UPDATE tasks SET status = 'running', lease_owner = ?, lease_until = ?,
+        attempts = attempts + 1, started_at = COALESCE(started_at, ?), updated_at = ?
+    WHERE id = ? AND status = 'queued'
+      AND NOT EXISTS (
+        SELECT 1 FROM tasks AS older WHERE older.vendor = tasks.vendor
+          AND older.status = 'queued' AND +older.seq < tasks.seq)
+      AND NOT EXISTS (
+        SELECT 1 FROM tasks AS older WHERE older.vendor = tasks.vendor
+          AND older.status = 'running' AND older.lease_until < ? AND +older.seq < tasks.seq)
+      AND (SELECT COUNT(*) FROM tasks AS live WHERE live.vendor = tasks.vendor
+           AND live.status = 'running' AND live.lease_until >= ?) < ?
+    RETURNING {", ".join(COLUMNS)}
+"""
+
+
 @reports_outages
 class SQLiteStore(Store):
     """One SQLite database, and the blob store holding its images' bytes."""
@@ -571,45 +612,20 @@ class SQLiteStore(Store):
         self, vendor: str, worker: str, *, capacity: int, lease_s: float
     ) -> list[TaskRecord]:
         """Take up to ``capacity`` minus the vendor's live tasks: queued ones, or running ones
-        whose lease ran out (their process died). Oldest first."""
+        whose lease ran out (their process died). Oldest first (``CLAIM``)."""
         now = time.time()
         rows = await self.execute(
-            f"""
-            UPDATE tasks SET status = 'running', lease_owner = ?, lease_until = ?,
-                attempts = attempts + 1, started_at = COALESCE(started_at, ?), updated_at = ?
-            WHERE id IN (
-                SELECT id FROM tasks
-                WHERE vendor = ? AND (status = 'queued' OR (status = 'running' AND lease_until < ?))
-                ORDER BY seq
-                LIMIT max(0, ? - (SELECT COUNT(*) FROM tasks WHERE vendor = ?
-                                  AND status = 'running' AND lease_until >= ?))
-            )
-            RETURNING {", ".join(COLUMNS)}
-            """,
-            (worker, now + lease_s, now, now, vendor, now, capacity, vendor, now),
+            CLAIM, (worker, now + lease_s, now, now, vendor, vendor, now, capacity, vendor, now)
         )
         return sorted((_record(r) for r in rows), key=lambda t: t.seq)
 
     async def claim_task(
         self, task_id: str, worker: str, *, capacity: int, lease_s: float
     ) -> TaskRecord | None:
-        """Take one queued task now if ``claim`` would take it first."""
+        """Take one queued task now if ``claim`` would take it first (``CLAIM_TASK``)."""
         now = time.time()
         rows = await self.execute(
-            f"""
-            UPDATE tasks SET status = 'running', lease_owner = ?, lease_until = ?,
-                attempts = attempts + 1, started_at = COALESCE(started_at, ?), updated_at = ?
-            WHERE id = ? AND status = 'queued'
-              AND NOT EXISTS (
-                SELECT 1 FROM tasks AS older WHERE older.vendor = tasks.vendor
-                  AND older.seq < tasks.seq
-                  AND (older.status = 'queued'
-                       OR (older.status = 'running' AND older.lease_until < ?)))
-              AND (SELECT COUNT(*) FROM tasks AS live WHERE live.vendor = tasks.vendor
-                   AND live.status = 'running' AND live.lease_until >= ?) < ?
-            RETURNING {", ".join(COLUMNS)}
-            """,
-            (worker, now + lease_s, now, now, task_id, now, now, capacity),
+            CLAIM_TASK, (worker, now + lease_s, now, now, task_id, now, now, capacity)
         )
         return _record(rows[0]) if rows else None
 
