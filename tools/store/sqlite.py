@@ -11,7 +11,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -30,6 +30,7 @@ from tools.store.base import (
     WRITABLE,
     ActiveTask,
     Admission,
+    Claim,
     ConsoleSession,
     Ended,
     OwnerUsage,
@@ -138,6 +139,7 @@ class SQLiteStore(Store):
         self.path = path
         self._reader: aiosqlite.Connection | None = None  # for tallies (see there)
         self._opening_reader = asyncio.Lock()
+        self._chores: set[asyncio.Task[Any]] = set()  # see _background
 
     @classmethod
     async def open(cls, path: Path | str, blobs: BlobStore | Path | str) -> SQLiteStore:
@@ -162,7 +164,17 @@ class SQLiteStore(Store):
             raise
         return cls(db, blobs, path)
 
+    def _background(self, chore: Awaitable[Any]) -> None:
+        """Run ``chore`` (a write nobody waits for) beside the caller; its failure is let
+        go: what it would hand back is handed back anyway when the lease runs out."""
+        task = asyncio.ensure_future(chore)
+        self._chores.add(task)
+        task.add_done_callback(lambda done: self._chores.discard(done) or _let_go(done))
+
     async def close(self) -> None:
+        for chore in list(self._chores):
+            with contextlib.suppress(BaseException):
+                await chore
         if self._reader is not None:
             await self._reader.close()
         await self.db.close()
@@ -212,11 +224,16 @@ class SQLiteStore(Store):
         # aiosqlite's own way to its thread (every one of its calls goes through it).
         return await db._execute(lambda: work(db._conn))
 
-    async def _in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _in_transaction(
+        self,
+        work: Callable[[sqlite3.Connection], T],
+        orphaned: Callable[[T], None] | None = None,
+    ) -> T:
         """``work`` in an immediate transaction, run whole on the connection's thread
         (``_on_thread``): BEGIN, its statements and COMMIT in one trip. Writers take turns
-        as in ``transaction``; a caller cancelled before the commit leaves nothing behind
-        (rolled back), as one cancelled between ``transaction``'s trips does."""
+        as in ``transaction``. A caller cancelled before the commit leaves nothing behind
+        (rolled back); one cancelled as it commits never sees what it wrote, which
+        ``orphaned`` is then given."""
         abandoned = False
 
         def run(conn: sqlite3.Connection) -> T:
@@ -224,7 +241,7 @@ class SQLiteStore(Store):
             try:
                 out = work(conn)
                 if abandoned:  # its caller is gone: nobody would know of what it wrote
-                    raise asyncio.CancelledError
+                    raise _Abandoned
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.rollback()
@@ -233,10 +250,12 @@ class SQLiteStore(Store):
             return out
 
         async with self._write:
+            running = asyncio.ensure_future(self._on_thread(run))
             try:
-                return await self._on_thread(run)
+                return await asyncio.shield(running)
             except asyncio.CancelledError:
                 abandoned = True  # the thread may still be running it: it rolls back
+                running.add_done_callback(lambda done: _hand_over(done, orphaned))
                 raise
             except BaseException as exc:
                 self._raise_if_full(exc)
@@ -452,11 +471,16 @@ class SQLiteStore(Store):
         admission: Admission | None = None,
         fingerprint: str | None = None,
         keys_since: float | None = None,
+        claim: Claim | None = None,
     ) -> TaskRecord:
         """A new queued task; with ``key``, the task already made with that key if any (or
         IdempotencyConflict). The transaction is immediate: it holds the database's write
-        lock from the start, so reading the key, an admission's count and the insert are
-        one step for every process."""
+        lock from the start, so reading the key, an admission's count, the insert and the
+        ``claim`` (``CLAIM_TASK``) are one step for every process.
+
+        A caller cancelled as the transaction commits never gets the task: one it claimed
+        is handed back at once (``release``), for the claim loop to take, rather than held
+        until its lease runs out."""
         task_id, now = new_task_id(), time.time()
         links = [(task_id, "input", i, sha) for i, sha in enumerate(inputs)]
         if mask:
@@ -501,10 +525,24 @@ class SQLiteStore(Store):
             db.executemany(
                 "INSERT INTO task_blobs (task_id, role, idx, sha256) VALUES (?, ?, ?, ?)", links
             )
+            if claim is not None:
+                at = time.time()
+                claimed = db.execute(
+                    CLAIM_TASK,
+                    (claim.worker, at + claim.lease_s, at, at, task_id, at, at, claim.capacity),
+                ).fetchone()
+                row = claimed if claimed is not None else row
             return _record(row)
 
+        def orphaned(record: TaskRecord | None) -> None:
+            if record is None:
+                return
+            self._linked([*inputs, mask])
+            if claim is not None and record.lease_owner == claim.worker:
+                self._background(self.release(claim.worker, [record.id]))
+
         made: TaskRecord | None = None
-        record = await self._in_transaction(make)
+        record = await self._in_transaction(make, orphaned)
         if record is None:
             assert made is not None
             return made
@@ -1073,6 +1111,24 @@ def _of(owner: str) -> str:
     """The condition that a task is ``owner``'s (one parameter: the owner): the local
     owner's tasks include those stored without one. Other owners' keep to the index."""
     return "(owner = ? OR owner IS NULL)" if owner == LOCAL_OWNER else "owner = ?"
+
+
+class _Abandoned(Exception):
+    """A transaction rolled back because its caller had gone (``_in_transaction``)."""
+
+
+def _hand_over(done: asyncio.Future[T], orphaned: Callable[[T], None] | None) -> None:
+    """What a transaction whose caller had gone wrote, to ``orphaned`` (nothing if it was
+    rolled back or failed: the outcome is looked at either way, so none is left unread)."""
+    if done.cancelled() or done.exception() is not None:
+        return
+    if orphaned is not None:
+        orphaned(done.result())
+
+
+def _let_go(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()  # looked at, so that asyncio does not report it
 
 
 def _fields(row: sqlite3.Row) -> dict[str, Any]:
