@@ -217,14 +217,39 @@ class ResultBytes(bytes):
         return made
 
 
+#: Reads a task's result for a resource read: (context, task id, index) → its bytes.
+ResultReader = Callable[[Context[Editor, Any], str, str], Awaitable[bytes]]
+
+
 class RetouchServer(MCPServer[Editor]):
     """The SDK's server, but a resource read reports the type of the bytes it returns: the
     SDK labels every read of a template with the template's one type, and the results of a
-    task are PNG, JPEG or WebP; the template itself then declares none."""
+    task are PNG, JPEG or WebP; the template itself then declares none.
+
+    A result's URI (``retouch://tasks/<id>/<n>``, exactly) is read by ``result_reader``
+    directly: the SDK's way through its template validates the call's arguments, wraps the
+    bytes in a resource model and hands them to a worker thread and back to return them
+    (~0.3 ms a read); any other URI goes that way."""
+
+    result_reader: ResultReader | None = None
 
     async def read_resource(
         self, uri: AnyUrl | str, context: Context[Editor, Any] | None = None
     ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        from mcp.server.mcpserver.exceptions import UnexpectedResourceError
+
+        from tools.media import RESULT_URI
+
+        reader = self.result_reader
+        found = RESULT_URI.match(str(uri))
+        if found and reader is not None and context is not None:
+            try:
+                data = await reader(context, *found.groups())
+            except (MCPError, ResourceError):
+                raise
+            except Exception as exc:  # as the SDK reports a template's failure
+                raise UnexpectedResourceError(f"Error reading resource {uri}") from exc
+            return [ReadResourceContents(content=data, mime_type=getattr(data, "mime_type", None))]
         contents = await super().read_resource(uri, context)
         if isinstance(contents, InputRequiredResult):
             return contents
@@ -446,6 +471,8 @@ def build_server(
         except (RetouchError, ValueError) as exc:
             raise ResourceError(f"no result {index} for task {task_id}: {exc}") from None
         return ResultBytes(data, mime)
+
+    mcp.result_reader = result
 
     @mcp.prompt(
         name="edit_image",

@@ -288,6 +288,9 @@ class Editor:
         if mask is not None:  # refuse a mask of another shape now, not at the vendor
             media.check_mask_shape(mask, (images[0].width, images[0].height))
         loaded = time.time()
+        # Claimed as it is stored, where the worker would claim it just after (a task found
+        # by its key is another's: it is not claimed so).
+        claim = self.worker.claim_for(vendor.name) if self.worker and key is None else None
         # Under store.max_results_mb: room made as they are stored, or StorageFull.
         shas = [await self.store.put_blob(img, owner=owner) for img in images]
         mask_sha = await self.store.put_blob(mask, owner=owner) if mask is not None else None
@@ -305,7 +308,9 @@ class Editor:
             admission=admission,
             fingerprint=fingerprint,
             keys_since=keys_since,
+            claim=claim,
         )
+        claimed = claim is not None and record.lease_owner == claim.worker
         log.info(
             "task %s queued for %s (%s)",
             record.id,
@@ -323,12 +328,13 @@ class Editor:
         self.timeline.mark(record.id, "stored")
         if wait_seconds > 0:
             self.notifier.expect(record.id)
-        if self.worker and record.status == "queued":
+        if self.worker and (claimed or record.status == "queued"):
             decoded: dict[int, Image.Image] = {}
             # A task made before with this key has its own inputs: the driver reads them.
             inputs = (list(images), mask) if key is None else None
             # Shielded: a caller that gives up must not leave a claimed task unstarted.
-            job = await asyncio.shield(self.worker.start_now(record, inputs, decoded))
+            starting = self.worker.start_now(record, inputs, decoded, claimed=claimed)
+            job = await asyncio.shield(starting)
             if job is not None and wait_seconds > 0:
                 self._decoded[record.id] = decoded
                 while len(self._decoded) > KEEP_DECODED:

@@ -12,6 +12,7 @@ from tools import media
 from tools.errors import NotFound
 from tools.models import LOCAL_OWNER, ImageFailure, ResultImage, TaskStatus
 from tools.store import Store, blob_key
+from tools.store.base import Claim
 
 
 async def new_task(store: Store, vendor: str = "local", **extra: object) -> str:
@@ -147,6 +148,41 @@ async def test_a_claim_by_id_waits_behind_a_dead_holders_task(store: Store) -> N
     with pytest.raises(NotFound):
         await store.get("nope")
     assert await store.claim_task("nope", "w", capacity=5, lease_s=30) is None
+
+
+async def test_a_task_is_claimed_as_it_is_stored_when_claim_task_would_take_it(
+    store: Store,
+) -> None:
+    """``create_task(claim=...)`` takes a new task as ``claim_task`` would just after: running
+    under the worker's lease, or left queued behind an older task or with no free slot."""
+    made = await store.get(await new_task(store, claim=Claim("w", 5, 30)))
+    assert (made.status, made.lease_owner, made.attempts) == ("running", "w", 1)
+    assert made.lease_until > time.time() + 20 and made.started_at is not None
+    # No free slot: one running task and a capacity of one.
+    full = await store.get(await new_task(store, claim=Claim("w", 1, 30)))
+    assert (full.status, full.lease_owner, full.attempts) == ("queued", None, 0)
+    # Behind an older queued task of its vendor, even with slots free.
+    behind = await store.get(await new_task(store, claim=Claim("w", 5, 30)))
+    assert behind.status == "queued"
+    assert [t.id for t in await store.claim("local", "w", capacity=5, lease_s=30)] == [
+        full.id,
+        behind.id,
+    ]
+    # A task found by its key comes back as it is: not claimed again.
+    keyed = await new_task(store, key="k", fingerprint="f")
+    again = await store.create_task(
+        function="adjust",
+        vendor="local",
+        prompt="rotate 90",
+        n=1,
+        request={"images": ["x"]},
+        inputs=[],
+        mask=None,
+        key="k",
+        fingerprint="f",
+        claim=Claim("w2", 5, 30),
+    )
+    assert again.id == keyed and again.status == "queued" and again.lease_owner is None
 
 
 async def test_renew_keeps_only_the_holders_leases(store: Store) -> None:

@@ -194,6 +194,16 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A worker that takes a task as ``create_task`` stores it, as ``claim_task`` would:
+    the lease's owner and length, and the vendor's slots (``capacity``)."""
+
+    worker: str
+    capacity: int
+    lease_s: float
+
+
+@dataclass(frozen=True)
 class TaskFilter:
     """Which tasks a page of ``Store.page`` holds; a field left None does not filter.
     ``since``/``until``: the time they were asked for, ``since <= created_at < until``."""
@@ -446,6 +456,7 @@ class Store(abc.ABC):
         admission: Admission | None = None,
         fingerprint: str | None = None,
         keys_since: float | None = None,
+        claim: Claim | None = None,
     ) -> TaskRecord:
         """A new queued task using stored blobs. ``created_at``: the time the task was
         asked for (budgets count by it; default now). With ``admission`` (and an
@@ -455,7 +466,12 @@ class Store(abc.ABC):
         created; but IdempotencyConflict if that task's request had another ``fingerprint``
         (``tools.idempotency.answer``). A key whose task was made before ``keys_since`` has
         expired: it is taken from that task and starts a new one. Calls with one key at
-        once, from any number of processes, make one task."""
+        once, from any number of processes, make one task.
+
+        With ``claim``, a task made by this call is also claimed, exactly as ``claim_task``
+        would claim it just after (in the same transaction where the backend can): it comes
+        back running under that worker's lease, or queued when it must wait its turn. A
+        task found by its key is returned as it is."""
 
     @abc.abstractmethod
     async def find_by_key(

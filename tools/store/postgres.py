@@ -37,6 +37,7 @@ from tools.store.base import (
     WRITABLE,
     ActiveTask,
     Admission,
+    Claim,
     ConsoleSession,
     Ended,
     OwnerUsage,
@@ -483,6 +484,7 @@ class PostgresStore(Store):
         admission: Admission | None = None,
         fingerprint: str | None = None,
         keys_since: float | None = None,
+        claim: Claim | None = None,
     ) -> TaskRecord:
         """A new queued task and its links, in one statement; with ``key``, the task already
         made with that key if any (or IdempotencyConflict). With an ``admission``, the
@@ -534,7 +536,13 @@ class PostgresStore(Store):
             if made is None:
                 raise NotFound(f"no task with key {key!r}")  # deleted between the two reads
             return made
-        return TaskRecord.from_row(row)
+        record = TaskRecord.from_row(row)
+        if claim is not None:  # under the vendor's claim lock, as claim_task takes it
+            claimed = await self.claim_task(
+                record.id, claim.worker, capacity=claim.capacity, lease_s=claim.lease_s
+            )
+            return claimed or record
+        return record
 
     async def _by_key(
         self, db: asyncpg.Pool | asyncpg.Connection, key: str, since: float | None = None

@@ -94,7 +94,10 @@ class LocalVendor(Vendor):
         # acknowledgements: p95 0.6 → 1.0 s). The work holds its share of the pixel budget
         # (decoding, the operation's working copies, encoding); a bad request is refused
         # before it waits for that, and without starting a child process.
-        cost = await asyncio.to_thread(engine_cost, job)
+        if _engine_loaded(job):  # a few µs: not worth a trip to a thread and back
+            cost = engine_cost(job)
+        else:
+            cost = await asyncio.to_thread(engine_cost, job)
         if self.settings.timeout_s is not None:
             await asyncio.to_thread(self._operation, job)
             async with pixel_budget.PIXELS.hold(cost, bounded=False, label="the local edit"):
@@ -233,6 +236,15 @@ def engine_cost(job: Job) -> int:
     out = _output_pixels(job, image.width, image.height)
     mask = 2 * pixel_budget.decoded_bytes(job.mask.width, job.mask.height) if job.mask else 0
     return ENGINE_COPIES * pixel_budget.decoded_bytes(pixels + out, 1) + mask
+
+
+def _engine_loaded(job: Job) -> bool:
+    """Whether the engine modules ``engine_cost`` imports for ``job`` are loaded already
+    (by an earlier local edit), so that it runs without importing numpy."""
+    loaded = sys.modules
+    return "tools.engine.checks" in loaded and (
+        job.function != "adjust" or "tools.engine.adjust" in loaded
+    )
 
 
 def _output_pixels(job: Job, w: int, h: int) -> int:

@@ -24,6 +24,7 @@ from tools.config import Settings
 from tools.errors import StoreUnavailable
 from tools.notifier import Notifier, TaskEvent
 from tools.store import Store, TaskRecord
+from tools.store.base import Claim
 from tools.timeline import Timeline
 from tools.vendors.base import Vendor
 from tools.worker.driver import Driver, Inputs
@@ -115,24 +116,39 @@ class Worker:
         """Claim now: a task was queued."""
         self._wake.set()
 
+    def claim_for(self, vendor: str) -> Claim | None:
+        """How a task for ``vendor`` is claimed as it is stored (``Store.create_task``): in
+        the transaction that stores it, where ``start_now`` would claim it just after. None
+        while this worker is not running."""
+        known = self.vendors.get(vendor)
+        if known is None or not self._loops or self._stopping:
+            return None
+        return Claim(self.id, capacity(known), self.settings.worker.lease_s)
+
     async def start_now(
         self,
         record: TaskRecord,
         inputs: Inputs | None = None,
         decoded: dict[int, Image.Image] | None = None,
+        *,
+        claimed: bool = False,
     ) -> asyncio.Task[None] | None:
         """Claim a task just queued and start driving it at once, where the claim loop would
         take it first anyway (``Store.claim_task``): held under this worker's lease like any
         claimed task, so a crash hands it to the next process exactly as it would. None if
-        it must wait its turn: the claim loop is woken for it. ``inputs``, ``decoded``: see
+        it must wait its turn: the claim loop is woken for it. ``claimed``: the store claimed
+        it for this worker as it stored it (``claim_for``). ``inputs``, ``decoded``: see
         ``Driver.run``."""
         vendor = self.vendors.get(record.vendor)
-        if vendor is None or not self._loops or self._stopping:
+        if claimed:
+            held: TaskRecord | None = record
+        elif vendor is None or not self._loops or self._stopping:
             return None
-        held = await self.store.claim_task(
-            record.id, self.id, capacity=capacity(vendor), lease_s=self.settings.worker.lease_s
-        )
-        if held is None:
+        else:
+            held = await self.store.claim_task(
+                record.id, self.id, capacity=capacity(vendor), lease_s=self.settings.worker.lease_s
+            )
+        if held is None or vendor is None:
             self.wake()
             return None
         if self._stopping:  # stop() has handed back what it held: this one too
