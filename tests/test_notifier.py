@@ -86,3 +86,17 @@ async def test_missed_events_wake_every_waiter() -> None:
     notifier.event(TaskEvent("missed"))  # the store's listener was down: look again
     await asyncio.gather(*waiting)
     assert time.monotonic() - started < 2.5  # woken, not timed out (5 s)
+
+
+async def test_a_wait_says_what_woke_it_and_an_end_is_not_masked() -> None:
+    notifier = Notifier()
+    with notifier.watching("a"):
+        waiting = asyncio.create_task(notifier.wait("a", 5))
+        await asyncio.sleep(0)
+        notifier.changed("a", ended=False)
+        assert await waiting == "changed"
+        notifier.expect("a")
+        notifier.changed("a", ended=True)
+        notifier.changed("a", ended=False)  # a late progress write does not hide the end
+        assert await notifier.wait("a", 5) == "ended"
+    assert await notifier.wait("a", 0.01) is None  # nothing heard: the timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from tests.conftest import DATA, MakeSettings, data_uri, decode, png, sample
 from tools.config import Settings
 from tools.errors import ImageError, InvalidParameter, NotFound, UnsafeURL, Unsupported
-from tools.models import EditRequest, TaskStatus
+from tools.models import EditRequest, Task, TaskStatus
 from tools.service import Editor
 
 
@@ -234,3 +235,35 @@ async def test_a_request_made_again_with_its_key_returns_the_first_task(
         tasks = await editor.list_tasks()
     assert again.id == first.id == record.id and other.id != first.id
     assert len(tasks) == 2
+
+
+@pytest.mark.parametrize("ends_at_once", [True, False])
+async def test_a_progress_step_is_shown_unless_the_end_follows_at_once(
+    settings: Settings, ends_at_once: bool
+) -> None:
+    """A caller that shows progress gets a step once it has stood for
+    ``PROGRESS_SETTLE_S``; a step the end follows within that costs no read and shows
+    nothing (an edit that ends at once sent a notification nobody saw)."""
+    from tools.service import PROGRESS_SETTLE_S
+
+    shown: list[str | None] = []
+
+    async def on_progress(task: Task) -> None:
+        shown.append(task.progress)
+
+    async with Editor(settings, run_worker=False) as editor:
+        task = await editor.edit_image(chelsea(function="lineart", images=[data_uri(png())]))
+        assert await editor.store.claim("local", "w", capacity=1, lease_s=60)
+        waiting = asyncio.create_task(editor.check_task(task.id, 30, on_progress))
+        await asyncio.sleep(0.05)
+        await editor.store.update(task.id, "w", progress="halfway")
+        editor.notifier.changed(task.id, ended=False)
+        if not ends_at_once:
+            await asyncio.sleep(PROGRESS_SETTLE_S * 4)
+        await editor.store.finish(
+            task.id, "w", TaskStatus.failed, error={"code": "x", "message": "stopped"}
+        )
+        editor.notifier.changed(task.id)
+        done = await asyncio.wait_for(waiting, 10)
+    assert done.status == TaskStatus.failed
+    assert shown == ([] if ends_at_once else ["halfway"])

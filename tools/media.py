@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote_to_bytes
 
 import httpx
@@ -57,6 +58,7 @@ EXTENSIONS = {
 RESULT_URI = re.compile(r"^retouch://tasks/([0-9a-f]{32})/(\d{1,3})$")
 UPLOAD_URI = re.compile(r"^retouch://uploads/([0-9a-f]{32})$")
 
+T = TypeVar("T")
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 ResultLookup = Callable[[str, int], Awaitable[bytes]]  # (task id, index) → the result's bytes
@@ -136,28 +138,34 @@ def inspect_decoded(
     return _decode(_open(data, policy, label), data, label)
 
 
+#: Images this small are checked on the event loop: their header, inflating or decoding
+#: them take less time than the two hand-overs to a worker thread (~0.1 ms each here).
+INLINE_BYTES = 64 * 1024
+INLINE_PX = 256 * 256
+
+
 async def check(
     data: bytes, policy: MediaPolicy, label: str = "image", *, bounded: bool = True
 ) -> InputImage:
     """:func:`inspect` in worker threads, decoding only within the process's pixel budget.
     ``bounded``: a client's request, refused with Busy after ``wait_s``; else (work already
     accepted, such as a task's results) it waits its turn as long as that takes."""
-    image = await asyncio.to_thread(_open, data, policy, label)
+    image, inline = await _opened(data, policy, label)
     if verifiable(image, data):  # read through, no pixels kept
         cost = verify_cost(image, data)
         async with pixel_budget.PIXELS.hold(cost, bounded=bounded, label=label):
-            return await asyncio.to_thread(_checked, image, data, label)
+            return await _run(inline, _checked, image, data, label)
     async with pixel_budget.PIXELS.hold(inspect_cost(image, data), bounded=bounded, label=label):
-        return (await asyncio.to_thread(_decode, image, data, label))[0]
+        return (await _run(inline, _decode, image, data, label))[0]
 
 
 async def check_decoded(
     data: bytes, policy: MediaPolicy, label: str = "image", *, bounded: bool = True
 ) -> tuple[InputImage, Image.Image]:
     """:func:`check`, and the image it decoded (as :func:`inspect_decoded`)."""
-    image = await asyncio.to_thread(_open, data, policy, label)
+    image, inline = await _opened(data, policy, label)
     async with pixel_budget.PIXELS.hold(inspect_cost(image, data), bounded=bounded, label=label):
-        return await asyncio.to_thread(_decode, image, data, label)
+        return await _run(inline, _decode, image, data, label)
 
 
 async def check_keeping(
@@ -166,13 +174,26 @@ async def check_keeping(
     """:func:`check_decoded` for an image of at most ``keep_px`` pixels (its decode is its
     check); a larger one is checked as :func:`check` does, at less cost where it can be,
     and no pixels come back (unless normalising it decoded them anyway)."""
-    image = await asyncio.to_thread(_open, data, policy, label)
+    image, inline = await _opened(data, policy, label)
     if image.width * image.height > keep_px and verifiable(image, data):
         cost = verify_cost(image, data)
         async with pixel_budget.PIXELS.hold(cost, bounded=bounded, label=label):
-            return await asyncio.to_thread(_checked, image, data, label), None
+            return await _run(inline, _checked, image, data, label), None
     async with pixel_budget.PIXELS.hold(inspect_cost(image, data), bounded=bounded, label=label):
-        return await asyncio.to_thread(_decode, image, data, label)
+        return await _run(inline, _decode, image, data, label)
+
+
+async def _opened(data: bytes, policy: MediaPolicy, label: str) -> tuple[Image.Image, bool]:
+    """The image's checked header, and whether the rest of its check runs on the event loop
+    (:data:`INLINE_BYTES` and :data:`INLINE_PX` at most)."""
+    if len(data) > INLINE_BYTES:
+        return await asyncio.to_thread(_open, data, policy, label), False
+    image = _open(data, policy, label)
+    return image, image.width * image.height <= INLINE_PX
+
+
+async def _run(inline: bool, fn: Callable[..., T], *args: object) -> T:
+    return fn(*args) if inline else await asyncio.to_thread(fn, *args)
 
 
 def inspect_cost(image: Image.Image, data: bytes) -> int:

@@ -39,6 +39,7 @@ Subscriber = Callable[[TaskEvent], None]
 class Notifier:
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._woken_by: dict[str, Literal["ended", "changed"]] = {}
         self._watchers: Counter[str] = Counter()  # task → callers showing progress
         self._subscribers: list[Subscriber] = []
 
@@ -48,6 +49,8 @@ class Notifier:
             return
         event = self._events.get(task_id)
         if event is not None:
+            if self._woken_by.get(task_id) != "ended":
+                self._woken_by[task_id] = "ended" if ended else "changed"
             event.set()
 
     def event(self, event: TaskEvent) -> None:
@@ -70,13 +73,16 @@ class Notifier:
         on, even before that wait begins, ends it."""
         self._events.setdefault(task_id, asyncio.Event())
 
-    async def wait(self, task_id: str, timeout: float) -> None:
-        """Return when the task changes, or after ``timeout`` seconds."""
+    async def wait(self, task_id: str, timeout: float) -> Literal["ended", "changed"] | None:
+        """Return when the task changes, or after ``timeout`` seconds: what this process
+        heard (its end, or a progress change), None if nothing (the store may still have a
+        change this process could not hear of: SQLite's from another process)."""
         event = self._events.setdefault(task_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await event.wait()
         event.clear()
+        return self._woken_by.pop(task_id, None)
 
     @contextlib.contextmanager
     def watching(self, task_id: str) -> Iterator[None]:
@@ -92,3 +98,4 @@ class Notifier:
     def forget(self, task_id: str) -> None:
         """Drop a task that has ended (nothing will change it again)."""
         self._events.pop(task_id, None)
+        self._woken_by.pop(task_id, None)

@@ -64,6 +64,10 @@ KEEP_DECODED = 8
 #: A caller waiting for a task reads it again at least this often: what covers a store
 #: that hears nothing from other processes (SQLite), or a lost notification.
 WAIT_POLL_S = 0.5
+#: A progress change is shown to a caller that watches progress once this long has passed
+#: without the task ending: an edit that ends at once costs no read and no notification for
+#: a step nobody would see.
+PROGRESS_SETTLE_S = 0.05
 
 #: How long a vendor connection may sit idle before it is let go (below servers' usual 5 s).
 VENDOR_KEEPALIVE_S = 4.0
@@ -378,7 +382,12 @@ class Editor:
             while not record.finished and time.monotonic() < deadline:
                 # Woken by this process's worker, or by the store for another process's;
                 # the timeout covers a store that hears nothing from other processes.
-                await self.notifier.wait(task_id, min(WAIT_POLL_S, deadline - time.monotonic()))
+                heard = await self.notifier.wait(
+                    task_id, min(WAIT_POLL_S, deadline - time.monotonic())
+                )
+                if heard == "changed" and on_progress:  # shown unless the end follows at once
+                    settle = min(PROGRESS_SETTLE_S, deadline - time.monotonic())
+                    await self.notifier.wait(task_id, max(settle, 0))
                 record = await self.store.get(task_id)
                 if on_progress and record.progress != seen and not record.finished:
                     seen = record.progress
