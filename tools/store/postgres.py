@@ -98,6 +98,42 @@ def _reports_full(
 
 #: What ``tallies`` reads (after ``_fold``): each group, and for running groups the tasks
 #: whose lease holds (``tasks_live``, the running tasks by vendor and lease, finds them).
+#: The claim loop's take ($1 vendor, $2 worker, $3 capacity, $4 lease in seconds): the
+#: vendor's queued tasks and lapsed leases, oldest first, through the ``tasks_claim`` and
+#: ``tasks_live`` partial indexes (their predicates are named so the planner can use them),
+#: never by walking the ended tasks the store keeps.
+CLAIM = f"""
+    WITH picked AS (
+        SELECT id FROM tasks
+        WHERE vendor = $1 AND status IN ('queued', 'running')
+              AND (status = 'queued' OR lease_until < {NOW})
+        ORDER BY seq
+        LIMIT greatest(0, $3 - (SELECT count(*) FROM tasks WHERE vendor = $1
+                                AND status = 'running' AND lease_until >= {NOW}))
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE tasks SET status = 'running', lease_owner = $2,
+        lease_until = {NOW} + $4, attempts = attempts + 1,
+        started_at = COALESCE(started_at, {NOW}), updated_at = {NOW}
+    FROM picked WHERE tasks.id = picked.id
+    RETURNING tasks.*
+"""
+#: One queued task taken now ($1 its id; $2–$4 as CLAIM's) if the claim loop would take it
+#: first: no older task of its vendor waits, and the vendor has a slot free.
+CLAIM_TASK = f"""
+    UPDATE tasks SET status = 'running', lease_owner = $2,
+        lease_until = {NOW} + $4, attempts = attempts + 1,
+        started_at = COALESCE(started_at, {NOW}), updated_at = {NOW}
+    WHERE id = $1 AND status = 'queued'
+      AND NOT EXISTS (
+        SELECT 1 FROM tasks AS older WHERE older.vendor = tasks.vendor
+          AND older.seq < tasks.seq AND older.status IN ('queued', 'running')
+          AND (older.status = 'queued' OR older.lease_until < {NOW}))
+      AND (SELECT count(*) FROM tasks AS live WHERE live.vendor = tasks.vendor
+           AND live.status = 'running' AND live.lease_until >= {NOW}) < $3
+    RETURNING tasks.*
+"""
+
 TALLIES = """
     SELECT t.status, t.vendor, t.function, t.currency, t.tasks, t.images,
         CASE WHEN t.priced > 0 THEN t.cost END,
@@ -761,22 +797,7 @@ class PostgresStore(Store):
                     "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"claim:{vendor}"
                 )
                 rows = await db.fetch(
-                    f"""
-                    WITH picked AS (
-                        SELECT id FROM tasks
-                        WHERE vendor = $1 AND status IN ('queued', 'running')
-                              AND (status = 'queued' OR lease_until < {NOW})
-                        ORDER BY seq
-                        LIMIT greatest(0, $3 - (SELECT count(*) FROM tasks WHERE vendor = $1
-                                                AND status = 'running' AND lease_until >= {NOW}))
-                        FOR UPDATE SKIP LOCKED
-                    )
-                    UPDATE tasks SET status = 'running', lease_owner = $2,
-                        lease_until = {NOW} + $4, attempts = attempts + 1,
-                        started_at = COALESCE(started_at, {NOW}), updated_at = {NOW}
-                    FROM picked WHERE tasks.id = picked.id
-                    RETURNING tasks.*
-                    """,
+                    CLAIM,
                     vendor,
                     worker,
                     capacity,
@@ -799,19 +820,7 @@ class PostgresStore(Store):
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"claim:{vendor}"
             )
             row = await db.fetchrow(
-                f"""
-                UPDATE tasks SET status = 'running', lease_owner = $2,
-                    lease_until = {NOW} + $4, attempts = attempts + 1,
-                    started_at = COALESCE(started_at, {NOW}), updated_at = {NOW}
-                WHERE id = $1 AND status = 'queued'
-                  AND NOT EXISTS (
-                    SELECT 1 FROM tasks AS older WHERE older.vendor = tasks.vendor
-                      AND older.seq < tasks.seq AND older.status IN ('queued', 'running')
-                      AND (older.status = 'queued' OR older.lease_until < {NOW}))
-                  AND (SELECT count(*) FROM tasks AS live WHERE live.vendor = tasks.vendor
-                       AND live.status = 'running' AND live.lease_until >= {NOW}) < $3
-                RETURNING tasks.*
-                """,
+                CLAIM_TASK,
                 task_id,
                 worker,
                 capacity,
