@@ -232,3 +232,38 @@ async def new_task_claimed(store: SQLiteStore, claim: object) -> str:
         claim=claim,  # type: ignore[arg-type]
     )
     return record.id
+
+
+async def test_opening_a_file_another_process_is_opening_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite answers some lock conflicts of processes opening one new file together
+    ("database is locked", at once, without the busy timeout): the open is tried again,
+    and finishes the migration; any other error is not."""
+    import sqlite3
+
+    from tools.store import sqlite as backend
+
+    real = backend.migrate
+    calls: list[int] = []
+
+    async def locked_twice(db: object, steps: object) -> list[str]:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return await real(db, steps)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backend, "migrate", locked_twice)
+    store = await SQLiteStore.open(tmp_path / "r.db", tmp_path / "results")
+    try:
+        assert len(calls) == 3
+        assert await store.db.execute_fetchall("SELECT 1 FROM _migrations") != []
+    finally:
+        await store.close()
+
+    async def broken(db: object, steps: object) -> list[str]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(backend, "migrate", broken)
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        await SQLiteStore.open(tmp_path / "s.db", tmp_path / "results")

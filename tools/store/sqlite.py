@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import sqlite3
 import time
@@ -68,6 +69,8 @@ NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 MB = 1024 * 1024
 #: Orphaned blobs deleted per transaction (their bytes too, under the write lock).
 ORPHAN_BATCH = 200
+#: Tries at opening (and migrating) a database that another process is opening too.
+OPEN_ATTEMPTS = 20
 
 
 #: What ``tallies`` reads: each group's row, and for running groups the tasks whose lease
@@ -150,19 +153,30 @@ class SQLiteStore(Store):
             path.parent.mkdir(parents=True, exist_ok=True)
         if not isinstance(blobs, BlobStore):
             blobs = FileBlobStore(blobs)
-        db = await aiosqlite.connect(str(path), timeout=30, isolation_level=None)
-        try:
-            db.row_factory = sqlite3.Row
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=30000")
-            await migrate(db, CORE)
-        except BaseException:
-            # Its thread is not a daemon: left open, it would keep the process from exiting.
-            await db.close()
-            raise
-        return cls(db, blobs, path)
+        for attempt in itertools.count(1):
+            db = await aiosqlite.connect(str(path), timeout=30, isolation_level=None)
+            try:
+                db.row_factory = sqlite3.Row
+                await db.execute("PRAGMA journal_mode=WAL")
+                await db.execute("PRAGMA synchronous=NORMAL")
+                await db.execute("PRAGMA foreign_keys=ON")
+                await db.execute("PRAGMA busy_timeout=30000")
+                await migrate(db, CORE)
+                return cls(db, blobs, path)
+            except sqlite3.OperationalError as exc:
+                # Processes opening one new file at once (a fleet's first start): a change
+                # of journal mode, a WAL recovery or a lock one side must give up is
+                # answered "locked" at once, without the busy timeout. Each step is a
+                # transaction of its own, so opening again finishes the work.
+                await db.close()
+                if "locked" not in str(exc) or attempt >= OPEN_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.05 * attempt)
+            except BaseException:
+                # Its thread is not a daemon: left open, it would keep the process from exiting.
+                await db.close()
+                raise
+        raise AssertionError("unreachable")
 
     def _background(self, chore: Awaitable[Any]) -> None:
         """Run ``chore`` (a write nobody waits for) beside the caller; its failure is let
