@@ -35,7 +35,7 @@ from bots.migrations import BOT
 from bots.pg_migrations import BOT_PG
 from tools.config import StoreSettings
 from tools.store import pg_migrations
-from tools.store.migrations import migrate
+from tools.store import sqlite as sqlite_store
 from tools.store.moving import Table, TableSet
 from tools.store.outages import is_outage, unavailable
 
@@ -109,15 +109,8 @@ async def open_db(settings: StoreSettings) -> Db:
 
 
 async def connect(path: Path | str) -> aiosqlite.Connection:
-    """A connection to the store's SQLite database, configured like the store's own."""
-    db = await aiosqlite.connect(str(path), timeout=30, isolation_level=None)
-    db.row_factory = sqlite3.Row
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=NORMAL")
-    await db.execute("PRAGMA foreign_keys=ON")
-    await db.execute("PRAGMA busy_timeout=30000")
-    await migrate(db, BOT)
-    return db
+    """A connection to the store's SQLite database, opened as the store opens its own."""
+    return await sqlite_store.connect(path, BOT)
 
 
 async def _one(db: Db, sql: str, params: tuple[Any, ...]) -> list[Any]:

@@ -61,13 +61,14 @@ async def test_a_local_result_is_taken_with_its_pixels_not_decoded_again(
     """The local engine hands its PNG over with the image it encoded: the intake does not
     decode the bytes to check them, and the image kept for the preview is what they show."""
     decodes: list[int] = []
-    check_decoded = media.check_decoded
+    check_keeping = media.check_keeping
 
-    async def counted(data: bytes, *args: Any, **kwargs: Any) -> Any:
-        decodes.append(len(data))
-        return await check_decoded(data, *args, **kwargs)
+    async def counted(data: bytes, policy: Any, label: str, **kwargs: Any) -> Any:
+        if label == "result":  # the input is checked too, by the same function
+            decodes.append(len(data))
+        return await check_keeping(data, policy, label, **kwargs)
 
-    monkeypatch.setattr(media, "check_decoded", counted)
+    monkeypatch.setattr(media, "check_keeping", counted)
     request = EditRequest(images=[data_uri(png())], function="adjust", prompt="brightness 1.2")
     async with Editor(settings) as editor:
         task = await editor.edit_image(request, wait_seconds=30)

@@ -119,7 +119,9 @@ def test_a_result_is_decoded_by_libspng_within_the_check(monkeypatch: pytest.Mon
         return decoded
 
     monkeypatch.setattr(media.png, "decode", spy)
-    checked, pixels = asyncio.run(media.check_decoded(data, POLICY, bounded=False))
+    checked, pixels = asyncio.run(
+        media.check_keeping(data, POLICY, "result", keep_px=300 * 200, bounded=False)
+    )
     assert seen and seen[0] is pixels
     assert (checked.width, checked.height, checked.data) == (300, 200, data)
     assert pixels.tobytes() == Image.open(io.BytesIO(data)).tobytes()

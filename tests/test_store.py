@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import png
+from tests.contract.test_task_store import new_task
 from tools import media
 from tools.errors import NotFound
 from tools.models import ResultImage, TaskStatus
@@ -31,20 +32,6 @@ async def result_path(store: SQLiteStore, task_id: str, index: int) -> Path:
     await store.read_result(task_id, index)
     [result] = [r for r in (await store.get(task_id)).results if r["index"] == index]
     return files(store).path(blob_key(result["sha256"], result["mime_type"]))
-
-
-async def new_task(store: SQLiteStore, vendor: str = "local") -> str:
-    sha = await store.put_blob(media.inspect(png(), media.MediaPolicy()))
-    record = await store.create_task(
-        function="adjust",
-        vendor=vendor,
-        prompt="rotate 90",
-        n=1,
-        request={"images": ["x"]},
-        inputs=[sha],
-        mask=None,
-    )
-    return record.id
 
 
 async def test_migrations_apply_once(tmp_path: Path) -> None:
@@ -200,7 +187,7 @@ async def test_a_task_claimed_as_it_was_stored_for_a_caller_gone_meanwhile_is_ha
             return out
 
         store._on_thread = held_back  # type: ignore[method-assign]
-        call = asyncio.create_task(new_task_claimed(store, Claim("w", 5, 30)))
+        call = asyncio.create_task(new_task(store, claim=Claim("w", 5, 30)))
         await committed.wait()
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -217,21 +204,6 @@ async def test_a_task_claimed_as_it_was_stored_for_a_caller_gone_meanwhile_is_ha
         assert taken.id == task.id and taken.attempts == 2
     finally:
         await store.close()
-
-
-async def new_task_claimed(store: SQLiteStore, claim: object) -> str:
-    sha = await store.put_blob(media.inspect(png(), media.MediaPolicy()))
-    record = await store.create_task(
-        function="adjust",
-        vendor="local",
-        prompt="rotate 90",
-        n=1,
-        request={"images": ["x"]},
-        inputs=[sha],
-        mask=None,
-        claim=claim,  # type: ignore[arg-type]
-    )
-    return record.id
 
 
 async def test_opening_a_file_another_process_is_opening_tries_again(

@@ -150,22 +150,7 @@ async def check(
     """:func:`inspect` in worker threads, decoding only within the process's pixel budget.
     ``bounded``: a client's request, refused with Busy after ``wait_s``; else (work already
     accepted, such as a task's results) it waits its turn as long as that takes."""
-    image, inline = await _opened(data, policy, label)
-    if verifiable(image, data):  # read through, no pixels kept
-        cost = verify_cost(image, data)
-        async with pixel_budget.PIXELS.hold(cost, bounded=bounded, label=label):
-            return await _run(inline, _checked, image, data, label)
-    async with pixel_budget.PIXELS.hold(inspect_cost(image, data), bounded=bounded, label=label):
-        return (await _run(inline, _decode, image, data, label))[0]
-
-
-async def check_decoded(
-    data: bytes, policy: MediaPolicy, label: str = "image", *, bounded: bool = True
-) -> tuple[InputImage, Image.Image]:
-    """:func:`check`, and the image it decoded (as :func:`inspect_decoded`)."""
-    image, inline = await _opened(data, policy, label)
-    async with pixel_budget.PIXELS.hold(inspect_cost(image, data), bounded=bounded, label=label):
-        return await _run(inline, _decode, image, data, label)
+    return (await check_keeping(data, policy, label, keep_px=0, bounded=bounded))[0]
 
 
 async def check_keeping(

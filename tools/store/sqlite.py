@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import sqlite3
 import time
@@ -57,7 +56,7 @@ from tools.store.blobs import (
     blob_key,
     content_hash,
 )
-from tools.store.migrations import CORE, migrate
+from tools.store.migrations import CORE, Migrations, migrate
 from tools.store.outages import reports_outages
 
 T = TypeVar("T")
@@ -129,6 +128,34 @@ CLAIM_TASK = f"""
 
 
 @reports_outages
+async def connect(path: Path | str, migrations: Migrations) -> aiosqlite.Connection:
+    """A connection to the SQLite database at ``path`` in WAL mode, with foreign keys and a
+    30 s busy timeout, migrated by ``migrations``: the store's, and the bot's tables.
+
+    Processes opening one new file at once (a fleet's first start): a change of journal
+    mode, a WAL recovery or a lock one side must give up is answered "locked" at once,
+    without the busy timeout. Each step is a transaction of its own, so opening again
+    finishes the work (up to ``OPEN_ATTEMPTS`` times)."""
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        db = await aiosqlite.connect(str(path), timeout=30, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=30000")
+            await migrate(db, migrations)
+            return db
+        except BaseException as exc:
+            # Its thread is not a daemon: left open, it would keep the process from exiting.
+            await db.close()
+            locked = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+            if not locked or attempt == OPEN_ATTEMPTS:
+                raise
+        await asyncio.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
 class SQLiteStore(Store):
     """One SQLite database, and the blob store holding its images' bytes."""
 
@@ -153,30 +180,7 @@ class SQLiteStore(Store):
             path.parent.mkdir(parents=True, exist_ok=True)
         if not isinstance(blobs, BlobStore):
             blobs = FileBlobStore(blobs)
-        for attempt in itertools.count(1):
-            db = await aiosqlite.connect(str(path), timeout=30, isolation_level=None)
-            try:
-                db.row_factory = sqlite3.Row
-                await db.execute("PRAGMA journal_mode=WAL")
-                await db.execute("PRAGMA synchronous=NORMAL")
-                await db.execute("PRAGMA foreign_keys=ON")
-                await db.execute("PRAGMA busy_timeout=30000")
-                await migrate(db, CORE)
-                return cls(db, blobs, path)
-            except sqlite3.OperationalError as exc:
-                # Processes opening one new file at once (a fleet's first start): a change
-                # of journal mode, a WAL recovery or a lock one side must give up is
-                # answered "locked" at once, without the busy timeout. Each step is a
-                # transaction of its own, so opening again finishes the work.
-                await db.close()
-                if "locked" not in str(exc) or attempt >= OPEN_ATTEMPTS:
-                    raise
-                await asyncio.sleep(0.05 * attempt)
-            except BaseException:
-                # Its thread is not a daemon: left open, it would keep the process from exiting.
-                await db.close()
-                raise
-        raise AssertionError("unreachable")
+        return cls(await connect(path, CORE), blobs, path)
 
     def _background(self, chore: Awaitable[Any]) -> None:
         """Run ``chore`` (a write nobody waits for) beside the caller; its failure is let
