@@ -127,7 +127,6 @@ CLAIM_TASK = f"""
 """
 
 
-@reports_outages
 async def connect(path: Path | str, migrations: Migrations) -> aiosqlite.Connection:
     """A connection to the SQLite database at ``path`` in WAL mode, with foreign keys and a
     30 s busy timeout, migrated by ``migrations``: the store's, and the bot's tables.
@@ -156,6 +155,7 @@ async def connect(path: Path | str, migrations: Migrations) -> aiosqlite.Connect
     raise AssertionError("unreachable")
 
 
+@reports_outages
 class SQLiteStore(Store):
     """One SQLite database, and the blob store holding its images' bytes."""
 
